@@ -1,0 +1,67 @@
+"""Command-line interface: ``python -m lgm_core <command> ...``.
+
+Each sub-command lives in its own module of this package and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` (called with the parsed
+arguments, returns an exit code). Add new commands to ``COMMAND_MODULES``.
+Errors the user can fix (:class:`CLIError`, ``FileNotFoundError``, ``ValueError``) end the
+program with exit code 2 and a one-line reason on stderr; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+COMMAND_MODULES = [
+    "lgm_core.cli.reconstruct",
+    "lgm_core.cli.render",
+    "lgm_core.cli.generate",
+    "lgm_core.cli.mesh",
+]
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lgm_core",
+        description="LGM: multi-view images -> 3D Gaussians -> renders and meshes.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:  # a command whose module is not written yet
+            if exc.name == name:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def progress(message: str) -> None:
+    """Progress and status lines go to stderr so stdout stays clean for piping."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
