@@ -1,0 +1,42 @@
+"""Shared pytest fixtures.
+
+Reference data lives in ``../shared`` beside the repository (override with ``LGM_SHARED_DIR``).
+GPU-only tests carry ``@pytest.mark.gpu`` and are skipped without CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = Path(os.environ.get("LGM_SHARED_DIR", REPO_ROOT.parent / "shared")).resolve()
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED_DIR.is_dir():
+        pytest.skip(f"shared reference data not found at {SHARED_DIR} (set LGM_SHARED_DIR)")
+    return SHARED_DIR
+
+
+@pytest.fixture(scope="session")
+def spec_dir(shared_dir) -> Path:
+    return shared_dir / "spec"
+
+
+@pytest.fixture(scope="session")
+def ref_dir(shared_dir) -> Path:
+    return shared_dir / "ref"
