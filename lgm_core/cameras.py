@@ -228,3 +228,14 @@ class Cameras:
     def lgm_inputs(cls, elevation: float = 0.0, size: int = 256) -> "Cameras":
         """LGM's 4 default input cameras (azimuth 0/90/180/270, radius 1.5, fovy 49.1)."""
         return cls(default_input_cameras(elevation), LGM_FOVY, size, size)
+
+
+def canonicalize_cameras(c2w: torch.Tensor, radius: float = LGM_RADIUS) -> torch.Tensor:
+    """Re-express poses [V, 4, 4] relative to view 0 the way LGM's training did (lgm_spec §7.5):
+    every pose is left-multiplied by T @ inverse(pose_0), T a translation by (0, 0, radius), so
+    view 0 becomes the default front camera at (0, 0, radius) and the others keep their pose
+    relative to it. Use it for your own captured views before :meth:`LGM.reconstruct`."""
+    c2w = torch.as_tensor(c2w, dtype=torch.float32)
+    T = torch.eye(4, dtype=torch.float32)
+    T[2, 3] = radius
+    return (T @ torch.linalg.inv(c2w[0]))[None] @ c2w

@@ -1,0 +1,84 @@
+"""``python -m lgm_core reconstruct``: 4 view images (or one 2x2 grid) -> Gaussians .ply."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from . import CLIError, progress
+
+DTYPES = {"auto": None, "fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "reconstruct",
+        help="4 views (or a 2x2 grid image) -> 3D Gaussians .ply",
+        description=(
+            "Reconstruct 3D Gaussians from 4 views of an object with LGM. Views are given in LGM order: "
+            "front (azimuth 0), then the object turned by 90, 180 and 270 degrees (cameras on +z, +x, -z, -x). "
+            "A 2x2 grid holds them in reading order. RGBA images are composited over white."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("images", nargs="+", help="4 view images, or 1 grid image with the 4 views in a 2x2 layout")
+    p.add_argument("-o", "--output", required=True, help="output .ply path")
+    p.add_argument("--weights", default=None,
+                   help="LGM checkpoint: .safetensors file, folder, or hub repo id (default: ashawkey/LGM, "
+                        "model_fp16_fixrot.safetensors, downloaded on first use)")
+    p.add_argument("--preset", choices=["big", "small", "lrm", "tiny"], default=None,
+                   help="architecture (default: detected from the checkpoint)")
+    p.add_argument("--elevation", type=float, default=0.0,
+                   help="camera elevation of the views in degrees, positive = cameras above the object")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="auto",
+                   help="weights precision (auto: fp16 on CUDA, fp32 on CPU)")
+    p.add_argument("--min-opacity", type=float, default=0.005, help="drop Gaussians below this opacity in the .ply")
+    p.set_defaults(func=run)
+
+
+def load_views(paths):
+    """Image paths -> LGM views [1, 4, 3, S, S] float in [0, 1] (RGBA composited over white)."""
+    import torch
+    import torch.nn.functional as F
+
+    from ..image_io import load_image
+    from ..preprocess import composite, split_grid, views_to_lgm
+
+    if len(paths) == 1:
+        views = list(split_grid(load_image(paths[0])))
+    elif len(paths) == 4:
+        views = [load_image(p) for p in paths]
+    else:
+        raise CLIError(f"give exactly 4 view images or 1 grid image, got {len(paths)}")
+    size = views[0].shape[0]
+    rgb = []
+    for i, im in enumerate(views):
+        if im.shape[0] != im.shape[1]:
+            raise CLIError(f"view {i} must be square, got {im.shape[1]}x{im.shape[0]}")
+        if im.shape[-1] == 4:
+            im = composite(im[..., :3], im[..., 3])
+        if im.shape[0] != size:
+            im = F.interpolate(im.permute(2, 0, 1)[None], size=(size, size), mode="bilinear",
+                               align_corners=False, antialias=True)[0].permute(1, 2, 0)
+        rgb.append(im)
+    return views_to_lgm(torch.stack(rgb))
+
+
+def run(args) -> int:
+    import torch
+
+    from ..weights import load_lgm
+
+    views = load_views(args.images)
+    dtype = getattr(torch, DTYPES[args.dtype]) if DTYPES[args.dtype] else None
+    t0 = time.perf_counter()
+    progress("loading LGM ...")
+    model = load_lgm(args.weights, preset=args.preset, dtype=dtype, device=args.device)
+    progress(f"loaded {model.preset or 'custom'} LGM on {model.device} ({model.dtype}) in {time.perf_counter() - t0:.1f} s")
+    t1 = time.perf_counter()
+    gaussians = model.reconstruct(views, elevation=args.elevation)
+    progress(f"reconstructed {gaussians.num_gaussians} Gaussians in {time.perf_counter() - t1:.2f} s")
+    gaussians.save_ply(args.output, min_opacity=args.min_opacity)
+    progress(f"wrote {args.output}")
+    return 0

@@ -1,0 +1,213 @@
+"""LGM's asymmetric multi-view U-Net (lgm_spec §4), checkpoint-compatible module by module.
+
+Tensor layout: ``[B*4, C, H, W]`` with the 4 views of one object consecutive along the first axis.
+Attention blocks attend jointly over all 4 views of an object.
+
+Precision: GroupNorm always runs in float32 (input upcast, output cast back), attention uses
+``scaled_dot_product_attention`` (fp32 accumulation inside the kernels) or, in ``"math"`` mode, an
+explicit softmax computed in float32 — the reference path used for checking.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SKIP_SCALE = math.sqrt(0.5)
+NUM_HEADS = 16
+NUM_VIEWS = 4
+ATTENTION_BACKENDS = ("sdpa", "math")
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm(32 groups, eps 1e-5) that always computes in float32."""
+
+    def __init__(self, channels: int):
+        super().__init__(32, channels, eps=1e-5, affine=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return super().forward(x)
+        return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
+
+
+def conv3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1)
+
+
+class ResnetBlock(nn.Module):
+    """GN-SiLU-conv3 twice, plus a 1x1 shortcut when channels change; output scaled by sqrt(1/2)."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.norm1 = GroupNorm32(c_in)
+        self.conv1 = conv3(c_in, c_out)
+        self.norm2 = GroupNorm32(c_out)
+        self.conv2 = conv3(c_out, c_out)
+        self.shortcut = nn.Conv2d(c_in, c_out, kernel_size=1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return (h + self.shortcut(x)) * SKIP_SCALE
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over tokens [B, T, C]: qkv (no bias) and proj (with bias)."""
+
+    def __init__(self, channels: int, num_heads: int = NUM_HEADS):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(channels, channels * 3, bias=False)
+        self.proj = nn.Linear(channels, channels)
+        self.backend = "sdpa"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        if self.backend == "sdpa":
+            out = F.scaled_dot_product_attention(q, k, v)
+        elif self.backend == "math":
+            scale = (c // self.num_heads) ** -0.5
+            weights = torch.softmax(((q * scale) @ k.transpose(-2, -1)).float(), dim=-1).to(v.dtype)
+            out = weights @ v
+        else:
+            raise ValueError(f"unknown attention backend {self.backend!r}; use one of {ATTENTION_BACKENDS}")
+        return self.proj(out.transpose(1, 2).reshape(b, t, c))
+
+
+class MVAttention(nn.Module):
+    """Cross-view attention block: tokens of all 4 views of an object attend to each other."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = GroupNorm32(channels)
+        self.attn = SelfAttention(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bv, c, h, w = x.shape
+        b = bv // NUM_VIEWS
+        y = self.norm(x)
+        y = y.reshape(b, NUM_VIEWS, c, h, w).permute(0, 1, 3, 4, 2).reshape(b, NUM_VIEWS * h * w, c)
+        y = self.attn(y)
+        y = y.reshape(b, NUM_VIEWS, h, w, c).permute(0, 1, 4, 2, 3).reshape(bv, c, h, w)
+        return (y + x) * SKIP_SCALE
+
+
+class DownBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, num_layers: int, attention: bool, downsample: bool):
+        super().__init__()
+        self.nets = nn.ModuleList([ResnetBlock(c_in if i == 0 else c_out, c_out) for i in range(num_layers)])
+        self.attns = nn.ModuleList([MVAttention(c_out) for _ in range(num_layers)]) if attention else None
+        self.downsample = conv3(c_out, c_out, stride=2) if downsample else None
+
+    def forward(self, x: torch.Tensor):
+        pushed = []
+        for i, net in enumerate(self.nets):
+            x = net(x)
+            if self.attns is not None:
+                x = self.attns[i](x)
+            pushed.append(x)
+        if self.downsample is not None:
+            x = self.downsample(x)
+            pushed.append(x)
+        return x, pushed
+
+
+class MidBlock(nn.Module):
+    def __init__(self, channels: int, attention: bool):
+        super().__init__()
+        self.nets = nn.ModuleList([ResnetBlock(channels, channels), ResnetBlock(channels, channels)])
+        self.attns = nn.ModuleList([MVAttention(channels)]) if attention else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.nets[0](x)
+        if self.attns is not None:
+            x = self.attns[0](x)
+        return self.nets[1](x)
+
+
+class UpBlock(nn.Module):
+    def __init__(self, c_in: int, c_skip_last: int, c_out: int, num_layers: int, attention: bool, upsample: bool):
+        super().__init__()
+        nets = []
+        for j in range(num_layers):
+            c_x = c_in if j == 0 else c_out
+            c_skip = c_skip_last if j == num_layers - 1 else c_out
+            nets.append(ResnetBlock(c_x + c_skip, c_out))
+        self.nets = nn.ModuleList(nets)
+        self.attns = nn.ModuleList([MVAttention(c_out) for _ in range(num_layers)]) if attention else None
+        self.upsample = conv3(c_out, c_out) if upsample else None
+
+    def forward(self, x: torch.Tensor, skips: List[torch.Tensor]) -> torch.Tensor:
+        for j, net in enumerate(self.nets):
+            x = net(torch.cat([x, skips[-1 - j]], dim=1))
+            if self.attns is not None:
+                x = self.attns[j](x)
+        if self.upsample is not None:
+            x = self.upsample(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return x
+
+
+class MVUNet(nn.Module):
+    """The asymmetric U-Net: [B*4, 9, 256, 256] -> [B*4, 14, s, s] (lgm_spec §4.7)."""
+
+    def __init__(
+        self,
+        down_channels: Sequence[int],
+        down_attention: Sequence[bool],
+        mid_attention: bool,
+        up_channels: Sequence[int],
+        up_attention: Sequence[bool],
+        in_channels: int = 9,
+        out_channels: int = 14,
+        layers_per_block: int = 2,
+    ):
+        super().__init__()
+        down, up = list(down_channels), list(up_channels)
+        self.conv_in = conv3(in_channels, down[0])
+        self.down_blocks = nn.ModuleList(
+            DownBlock(down[max(i - 1, 0)], down[i], layers_per_block, bool(down_attention[i]), i < len(down) - 1)
+            for i in range(len(down))
+        )
+        self.mid_block = MidBlock(down[-1], bool(mid_attention))
+        self.up_blocks = nn.ModuleList(
+            UpBlock(
+                up[max(i - 1, 0)],
+                down[max(-2 - i, -len(down))],
+                up[i],
+                layers_per_block + 1,
+                bool(up_attention[i]),
+                i < len(up) - 1,
+            )
+            for i in range(len(up))
+        )
+        self.norm_out = GroupNorm32(up[-1])
+        self.conv_out = conv3(up[-1], out_channels)
+        self.skips_per_up_block = layers_per_block + 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        skips = [h]
+        for block in self.down_blocks:
+            h, pushed = block(h)
+            skips.extend(pushed)
+        h = self.mid_block(h)
+        n = self.skips_per_up_block
+        for block in self.up_blocks:
+            h = block(h, skips[-n:])
+            del skips[-n:]
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def set_attention_backend(module: nn.Module, backend: str) -> None:
+    """Switch every attention layer under ``module`` to ``"sdpa"`` (default) or ``"math"``."""
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; use one of {ATTENTION_BACKENDS}")
+    for m in module.modules():
+        if isinstance(m, SelfAttention):
+            m.backend = backend

@@ -1,0 +1,264 @@
+"""Loading LGM checkpoints: local .safetensors files, folders, or the Hugging Face hub.
+
+Only safetensors are read (no pickle, nothing from a model repo is executed); loading is strict
+(every key, every shape); the architecture preset is detected from the keys and shapes; the
+rotation activation (fixrot vs legacy, lgm_spec §2.2) is chosen from the official file names.
+The network is touched only when a hub repo id is given, through ``huggingface_hub`` (which
+honours ``HF_HUB_OFFLINE`` and ``HF_HOME``/``cache_dir``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+from pathlib import Path
+from typing import Dict, Optional, Tuple, Union
+
+import torch
+
+from .models.lgm import LGM, PRESETS, LGMConfig, preset_name
+
+log = logging.getLogger("lgm_core")
+
+DEFAULT_REPO = "ashawkey/LGM"
+DEFAULT_FILENAME = "model_fp16_fixrot.safetensors"
+OFFICIAL_FILES = {
+    # file name -> rotation activation the checkpoint was trained with
+    "model_fp16_fixrot.safetensors": "per_gaussian",
+    "model_fixrot.safetensors": "per_gaussian",
+    "model_fp16.safetensors": "legacy",
+    "model.safetensors": "legacy",
+}
+"""Known official file names, in the order a folder is searched."""
+METADATA_ROTATION_KEY = "lgm_rotation_mode"
+"""Optional safetensors metadata entry that states the rotation mode explicitly."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded as LGM (wrong format, keys or shapes)."""
+
+
+def hub_url(repo_id: str = DEFAULT_REPO, filename: str = DEFAULT_FILENAME) -> str:
+    return f"https://huggingface.co/{repo_id}/resolve/main/{filename}"
+
+
+# ---------------------------------------------------------------------- reading safetensors safely
+def read_safetensors_header(path: Union[str, Path]) -> Tuple[Dict[str, Tuple[str, Tuple[int, ...]]], Dict[str, str]]:
+    """Parse a .safetensors header without loading tensors: ({key: (dtype, shape)}, metadata).
+
+    Raises :class:`CheckpointError` for files that are not valid safetensors or are truncated.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: not a safetensors file (only {size} bytes)")
+        (n,) = struct.unpack("<Q", head)
+        if n <= 0 or n > min(size - 8, 100 * 1024 * 1024):
+            raise CheckpointError(f"{path}: not a safetensors file (bad header length); "
+                                  "only .safetensors checkpoints are supported")
+        try:
+            header = json.loads(f.read(n).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise CheckpointError(f"{path}: corrupt safetensors header") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header")
+    metadata = header.pop("__metadata__", None) or {}
+    entries = {}
+    data_end = 0
+    for key, info in header.items():
+        try:
+            entries[key] = (info["dtype"], tuple(int(d) for d in info["shape"]))
+            data_end = max(data_end, int(info["data_offsets"][1]))
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise CheckpointError(f"{path}: corrupt safetensors header entry for {key!r}") from None
+    if 8 + n + data_end > size:
+        raise CheckpointError(f"{path}: truncated: the header describes {8 + n + data_end} bytes but the file "
+                              f"has {size} (an interrupted download? delete it and fetch it again)")
+    return entries, metadata
+
+
+def _expected_shapes(config: LGMConfig) -> Dict[str, Tuple[int, ...]]:
+    with torch.device("meta"):
+        model = LGM(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _mismatch_message(path, shapes: Dict[str, Tuple[int, ...]], expected: Dict[str, Tuple[int, ...]], what: str) -> str:
+    missing = [k for k in expected if k not in shapes]
+    unexpected = [k for k in shapes if k not in expected]
+    wrong = [f"{k} {list(shapes[k])} (expected {list(expected[k])})"
+             for k in expected if k in shapes and shapes[k] != expected[k]]
+
+    def few(items):
+        return ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+
+    scores = {}
+    for name in ("big", "small", "tiny"):
+        exp = _expected_shapes(PRESETS[name])
+        scores[name] = sum(1 for k, s in shapes.items() if exp.get(k) == s) / max(len(exp), len(shapes), 1)
+    closest = max(scores, key=scores.get)
+    parts = [f"{path}: does not match {what}"]
+    if missing:
+        parts.append(f"missing {len(missing)} keys: {few(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)} keys: {few(unexpected)}")
+    if wrong:
+        parts.append(f"{len(wrong)} shape mismatches: {few(wrong)}")
+    parts.append(f"closest preset: {closest!r} ({scores[closest]:.0%} of tensors match)")
+    return "; ".join(parts)
+
+
+def detect_config(path, shapes: Dict[str, Tuple[int, ...]], preset: Optional[str] = None) -> LGMConfig:
+    """The architecture for a checkpoint with these key shapes (strictly verified)."""
+    if preset is not None:
+        config = LGMConfig.preset(preset)
+        expected = _expected_shapes(config)
+        if expected != shapes:
+            raise CheckpointError(_mismatch_message(path, shapes, expected, f"the {preset!r} preset"))
+        return config
+    meta = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+    try:
+        config = LGMConfig.from_state_dict(meta)
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path}: {exc}; " + _mismatch_message(path, shapes, _expected_shapes(PRESETS["big"]),
+                                                                    "any LGM architecture")) from None
+    expected = _expected_shapes(config)
+    if expected != shapes:
+        raise CheckpointError(_mismatch_message(path, shapes, expected, "an LGM architecture"))
+    return config
+
+
+def rotation_mode_for(path: Union[str, Path], metadata: Optional[Dict[str, str]] = None) -> str:
+    """Rotation activation for a checkpoint: from its metadata, else from the official file name.
+    Unknown names get the fixrot behaviour with a warning."""
+    if metadata and metadata.get(METADATA_ROTATION_KEY) in ("per_gaussian", "legacy"):
+        return metadata[METADATA_ROTATION_KEY]
+    name = Path(path).name
+    if name in OFFICIAL_FILES:
+        mode = OFFICIAL_FILES[name]
+        if mode == "legacy":
+            log.warning("%s is a pre-fix LGM checkpoint: using the legacy rotation activation "
+                        "(prefer model_fp16_fixrot.safetensors)", name)
+        return mode
+    if "fixrot" in name:
+        return "per_gaussian"
+    log.warning("cannot tell from the name %r whether this checkpoint predates LGM's rotation fix; assuming "
+                "'fixrot' (per-Gaussian normalisation). Pass rotation_mode='legacy' for model.safetensors-era weights.",
+                name)
+    return "per_gaussian"
+
+
+# ---------------------------------------------------------------------- resolving the source
+def resolve_checkpoint(
+    source: Optional[Union[str, os.PathLike]] = None,
+    *,
+    filename: Optional[str] = None,
+    cache_dir: Optional[Union[str, os.PathLike]] = None,
+    local_files_only: Optional[bool] = None,
+    place_hint: Optional[Union[str, os.PathLike]] = None,
+) -> Path:
+    """Turn ``source`` (file, folder, hub repo id, or None for ``ashawkey/LGM``) into a local
+    .safetensors path, downloading from the hub only for repo ids.
+
+    ``place_hint`` is the folder named in the error message when the file cannot be had
+    (e.g. ComfyUI's ``models/lgm``).
+    """
+    source = DEFAULT_REPO if source is None else os.fspath(source)
+    path = Path(source).expanduser()
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise CheckpointError(f"{path}: only .safetensors checkpoints are loaded (pickle-based .pt/.pth/.ckpt/.bin "
+                                  "files can run arbitrary code); convert it to safetensors first")
+        return path
+    if path.is_dir():
+        names = [filename] if filename else list(OFFICIAL_FILES)
+        for name in names:
+            if (path / name).is_file():
+                return path / name
+        found = sorted(p.name for p in path.glob("*.safetensors"))
+        if not filename and len(found) == 1:
+            return path / found[0]
+        raise FileNotFoundError(
+            f"no LGM checkpoint in {path} (looked for {', '.join(names)}; found {found or 'no .safetensors'}). "
+            f"Download {hub_url()} into that folder.")
+    looks_like_repo = source.count("/") == 1 and not source.startswith((".", "/", "~")) and not path.suffix
+    if not looks_like_repo:
+        raise FileNotFoundError(f"LGM checkpoint not found: {source}")
+    filename = filename or DEFAULT_FILENAME
+    target = Path(place_hint) / filename if place_hint else Path("<models>/lgm") / filename
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
+        raise FileNotFoundError(f"huggingface_hub is not installed; download {hub_url(source, filename)} to {target}")
+    try:
+        return Path(hf_hub_download(repo_id=source, filename=filename, cache_dir=cache_dir,
+                                    local_files_only=bool(local_files_only)))
+    except Exception as exc:  # offline mode, no network, missing file, auth ...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        offline = " (offline mode: HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") else ""
+        raise FileNotFoundError(
+            f"could not get {filename} from the hub repo {source}{offline}: {reason}. "
+            f"Download {hub_url(source, filename)} and place it at {target}") from exc
+
+
+def load_lgm(
+    source: Optional[Union[str, os.PathLike]] = None,
+    preset: Optional[str] = None,
+    dtype: Optional[torch.dtype] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    *,
+    filename: Optional[str] = None,
+    rotation_mode: Optional[str] = None,
+    cache_dir: Optional[Union[str, os.PathLike]] = None,
+    local_files_only: Optional[bool] = None,
+    place_hint: Optional[Union[str, os.PathLike]] = None,
+) -> LGM:
+    """Load an LGM checkpoint strictly and return the model in eval mode.
+
+    Args:
+        source: a ``.safetensors`` file, a folder holding one of the official file names, or a hub
+            repo id (default ``"ashawkey/LGM"``, file ``model_fp16_fixrot.safetensors``).
+        preset: ``"big"``, ``"small"``, ``"lrm"`` or ``"tiny"``; default: detected from the keys and
+            shapes (custom architectures are inferred too).
+        dtype: weights dtype; default float16 on CUDA, float32 elsewhere.
+        device: default CUDA if available, else CPU.
+        rotation_mode: ``"per_gaussian"`` (fixrot) or ``"legacy"``; default from the file name.
+    """
+    path = resolve_checkpoint(source, filename=filename, cache_dir=cache_dir,
+                              local_files_only=local_files_only, place_hint=place_hint)
+    entries, metadata = read_safetensors_header(path)
+    shapes = {k: s for k, (_, s) in entries.items()}
+    config = detect_config(path, shapes, preset)
+    mode = rotation_mode or rotation_mode_for(path, metadata)
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype is None:
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path), device="cpu")
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read tensors ({exc}); the file may be corrupt") from exc
+    with torch.device("meta"):
+        model = LGM(config, rotation_mode=mode)
+    model = model.to(dtype=dtype).to_empty(device=device)
+    model.load_state_dict(state, strict=True)
+    del state
+    name = preset_name(config) or "custom"
+    log.info("loaded LGM %s (%s, %s, rotation %s) from %s", name, dtype, device, mode, path)
+    return model.eval().requires_grad_(False)
+
+
+def save_lgm(model: LGM, path: Union[str, os.PathLike], dtype: Optional[torch.dtype] = None) -> Path:
+    """Write ``model``'s weights as .safetensors (atomically), recording its rotation mode."""
+    from safetensors.torch import save as save_bytes
+
+    from .ply import atomic_write_bytes
+
+    state = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in model.state_dict().items()}
+    atomic_write_bytes(path, save_bytes(state, metadata={METADATA_ROTATION_KEY: model.rotation_mode}))
+    return Path(path)
