@@ -169,6 +169,7 @@ class LGM(nn.Module):
         )
         self.conv = nn.Conv2d(14, 14, kernel_size=1)
         self._rays_cache: Dict[tuple, torch.Tensor] = {}
+        self._channels_last = False
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> "LGM":
@@ -192,6 +193,13 @@ class LGM(nn.Module):
         set_attention_backend(self, backend)
         return self
 
+    def use_channels_last(self, enabled: bool = True) -> "LGM":
+        """Store conv weights and activations channels-last (faster cuDNN convolutions on GPUs
+        with tensor cores; same results up to kernel rounding)."""
+        self._channels_last = enabled
+        self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+        return self
+
     # ------------------------------------------------------------------ the network
     def forward_gaussians(self, x: torch.Tensor) -> torch.Tensor:
         """Model input [B, 4, 9, 256, 256] (ImageNet-normalised RGB + Plücker rays) -> activated
@@ -204,7 +212,10 @@ class LGM(nn.Module):
             raise ValueError(f"LGM input must be [B, 4, 9, H, W], got {list(x.shape)}")
         b = x.shape[0]
         s = self.config.splat_size
-        h = self.unet(x.reshape(b * NUM_VIEWS, *x.shape[2:]).to(self.dtype))
+        x = x.reshape(b * NUM_VIEWS, *x.shape[2:]).to(self.dtype)
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        h = self.unet(x)
         h = self.conv(h)
         h = h.float().reshape(b, NUM_VIEWS, 14, s, s).permute(0, 1, 3, 4, 2).reshape(b, -1, 14)
         return self.activate(h)

@@ -24,14 +24,21 @@ ATTENTION_BACKENDS = ("sdpa", "math")
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm(32 groups, eps 1e-5) that always computes in float32."""
+    """GroupNorm(32 groups, eps 1e-5) whose statistics and normalisation are computed in float32.
+
+    For fp16/bf16 inputs on CUDA the native kernel already accumulates in float32 and rounds
+    only its output (what autocast's fp32 GroupNorm followed by the next fp16 conv gives too), so
+    it is used directly (``native_half_on_cuda``); elsewhere the input is upcast explicitly.
+    """
+
+    native_half_on_cuda = True
 
     def __init__(self, channels: int):
         super().__init__(32, channels, eps=1e-5, affine=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32:
-            return super().forward(x)
+        if x.dtype == torch.float32 or (x.is_cuda and self.native_half_on_cuda):
+            return F.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
         return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
 
 
