@@ -1,0 +1,481 @@
+"""MVDream (text -> 4 views) and ImageDream (image [+ text] -> 4 views) sampling pipeline.
+
+Components: our :class:`~lgm_core.mvdiffusion.unet.MultiViewUNet`, diffusers ``AutoencoderKL`` and any
+diffusers scheduler (DDIM from the checkpoint by default; swap with ``pipe.scheduler = ...``),
+transformers ``CLIPTextModel``/``CLIPTokenizer`` and, for ImageDream, ``CLIPVisionModel`` plus CLIP
+preprocessing. Spec: ``shared/docs/mvdream_spec.md`` §4.
+
+Conventions
+-----------
+* Output images: ``[n*4, 256, 256, 3]`` float32 in [0, 1], object-major (rows ``4*b .. 4*b+3`` are
+  object ``b``), views in camera order: MVDream azimuth 0, 90, 180, 270 (ImageDream's 5th,
+  reference frame is dropped). ``n = len(prompts or images) * num_images_per_prompt``; samples of
+  one prompt are consecutive.
+* ``elevation`` (degrees): **positive = cameras above the object**, as in :mod:`lgm_core.cameras`.
+  At 0 the conditioning equals the original exactly. LGM's original app passes its elevation to a
+  copy of ``get_camera`` that treats positive as below: its ``e`` is our ``-e``.
+* :meth:`MultiViewOutput.lgm_inputs` hands the views to ``LGM.reconstruct`` in LGM's order
+  ([1, 2, 3, 0]) with the matching cameras: ``lgm.reconstruct(**out.lgm_inputs())``.
+* All randomness comes from ``generator`` (ImageDream's VAE sample of the reference image first,
+  then the initial latents, then whatever the scheduler draws). Latents are kept in float32
+  between steps; the UNet/VAE/CLIP models run in the pipeline dtype.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .cameras import LGM_VIEW_ORDER, mv_camera_matrices, mv_view_poses, to_lgm_views
+from . import loading
+
+__all__ = ["MultiViewPipeline", "MultiViewOutput"]
+
+LATENT_SIZE = 32
+IMAGE_SIZE = 256
+NUM_VIEWS = 4
+_CLIP_DEFAULTS = dict(size=224, crop=224, mean=(0.48145466, 0.4578275, 0.40821073),
+                      std=(0.26862954, 0.26130258, 0.27577711), resample=3)
+
+
+@dataclass
+class MultiViewOutput:
+    """Result of :class:`MultiViewPipeline`.
+
+    ``images``: ``[n*4, 256, 256, 3]`` float32 in [0, 1] (numpy for ``output_type="np"``, torch for
+    ``"pt"``, a list of PIL images for ``"pil"``, None for ``"latent"``), object-major, camera order.
+    ``cameras``: ``[4, 4, 4]`` camera-to-world poses (OpenGL, lgm_core's y-up frame, radius 1.5) of the
+    4 views in output order. ``camera_embedding``: the raw UNet conditioning ``[F, 16]`` per object.
+    ``latents``: final latents ``[n*F, 4, 32, 32]`` (F = 5 for ImageDream, reference slot included).
+    """
+
+    images: Any
+    cameras: torch.Tensor
+    elevation: float
+    num_objects: int
+    camera_embedding: torch.Tensor
+    latents: Optional[torch.Tensor] = None
+
+    def lgm_inputs(self) -> Dict[str, torch.Tensor]:
+        """``dict(images=[n, 4, 3, 256, 256] in LGM view order, cameras=default_input_cameras(elevation))``
+        so that ``lgm.reconstruct(**out.lgm_inputs())`` reconstructs every object."""
+        if self.images is None:
+            raise ValueError("no decoded images (output_type='latent')")
+        imgs = self.images
+        if isinstance(imgs, list):  # PIL
+            imgs = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in imgs])
+        views, cams = to_lgm_views(imgs, self.elevation)
+        return {"images": views, "cameras": cams}
+
+    def grid(self, index: int = 0) -> np.ndarray:
+        """2x2 preview ``[512, 512, 3]`` float32 of object ``index``, laid out as LGM's app:
+        [[view 1, view 2], [view 3, view 0]]."""
+        imgs = self.images
+        if imgs is None:
+            raise ValueError("no decoded images (output_type='latent')")
+        if isinstance(imgs, list):
+            imgs = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in imgs])
+        imgs = np.asarray(imgs.cpu() if isinstance(imgs, torch.Tensor) else imgs)[4 * index: 4 * index + 4]
+        v = [imgs[i] for i in LGM_VIEW_ORDER]
+        return np.concatenate([np.concatenate(v[:2], 1), np.concatenate(v[2:], 1)], 0)
+
+
+class _GraphedUNet:
+    """The UNet's per-step forward captured in a CUDA graph over static buffers (one launch per step)."""
+
+    def __init__(self, unet, x_shape, t_len, cam_emb, ctx, ip_img, num_frames, pool):
+        dev, dtype = unet.device, unet.dtype
+        self.unet, self.num_frames = unet, num_frames
+        self.x = torch.zeros(x_shape, device=dev, dtype=dtype)
+        self.t = torch.zeros(t_len, device=dev, dtype=torch.float32)
+        self.cam = None if cam_emb is None else torch.empty_like(cam_emb)
+        self.ctx = torch.empty_like(ctx)
+        self.ip_img = None if ip_img is None else torch.empty_like(ip_img)
+        self.set_conditions(cam_emb, ctx, ip_img)
+        stream = torch.cuda.Stream(device=dev)
+        stream.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up: kernel selection, workspace allocation
+                self._run()
+        torch.cuda.current_stream(dev).wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, pool=pool):
+            self.out = self._run()
+
+    def _run(self):
+        return self.unet.forward_prepared(self.x, self.t, self.cam, self.ctx, self.num_frames, self.ip_img)
+
+    def set_conditions(self, cam_emb, ctx, ip_img):
+        if self.cam is not None:
+            self.cam.copy_(cam_emb)
+        self.ctx.copy_(ctx)
+        if self.ip_img is not None:
+            self.ip_img.copy_(ip_img)
+
+
+def _as_list(value, name: str) -> List:
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+class MultiViewPipeline:
+    """Multi-view diffusion pipeline (MVDream when ``unet.ip_dim == 0``, ImageDream otherwise).
+
+    Load with :meth:`from_pretrained`; call it as ``pipe(prompt, image=None, ...)`` (see
+    :meth:`__call__`). ``use_cuda_graphs`` (default True) captures the UNet step in a CUDA graph on
+    CUDA devices (falls back to eager on any capture error); set False for plain eager execution.
+    """
+
+    def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, image_encoder=None,
+                 feature_extractor=None):
+        if unet is None or vae is None or text_encoder is None or tokenizer is None or scheduler is None:
+            raise ValueError("unet, vae, text_encoder, tokenizer and scheduler are required")
+        self.unet = unet
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.scheduler = scheduler
+        self.image_encoder = image_encoder
+        self.feature_extractor = feature_extractor
+        self.use_cuda_graphs = True
+        self._graphs: Dict[Any, _GraphedUNet] = {}
+        self._graph_pool = None
+        if self.is_imagedream and image_encoder is None:
+            raise ValueError("an ImageDream UNet (ip_dim > 0) needs an image_encoder")
+
+    # --------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, source: Union[str, os.PathLike], dtype: Optional[torch.dtype] = None,
+                        device: Union[str, torch.device, None] = None) -> "MultiViewPipeline":
+        """Load from a hub-layout folder or a hub repo id (``ashawkey/mvdream-sd2.1-diffusers``,
+        ``ashawkey/imagedream-ipmv-diffusers``). No Python file of the folder is executed.
+
+        ``dtype`` defaults to float16 on CUDA and float32 elsewhere; ``device`` to CPU.
+        """
+        folder = loading.resolve_source(source)
+        index = loading.read_model_index(folder)
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        if dtype is None:
+            dtype = torch.float16 if device.type == "cuda" else torch.float32
+        for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+            entry = index.get(name)
+            if not entry or entry[0] is None or not (folder / name).is_dir():
+                raise loading.ComponentError(f"required component {name!r} is missing in {folder}")
+        has_image = bool(index.get("image_encoder") and index["image_encoder"][0]
+                         and (folder / "image_encoder").is_dir())
+        return cls(
+            unet=loading.load_unet(folder, dtype, device),
+            vae=loading.load_vae(folder, dtype, device),
+            text_encoder=loading.load_clip_text(folder, dtype, device),
+            tokenizer=loading.load_tokenizer(folder),
+            scheduler=loading.load_scheduler(folder),
+            image_encoder=loading.load_clip_vision(folder, dtype, device) if has_image else None,
+            feature_extractor=loading.load_feature_extractor(folder) if has_image else None,
+        )
+
+    def to(self, device=None, dtype=None) -> "MultiViewPipeline":
+        for m in (self.unet, self.vae, self.text_encoder, self.image_encoder):
+            if m is not None:
+                m.to(device=device, dtype=dtype)
+        self._graphs.clear()
+        self._graph_pool = None
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def is_imagedream(self) -> bool:
+        return self.unet.ip_dim > 0
+
+    @property
+    def num_frames(self) -> int:
+        """Frames per object in the UNet batch: 4, or 5 for ImageDream (4 views + reference)."""
+        return NUM_VIEWS + 1 if self.is_imagedream else NUM_VIEWS
+
+    @property
+    def default_guidance_scale(self) -> float:
+        return 5.0 if self.is_imagedream else 7.5
+
+    # --------------------------------------------------------------------------------------
+    def encode_prompt(self, prompts: List[str]) -> torch.Tensor:
+        """CLIP text ``last_hidden_state`` ``[P, 77, D]`` (BOS, tokens, EOS, pad id 0 up to 77)."""
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        return self.text_encoder(ids.to(self.text_encoder.device))[0]
+
+    def _clip_pixels(self, images_u8: np.ndarray) -> torch.Tensor:
+        """CLIP preprocessing of uint8 ``[P, H, W, 3]``: bicubic resize of the shortest edge (PIL, as
+        transformers 4.x), centre crop, rescale 1/255, normalise. Returns ``[P, 3, crop, crop]`` float32."""
+        from PIL import Image
+
+        fe = self.feature_extractor or {}
+        get = (lambda k, d: fe.get(k, d)) if isinstance(fe, dict) else (lambda k, d: getattr(fe, k, d))
+        size = get("size", _CLIP_DEFAULTS["size"])
+        size = size.get("shortest_edge", size.get("height")) if isinstance(size, dict) else int(size)
+        crop = get("crop_size", _CLIP_DEFAULTS["crop"])
+        crop_h, crop_w = (crop["height"], crop["width"]) if isinstance(crop, dict) else (int(crop), int(crop))
+        mean = np.asarray(get("image_mean", _CLIP_DEFAULTS["mean"]), dtype=np.float32)
+        std = np.asarray(get("image_std", _CLIP_DEFAULTS["std"]), dtype=np.float32)
+        resample = int(get("resample", _CLIP_DEFAULTS["resample"]))
+        out = []
+        for img in images_u8:
+            h, w = img.shape[:2]
+            short, long = (h, w) if h <= w else (w, h)
+            new_long = int(size * long / short)
+            new_h, new_w = (size, new_long) if h <= w else (new_long, size)
+            pil = Image.fromarray(img).resize((new_w, new_h), resample=resample)
+            arr = np.asarray(pil, dtype=np.float32)
+            top, left = (new_h - crop_h) // 2, (new_w - crop_w) // 2
+            arr = arr[max(top, 0): max(top, 0) + crop_h, max(left, 0): max(left, 0) + crop_w]
+            arr = (arr * np.float32(1 / 255) - mean) / std
+            out.append(arr.transpose(2, 0, 1))
+        return torch.from_numpy(np.ascontiguousarray(np.stack(out)))
+
+    def encode_image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """CLIP-ViT penultimate hidden states ``[P, 257, 1280]`` of ``images`` [P, H, W, 3] in [0, 1]
+        (truncated to uint8 first, as the original)."""
+        u8 = (images.detach().cpu().float().numpy() * 255).astype(np.uint8)
+        pixels = self._clip_pixels(u8).to(self.image_encoder.device, self.image_encoder.dtype)
+        return self.image_encoder(pixels, output_hidden_states=True).hidden_states[-2]
+
+    def encode_image_latents(self, images: torch.Tensor, generator=None) -> torch.Tensor:
+        """VAE latent ``[P, 4, 32, 32]`` of ``images`` [P, H, W, 3] in [0, 1]: bilinear resize to 256,
+        2x-1, ``latent_dist.sample(generator)`` x scaling_factor."""
+        x = images.permute(0, 3, 1, 2).contiguous().to(self.vae.device, torch.float32) * 2 - 1
+        x = F.interpolate(x, (IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)
+        dist = self.vae.encode(x.to(self.vae.dtype)).latent_dist
+        return dist.sample(generator=generator).float() * self.vae.config.scaling_factor
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """``[N, 4, 32, 32]`` -> images ``[N, 256, 256, 3]`` float32 in [0, 1] (on the pipeline device)."""
+        x = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype)).sample
+        return (x.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+
+    # --------------------------------------------------------------------------------------
+    @staticmethod
+    def _prepare_images(image) -> torch.Tensor:
+        """Validate and stack ``image`` into float32 ``[P, H, W, 3]`` in [0, 1] (CPU)."""
+        items = list(image) if isinstance(image, (list, tuple)) else [image]
+        out = []
+        for item in items:
+            if hasattr(item, "convert") and hasattr(item, "size"):  # PIL image
+                item = np.asarray(item.convert("RGB"))
+            if isinstance(item, np.ndarray):
+                item = torch.from_numpy(np.ascontiguousarray(item))
+            if not isinstance(item, torch.Tensor):
+                raise TypeError(f"image must be a numpy array, torch tensor or PIL image, got {type(item).__name__}")
+            if item.dim() == 3:
+                item = item[None]
+            if item.dim() != 4 or item.shape[-1] != 3:
+                hint = " (RGBA: composite it on a background first, e.g. lgm_core.preprocess.prepare_image)" \
+                    if item.dim() in (3, 4) and item.shape[-1] == 4 else ""
+                raise ValueError(f"image must be channels-last RGB [H, W, 3] or [N, H, W, 3], got "
+                                 f"{list(item.shape)}{hint}")
+            if min(item.shape[1:3]) < 8:
+                raise ValueError(f"image is too small: {list(item.shape)}")
+            if item.dtype == torch.uint8:
+                item = item.float() / 255.0
+            elif item.is_floating_point():
+                item = item.detach().to("cpu", torch.float32)
+                lo, hi = float(item.min()), float(item.max())
+                if lo < -1e-3 or hi > 1 + 1e-3 or not math.isfinite(lo + hi):
+                    raise ValueError(f"float images must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}]")
+                item = item.clamp(0, 1)
+            else:
+                raise TypeError(f"image dtype must be float in [0, 1] or uint8, got {item.dtype}")
+            out.append(item)
+        shapes = {tuple(t.shape[1:]) for t in out}
+        if len(shapes) > 1:
+            raise ValueError(f"all images must have the same size, got {sorted(shapes)}")
+        return torch.cat(out, 0)
+
+    def _run_unet(self, key, x_in, t_rows, cam_emb, ctx, ip_img, nf, first: bool):
+        """One UNet evaluation, through a CUDA graph when enabled."""
+        if self.use_cuda_graphs and x_in.is_cuda:
+            runner = self._graphs.get(key)
+            if runner is None:
+                try:
+                    if self._graph_pool is None:
+                        self._graph_pool = torch.cuda.graph_pool_handle()
+                    runner = _GraphedUNet(self.unet, tuple(x_in.shape), t_rows.shape[0], cam_emb, ctx,
+                                          ip_img, nf, self._graph_pool)
+                    self._graphs[key] = runner
+                    first = False
+                except Exception as exc:  # portable fallback
+                    warnings.warn(f"CUDA graph capture failed ({exc}); running the UNet eagerly")
+                    self.use_cuda_graphs = False
+                    runner = None
+            if runner is not None:
+                if first:
+                    runner.set_conditions(cam_emb, ctx, ip_img)
+                runner.x.copy_(x_in)
+                runner.t.copy_(t_rows)
+                runner.graph.replay()
+                return runner.out
+        return self.unet.forward_prepared(x_in, t_rows, cam_emb, ctx, nf, ip_img)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: Union[str, Sequence[str]] = "",
+        image=None,
+        negative_prompt: Union[str, Sequence[str]] = "",
+        num_inference_steps: int = 30,
+        guidance_scale: Optional[float] = None,
+        elevation: float = 0.0,
+        generator: Optional[torch.Generator] = None,
+        latents: Optional[torch.Tensor] = None,
+        image_latents: Optional[torch.Tensor] = None,
+        num_images_per_prompt: int = 1,
+        callback: Optional[Callable[[int, int, torch.Tensor], None]] = None,
+        output_type: str = "np",
+        eta: float = 0.0,
+    ) -> MultiViewOutput:
+        """Generate 4 views per object.
+
+        ``prompt``: str or list; ``image`` (ImageDream only, required there): [H, W, 3] / [N, H, W, 3]
+        float in [0, 1] or uint8, numpy/torch/PIL, or a list (white background, object centred, as
+        LGM prepares it). One prompt or image broadcasts against a list of the other.
+        ``guidance_scale``: None -> 7.5 (MVDream) / 5.0 (ImageDream); ``<= 1`` disables CFG.
+        ``latents``: initial noise ``[n*F, 4, 32, 32]``; ``image_latents``: reference latents
+        ``[P or n, 4, 32, 32]`` replacing the VAE sample. ``callback(step, total, latents)`` runs after
+        every step (step counts from 1) and may raise to cancel. ``output_type``: "np", "pt", "pil", "latent".
+        """
+        if output_type not in ("np", "numpy", "pt", "pil", "latent"):
+            raise ValueError(f"output_type must be 'np', 'pt', 'pil' or 'latent', got {output_type!r}")
+        if int(num_inference_steps) < 1:
+            raise ValueError("num_inference_steps must be >= 1")
+        if int(num_images_per_prompt) < 1:
+            raise ValueError("num_images_per_prompt must be >= 1")
+        device, dtype = self.device, self.dtype
+        nf = self.num_frames
+
+        prompts = [str(p) for p in _as_list(prompt, "prompt")]
+        images = None
+        if self.is_imagedream:
+            if image is None and image_latents is None:
+                raise ValueError("this is an ImageDream model: pass `image` (use an MVDream model for text only)")
+            if image is None:
+                raise ValueError("ImageDream needs `image` for its CLIP features, even with image_latents")
+            images = self._prepare_images(image)
+        elif image is not None:
+            raise ValueError("this MVDream model has no image encoder: `image` needs an ImageDream model")
+        num_prompts = max(len(prompts), 1 if images is None else images.shape[0])
+        if len(prompts) == 1:
+            prompts = prompts * num_prompts
+        if images is not None and images.shape[0] == 1 and num_prompts > 1:
+            images = images.expand(num_prompts, -1, -1, -1)
+        if len(prompts) != num_prompts or (images is not None and images.shape[0] != num_prompts):
+            raise ValueError(f"got {len(prompts)} prompts but {images.shape[0]} images: give one of "
+                             f"either, or equally many")
+        negs = [str(p) for p in _as_list(negative_prompt, "negative_prompt")]
+        if len(negs) == 1:
+            negs = negs * num_prompts
+        if len(negs) != num_prompts:
+            raise ValueError(f"negative_prompt: expected 1 or {num_prompts} entries, got {len(negs)}")
+        n_per = int(num_images_per_prompt)
+        num_objects = num_prompts * n_per
+        scale = self.default_guidance_scale if guidance_scale is None else float(guidance_scale)
+        do_cfg = scale > 1.0
+
+        # ---- conditions (once per call) -------------------------------------------------------
+        text = self.encode_prompt(negs + prompts if do_cfg else prompts).to(dtype)
+        text = text.repeat_interleave(n_per, 0).repeat_interleave(nf, 0)  # [(2) B F, 77, D]
+        cams = mv_camera_matrices(NUM_VIEWS, elevation, extra_view=self.is_imagedream)
+        cam_rows = cams.to(device, dtype).repeat(num_objects * (2 if do_cfg else 1), 1)
+        ip = ip_img = None
+        if self.is_imagedream:
+            feats = self.encode_image_features(images).to(dtype)  # [P, 257, 1280]
+            if image_latents is None:
+                ref = self.encode_image_latents(images, generator)  # [P, 4, 32, 32]
+            else:
+                ref = torch.as_tensor(image_latents)
+                if ref.dim() != 4 or ref.shape[1:] != (4, LATENT_SIZE, LATENT_SIZE) or \
+                        ref.shape[0] not in (num_prompts, num_objects):
+                    raise ValueError(f"image_latents must be [{num_prompts} or {num_objects}, 4, 32, 32], "
+                                     f"got {list(ref.shape)}")
+                ref = ref.to(device, torch.float32)
+            if ref.shape[0] == num_prompts:
+                ref = ref.repeat_interleave(n_per, 0)
+            feats = feats.repeat_interleave(n_per, 0).repeat_interleave(nf, 0)  # [B F, 257, 1280]
+            ip = torch.cat([torch.zeros_like(feats), feats]) if do_cfg else feats
+            ip_img = torch.cat([torch.zeros_like(ref), ref]) if do_cfg else ref
+            ip_img = ip_img.to(dtype)
+        cam_emb, ctx = self.unet.prepare_conditions(text, cam_rows, ip)
+
+        # ---- initial noise & schedule -----------------------------------------------------------
+        shape = (num_objects * nf, 4, LATENT_SIZE, LATENT_SIZE)
+        if latents is None:
+            from diffusers.utils.torch_utils import randn_tensor
+
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        else:
+            latents = torch.as_tensor(latents)
+            if tuple(latents.shape) != shape:
+                raise ValueError(f"latents must be {list(shape)} (objects x {nf} frames), got {list(latents.shape)}")
+            latents = latents.to(device, torch.float32)
+        scheduler = self.scheduler
+        scheduler.set_timesteps(int(num_inference_steps), device="cpu")
+        latents = latents * scheduler.init_noise_sigma
+        timesteps = scheduler.timesteps
+        t_dev = timesteps.to(device=device, dtype=torch.float32)  # one transfer, no per-step sync
+        rows = latents.shape[0] * (2 if do_cfg else 1)
+        step_params = inspect.signature(scheduler.step).parameters
+        step_kwargs = {}
+        if "generator" in step_params:
+            step_kwargs["generator"] = generator
+        if "eta" in step_params:
+            step_kwargs["eta"] = eta
+        key = (rows, nf, dtype, str(device), tuple(ctx.shape), do_cfg)
+        total = len(timesteps)
+
+        # ---- denoising loop ---------------------------------------------------------------------
+        for i, t in enumerate(timesteps):
+            lat_in = scheduler.scale_model_input(latents, t)
+            x_in = torch.cat([lat_in, lat_in]) if do_cfg else lat_in
+            t_rows = t_dev[i].expand(rows)
+            eps = self._run_unet(key, x_in.to(dtype), t_rows, cam_emb, ctx, ip_img, nf, i == 0).float()
+            if do_cfg:
+                eps_u, eps_c = eps.chunk(2)
+                eps = eps_u + scale * (eps_c - eps_u)
+            latents = scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0].float()
+            if callback is not None:
+                callback(i + 1, total, latents)
+
+        # ---- decode -----------------------------------------------------------------------------
+        out_images: Any = None
+        if output_type != "latent":
+            view_lat = latents.view(num_objects, nf, *latents.shape[1:])[:, :NUM_VIEWS].flatten(0, 1)
+            imgs = self.decode_latents(view_lat)
+            if output_type == "pt":
+                out_images = imgs.cpu()
+            elif output_type == "pil":
+                from PIL import Image
+
+                arr = (imgs.cpu().numpy() * 255).round().astype(np.uint8)
+                out_images = [Image.fromarray(a) for a in arr]
+            else:
+                out_images = imgs.cpu().numpy()
+        return MultiViewOutput(
+            images=out_images,
+            cameras=mv_view_poses(NUM_VIEWS, elevation),
+            elevation=float(elevation),
+            num_objects=num_objects,
+            camera_embedding=cams,
+            latents=latents,
+        )
