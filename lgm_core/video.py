@@ -23,6 +23,9 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 
 PathLike = Union[str, os.PathLike]
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def to_uint8(frames) -> np.ndarray:
     """Frames (torch tensor or numpy, float in [0, 1] or uint8), channels last -> uint8 numpy."""
@@ -60,6 +63,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
     try:
         yield tmp
         os.replace(tmp, path)

@@ -176,54 +176,76 @@ def _composite_bands(params, rows0, rows1, x0, nx, n_rows, TX, TY, K, max_pairs,
 
 def _composite_tiles(params, pair_param, counts, starts, tile_base, TX, TY, basis_t, K, chunk_elems, max_alpha,
                      accum, alpha):
-    """Front-to-back compositing of one band's tiles, K Gaussians per tile at a time."""
+    """Front-to-back compositing of one band's tiles, K Gaussians per tile at a time.
+
+    State of the tiles still being composited is kept compactly (``act_*``); tiles whose lists are
+    exhausted or whose pixels have all stopped are written to ``accum``/``alpha`` and dropped.
+    """
     device = params.device
-    n_tiles = counts.numel()
     D = accum.shape[-1]
     P = pair_param.numel()
-    T_virtual = torch.ones(n_tiles, _TILE_PIX, dtype=torch.float32, device=device)
     active = (counts > 0).nonzero(as_tuple=True)[0]
+    n_act = active.numel()
+    if n_act == 0:
+        return
+    act_acc = torch.zeros(n_act, _TILE_PIX, D, dtype=torch.float32, device=device)
+    act_alpha = torch.zeros(n_act, _TILE_PIX, dtype=torch.float32, device=device)
+    act_T = torch.ones(n_act, _TILE_PIX, dtype=torch.float32, device=device)  # virtual transmittance
+    act_count, act_start = counts[active], starts[active]
+    gtile = active + tile_base  # global tile ids
+    act_cx = ((gtile % TX) * TILE + TILE / 2).to(torch.float32)  # tile centres, pixel-centre coords
+    act_cy = ((torch.div(gtile, TX, rounding_mode="floor") % TY) * TILE + TILE / 2).to(torch.float32)
     ar = torch.arange(K, device=device)
     tile_step = max(1, chunk_elems // (K * _TILE_PIX))
+    buf_x = torch.empty(min(tile_step, n_act) * K * _TILE_PIX, dtype=torch.float32, device=device)
+    buf_w = torch.empty_like(buf_x)
+    # α >= 1/255 is kept: threshold_ keeps values strictly above its threshold
+    a_min = torch.nextafter(torch.tensor(ALPHA_MIN, dtype=torch.float32), torch.tensor(0.0)).item()
     k = 0
-    while active.numel() > 0:
-        for s in range(0, active.numel(), tile_step):
-            tiles = active[s:s + tile_step]
-            A = tiles.numel()
+    while True:
+        n_act = gtile.numel()
+        for s in range(0, n_act, tile_step):
+            e = min(n_act, s + tile_step)
+            A = e - s
             pos = k + ar  # position within each tile's list
-            valid = pos[None, :] < counts[tiles, None]  # [A,K]
-            idx = torch.clamp(starts[tiles, None] + pos[None, :], max=P - 1)
+            valid = pos[None, :] < act_count[s:e, None]  # [A,K]
+            idx = torch.clamp(act_start[s:e, None] + pos[None, :], max=P - 1)
             p = params[pair_param[idx]]  # [A,K,6+D]
-            gtile = tiles + tile_base
-            # tile centre in pixel-centre coordinates
-            cx = ((gtile % TX) * TILE + TILE / 2).to(torch.float32)
-            cy = ((torch.div(gtile, TX, rounding_mode="floor") % TY) * TILE
-                  + TILE / 2).to(torch.float32)
-            mx = p[..., 0] - cx[:, None]
-            my = p[..., 1] - cy[:, None]
+            mx = p[..., 0] - act_cx[s:e, None]
+            my = p[..., 1] - act_cy[s:e, None]
             ca, cb, cc = p[..., 2], p[..., 3], p[..., 4]
-            # power(l) = -½ (a dx² + 2b dx dy + c dy²), d = l - m, in the basis (lx², lx ly, ly², lx, ly, 1)
+            log_o = torch.where(valid, torch.log(p[..., 5]), torch.full_like(mx, -1e4))
+            # log α(l) = log o - ½ (a dx² + 2b dx dy + c dy²) with d = l - m, written in the basis
+            # (lx², lx·ly, ly², lx, ly, 1) of tile-local pixel centres: one matrix product.
             coef = torch.stack([
                 -0.5 * ca, -cb, -0.5 * cc,
                 ca * mx + cb * my, cb * mx + cc * my,
-                -0.5 * (ca * mx * mx + 2.0 * cb * mx * my + cc * my * my),
+                log_o - 0.5 * (ca * mx * mx + 2.0 * cb * mx * my + cc * my * my),
             ], dim=-1)  # [A,K,6]
-            power = torch.matmul(coef, basis_t).clamp_(max=0.0)  # [A,K,256]
-            opac = torch.where(valid, p[..., 5], torch.zeros_like(p[..., 5]))
-            a = power.exp_().mul_(opac[..., None]).clamp_(max=max_alpha)
-            a = a.masked_fill_(a < ALPHA_MIN, 0.0)
-            one_minus = torch.sub(1.0, a)
-            cp = torch.cumprod(one_minus, dim=1)  # [A,K,256]
-            T0 = T_virtual[tiles]  # [A,256]
-            T_after = cp.mul_(T0[:, None, :])
-            T_before = torch.cat([T0[:, None, :], T_after[:, :-1]], dim=1)
-            wgt = a.mul_(T_before).masked_fill_(T_after < T_MIN, 0.0)  # α T, only before the stop
-            feats = p[..., 6:]  # [A,K,D]
-            accum.index_add_(0, gtile, torch.bmm(wgt.transpose(1, 2), feats))
-            alpha.index_add_(0, gtile, wgt.sum(dim=1))
-            T_virtual[tiles] = T_after[:, -1]
+            x = torch.matmul(coef, basis_t, out=buf_x[: A * K * _TILE_PIX].view(A, K, _TILE_PIX))
+            x.exp_().clamp_(max=max_alpha)
+            torch.nn.functional.threshold_(x, a_min, 0.0)  # α, skipped ones 0
+            x.neg_().add_(1.0)  # 1 - α
+            T0 = act_T[s:e]
+            x[:, 0].mul_(T0)
+            x.cumprod_(dim=1)  # transmittance after each Gaussian (virtual: ignores the stop)
+            w = buf_w[: A * K * _TILE_PIX].view(A, K, _TILE_PIX)
+            torch.sub(x[:, :-1], x[:, 1:], out=w[:, 1:])  # α T = T_before - T_after
+            torch.sub(T0, x[:, 0], out=w[:, 0])
+            w.masked_fill_(x < T_MIN, 0.0)  # the stop: this and all later Gaussians unused
+            act_acc[s:e].add_(torch.bmm(w.transpose(1, 2), p[..., 6:]))
+            act_alpha[s:e].add_(w.sum(dim=1))
+            act_T[s:e] = x[:, -1]
         k += K
-        still = (counts[active] > k) & (T_virtual[active] >= T_MIN).any(dim=1)
-        active = active[still]
-
-
+        still = (act_count > k) & (act_T >= T_MIN).any(dim=1)
+        if bool(still.all()):
+            continue
+        done = (~still).nonzero(as_tuple=True)[0]
+        accum.index_copy_(0, gtile[done], act_acc[done])
+        alpha.index_copy_(0, gtile[done], act_alpha[done])
+        keep = still.nonzero(as_tuple=True)[0]
+        if keep.numel() == 0:
+            return
+        gtile, act_count, act_start = gtile[keep], act_count[keep], act_start[keep]
+        act_cx, act_cy = act_cx[keep], act_cy[keep]
+        act_acc, act_alpha, act_T = act_acc[keep], act_alpha[keep], act_T[keep]
