@@ -1,0 +1,153 @@
+"""``python -m lgm_core text-to-3d`` / ``image-to-3d``: multi-view diffusion -> LGM -> .ply (+ views, turntable).
+
+    python -m lgm_core text-to-3d "a ceramic owl" -o out/
+    python -m lgm_core image-to-3d photo.png -o out/
+
+Writes ``OUT/gaussians.ply``, ``OUT/views.png`` (2x2 grid in LGM's layout [[v1, v2], [v3, v0]], i.e.
+LGM view order front/90/180/270 in reading order; ``python -m lgm_core reconstruct OUT/views.png`` reads
+it back) and, when the renderer is available, ``OUT/turntable.mp4``. Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from . import CLIError, progress
+
+DTYPES = {"auto": None, "fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+NEGATIVE_PROMPT = ("ugly, blurry, pixelated obscure, unnatural colors, poor lighting, dull, unclear, cropped, "
+                   "lowres, low quality, artifacts, duplicate")
+
+
+def _common(p: argparse.ArgumentParser, default_model: str, default_guidance: float) -> None:
+    p.add_argument("-o", "--output", required=True, help="output folder (created)")
+    p.add_argument("--negative-prompt", default=None,
+                   help="negative prompt (default: LGM app's list for text-to-3d, empty for image-to-3d)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (all randomness comes from it)")
+    p.add_argument("--steps", type=int, default=30, help="diffusion steps")
+    p.add_argument("--guidance", type=float, default=default_guidance, help="classifier-free guidance scale (<= 1: off)")
+    p.add_argument("--elevation", type=float, default=0.0,
+                   help="camera elevation in degrees, positive = cameras above the object (LGM's app used the "
+                        "opposite sign: its e is our -e)")
+    p.add_argument("--mv-model", default=default_model,
+                   help="multi-view diffusion model: hub-layout folder or hub repo id")
+    p.add_argument("--lgm-weights", default=None,
+                   help="LGM checkpoint: .safetensors file, folder or hub repo id (default ashawkey/LGM)")
+    p.add_argument("--lgm-preset", choices=["big", "small", "lrm", "tiny"], default=None,
+                   help="LGM architecture (default: detected from the checkpoint)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="auto", help="precision (auto: fp16 on CUDA, fp32 on CPU)")
+    p.add_argument("--turntable-frames", type=int, default=120, help="turntable video frames (0: no video)")
+    p.add_argument("--turntable-size", type=int, default=512, help="turntable video size in pixels")
+    p.add_argument("--min-opacity", type=float, default=0.005, help="drop Gaussians below this opacity in the .ply")
+
+
+def register(sub) -> None:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    t = sub.add_parser("text-to-3d", help="text prompt -> 4 views (MVDream) -> 3D Gaussians (LGM)",
+                       description="Text -> 4 views with MVDream -> 3D Gaussians with LGM.", formatter_class=fmt)
+    t.add_argument("prompt", help="text prompt, e.g. 'a ceramic owl'")
+    _common(t, "ashawkey/mvdream-sd2.1-diffusers", 7.5)
+    t.set_defaults(func=run_text)
+
+    i = sub.add_parser("image-to-3d", help="object image -> 4 views (ImageDream) -> 3D Gaussians (LGM)",
+                       description=("Image -> 4 views with ImageDream -> 3D Gaussians with LGM. RGBA images are "
+                                    "recentred on their alpha mask and composited on white; RGB images are used "
+                                    "as they are (padded to a square): remove the background first for best results."),
+                       formatter_class=fmt)
+    i.add_argument("image", help="input image (PNG with alpha preferred)")
+    i.add_argument("--prompt", default="", help="optional text prompt")
+    i.add_argument("--border-ratio", type=float, default=0.2, help="free border around the recentred object")
+    _common(i, "ashawkey/imagedream-ipmv-diffusers", 5.0)
+    i.set_defaults(func=run_image)
+
+
+def _device_dtype(args):
+    import torch
+
+    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name = DTYPES[args.dtype]
+    dtype = getattr(torch, name) if name else (torch.float16 if device.type == "cuda" else torch.float32)
+    return device, dtype
+
+
+def _generate(args, prompt: str, image, negative: str) -> int:
+    import torch
+
+    from ..mvdiffusion import MultiViewPipeline
+
+    if args.steps < 1:
+        raise CLIError("--steps must be >= 1")
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device, dtype = _device_dtype(args)
+    t0 = time.perf_counter()
+    progress(f"loading multi-view model {args.mv_model} ...")
+    pipe = MultiViewPipeline.from_pretrained(args.mv_model, dtype=dtype, device=device)
+    progress(f"loaded in {time.perf_counter() - t0:.1f} s ({device}, {dtype})")
+    if image is not None and not pipe.is_imagedream:
+        raise CLIError(f"{args.mv_model} is a text-only (MVDream) model; image-to-3d needs an ImageDream model")
+    if image is None and pipe.is_imagedream:
+        raise CLIError(f"{args.mv_model} is an ImageDream model; text-to-3d needs an MVDream model")
+
+    def report(step, total, _latents):
+        if step == total or step % max(1, total // 5) == 0:
+            progress(f"  diffusion step {step}/{total}")
+
+    t1 = time.perf_counter()
+    out = pipe(prompt, image=image, negative_prompt=negative, num_inference_steps=args.steps,
+               guidance_scale=args.guidance, elevation=args.elevation,
+               generator=torch.Generator().manual_seed(args.seed), callback=report)
+    progress(f"4 views in {time.perf_counter() - t1:.2f} s")
+    from ..image_io import save_image
+
+    save_image(torch.from_numpy(out.grid(0)), out_dir / "views.png")
+    lgm_inputs = out.lgm_inputs()
+    del pipe, out
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    from ..weights import load_lgm
+
+    progress("loading LGM ...")
+    model = load_lgm(args.lgm_weights, preset=args.lgm_preset, dtype=dtype, device=device)
+    gaussians = model.reconstruct(**lgm_inputs)
+    ply = out_dir / "gaussians.ply"
+    gaussians.save_ply(ply, min_opacity=args.min_opacity)
+    progress(f"wrote {ply} ({gaussians.num_gaussians} Gaussians)")
+
+    if args.turntable_frames > 0:
+        try:
+            from ..cameras import Cameras
+            from ..render import render
+            from ..video import write_video
+        except ImportError as exc:  # renderer not available in this install
+            progress(f"skipping turntable ({exc})")
+            return 0
+        cams = Cameras.turntable(args.turntable_frames, args.elevation, size=args.turntable_size).to(gaussians.device)
+        frames = []
+        for start in range(0, len(cams), 16):
+            frames.append(render(gaussians, cams[start:start + 16]).image[0].cpu())
+        video = out_dir / "turntable.mp4"
+        write_video(torch.cat(frames).numpy(), video, fps=30)
+        progress(f"wrote {video}")
+    return 0
+
+
+def run_text(args) -> int:
+    if not args.prompt.strip():
+        raise CLIError("the prompt is empty")
+    negative = NEGATIVE_PROMPT if args.negative_prompt is None else args.negative_prompt
+    return _generate(args, args.prompt, None, negative)
+
+
+def run_image(args) -> int:
+    from ..image_io import load_image
+    from ..preprocess import prepare_image
+
+    img = load_image(args.image)  # [H, W, 3|4] float in [0, 1]; FileNotFoundError / ValueError on bad files
+    img = prepare_image(img, size=256, border_ratio=args.border_ratio)
+    negative = "" if args.negative_prompt is None else args.negative_prompt
+    return _generate(args, args.prompt, img.numpy(), negative)
