@@ -1,0 +1,13 @@
+"""Gaussians -> textured triangle meshes (pip-only; see docs/mesh_extraction.md).
+
+``extract_mesh(gaussians, ...) -> Mesh``; ``Mesh.export("out.glb" | ".obj" | ".ply")``;
+``render_mesh(mesh, cameras)`` is a small PyTorch z-buffer renderer for checks and benchmarks.
+Heavy optional dependencies (scikit-image, fast-simplification, xatlas, trimesh) are imported
+only when used.
+"""
+
+from .types import Mesh, vertex_normals
+from .extract import extract_mesh
+from .raster import Fragments, MeshRender, rasterize, render_mesh
+
+__all__ = ["Mesh", "extract_mesh", "render_mesh", "rasterize", "Fragments", "MeshRender", "vertex_normals"]
