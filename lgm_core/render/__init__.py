@@ -33,7 +33,9 @@ import torch
 from ..cameras import Cameras
 from ..gaussians import Gaussians
 from . import gsplat_backend, torch_backend
-from .common import BackgroundLike, background_tensor, camera_matrices, prepare_gaussians, project, psnr
+from ..gaussians import SH_C0
+from .common import (BackgroundLike, background_tensor, camera_matrices, covariance_3d, prepare_gaussians,
+                     project, psnr)
 
 __all__ = ["RenderResult", "render", "resolve_backend", "psnr", "BACKENDS"]
 
@@ -88,13 +90,17 @@ def render(
     scale_modifier: float = 1.0,
     backend: str = "auto",
     views_per_chunk: Optional[int] = None,
+    out_device=None,
 ) -> RenderResult:
     """Render every batch item of ``gaussians`` from every camera of ``cameras``.
 
     ``background``: RGB in [0, 1] (a 3-sequence, or a tensor broadcastable to [B,V,3]); white by
     default. ``scale_modifier`` multiplies every scale before the covariance is built.
     ``views_per_chunk`` bounds how many cameras are rasterised at once (default: chosen from N so
-    that per-chunk buffers stay bounded). Rendering runs on the Gaussians' device, in float32.
+    that per-chunk buffers stay bounded). Rendering runs on the Gaussians' device, in float32;
+    results land on ``out_device`` (default: that device). With CUDA Gaussians and
+    ``out_device="cpu"`` the results go to pinned host memory, each chunk copied while the next
+    one renders (much faster than ``.cpu()`` on a large result).
     """
     if not isinstance(gaussians, Gaussians):
         raise TypeError(f"gaussians must be a Gaussians instance, got {type(gaussians).__name__}")
@@ -103,57 +109,79 @@ def render(
     if not float(scale_modifier) > 0:
         raise ValueError(f"scale_modifier must be positive, got {scale_modifier}")
     device = gaussians.device
+    out_dev = device if out_device is None else torch.device(out_device)
     B, N = gaussians.batch_size, gaussians.num_gaussians
     V, H, W = len(cameras), int(cameras.height), int(cameras.width)
     bg = background_tensor(background, B, V, device)
     chosen = resolve_backend(backend, device)
-    inputs = prepare_gaussians(gaussians, scale_modifier)
     viewmats, Ks = camera_matrices(cameras, device)
     if views_per_chunk is None:
         budget = 2**20 if device.type == "cpu" else 2**23
         views_per_chunk = max(1, budget // max(N, 1))
     views_per_chunk = max(1, int(views_per_chunk))
 
-    image = torch.empty(B, V, H, W, 3, dtype=torch.float32, device=device)
-    alpha = torch.empty(B, V, H, W, 1, dtype=torch.float32, device=device)
-    depth = torch.empty(B, V, H, W, 1, dtype=torch.float32, device=device)
+    pin = out_dev.type == "cpu" and device.type == "cuda"
+    image = torch.empty(B, V, H, W, 3, dtype=torch.float32, device=out_dev, pin_memory=pin)
+    alpha = torch.empty(B, V, H, W, 1, dtype=torch.float32, device=out_dev, pin_memory=pin)
+    depth = torch.empty(B, V, H, W, 1, dtype=torch.float32, device=out_dev, pin_memory=pin)
+    inputs = None
     for b in range(B):
         for v0 in range(0, V, views_per_chunk):
             sl = slice(v0, min(V, v0 + views_per_chunk))
             out = None
             if chosen == "gsplat":
                 try:
-                    out = _gsplat_views(gaussians, inputs, b, viewmats[sl], Ks[sl], W, H, cameras.near,
-                                        scale_modifier)
+                    out = _gsplat_views(gaussians, b, viewmats[sl], Ks[sl], W, H, cameras.near,
+                                        scale_modifier, bg[b, sl])
                 except torch.cuda.OutOfMemoryError:
                     raise
                 except Exception as exc:  # a kernel failure at render time: fall back for good
                     gsplat_backend.mark_failed(exc)
                     chosen = "torch"
             if out is None:
-                out = _torch_views(inputs, b, viewmats[sl], Ks[sl], W, H, cameras.near)
+                if inputs is None:
+                    inputs = prepare_gaussians(gaussians, scale_modifier)
+                out = _torch_views(inputs, b, viewmats[sl], Ks[sl], W, H, cameras.near, bg[b, sl])
             col, acc, dep = out
-            image[b, sl] = (col + (1.0 - acc) * bg[b, sl, None, None, :]).clamp_(0.0, 1.0)
-            alpha[b, sl] = acc.clamp(0.0, 1.0)
-            depth[b, sl] = dep
+            if out_dev == device:
+                torch.clamp(col, 0.0, 1.0, out=image[b, sl])
+                torch.clamp(acc, 0.0, 1.0, out=alpha[b, sl])
+                depth[b, sl] = dep
+            else:
+                image[b, sl].copy_(col.clamp_(0.0, 1.0), non_blocking=pin)
+                alpha[b, sl].copy_(acc.clamp_(0.0, 1.0), non_blocking=pin)
+                depth[b, sl].copy_(dep, non_blocking=pin)
+    if pin:
+        torch.cuda.current_stream(device).synchronize()  # results are safe to read on return
     return RenderResult(image=image, alpha=alpha, depth=depth, backend=chosen)
 
 
-def _torch_views(inputs, b, viewmats, Ks, W, H, near):
+def _torch_views(inputs, b, viewmats, Ks, W, H, near, bg):
+    """-> (colour over background [C,H,W,3], alpha [C,H,W,1], expected depth [C,H,W,1])."""
     proj = project(inputs.means[b], inputs.covs[b], viewmats, Ks, W, H, near=near)
     feats = torch.cat([inputs.colors[b][None].expand(viewmats.shape[0], -1, -1), proj.depths[..., None]], dim=-1)
     acc, alpha = torch_backend.rasterize(
         proj.means2d, proj.conics, proj.depths, proj.radii, inputs.opacities[b], feats, W, H
     )
     depth = acc[..., 3:4] / alpha.clamp(min=1e-10)
-    return acc[..., :3], alpha, depth
+    col = torch.addcmul(acc[..., :3], 1.0 - alpha, bg[:, None, None, :])
+    return col, alpha, depth
 
 
-def _gsplat_views(gaussians, inputs, b, viewmats, Ks, W, H, near, scale_modifier):
-    if gaussians.normalized_rotations:
-        kwargs = dict(quats=gaussians.rotations[b].float(), scales=gaussians.scales[b].float() * float(scale_modifier))
+def _gsplat_views(gaussians, b, viewmats, Ks, W, H, near, scale_modifier, bg):
+    g = gaussians
+    opac = g.opacities[b, :, 0].float()
+    if g.counts is not None:
+        opac = opac * g.valid_mask()[b].to(opac.dtype)
+    if g.normalized_rotations:
+        scales = g.scales[b].float()
+        if float(scale_modifier) != 1.0:
+            scales = scales * float(scale_modifier)
+        kwargs = dict(quats=g.rotations[b].float(), scales=scales)
     else:  # legacy: gsplat would normalise the quaternion, so hand it the raw-formula covariance
-        kwargs = dict(covars=inputs.covs[b])
+        kwargs = dict(covars=covariance_3d(g.scales[b], g.rotations[b], normalized=False,
+                                           scale_modifier=scale_modifier))
+    colors = g.sh[b, :, 0, :].float().mul(SH_C0).add_(0.5)  # = Gaussians.rgb
     return gsplat_backend.rasterize_views(
-        inputs.means[b], inputs.opacities[b], inputs.colors[b], viewmats, Ks, W, H, near=near, **kwargs
+        g.positions[b].float(), opac, colors, viewmats, Ks, W, H, near=near, backgrounds=bg, **kwargs
     )

@@ -78,28 +78,44 @@ def prepare_gaussians(gaussians: Gaussians, scale_modifier: float = 1.0) -> Spla
 
 
 def camera_matrices(cameras: Cameras, device) -> tuple:
-    """(viewmats [V,4,4] OpenCV world-to-camera, Ks [V,3,3]) as float32 on ``device``."""
-    cams = cameras.to(device)
-    # Invert in float64: poses are rigid, this keeps the translation exact to float32 rounding.
-    c2w = cams.c2w.double().clone()
-    c2w[:, :3, 1:3] = -c2w[:, :3, 1:3]
-    viewmats = torch.linalg.inv(c2w).float()
-    Ks = cams.intrinsics().to(device)
-    return viewmats, Ks
+    """(viewmats [V,4,4] OpenCV world-to-camera, Ks [V,3,3]) as float32 on ``device``.
+
+    Built on the host in float64 (rigid inverse: Rᵀ, -Rᵀt) and moved with one transfer, so no
+    device-side matrix inverse or extra synchronisation is needed.
+    """
+    c2w = cameras.c2w.detach().to("cpu", torch.float64)
+    R = c2w[:, :3, :3].clone()
+    R[:, :, 1:3] = -R[:, :, 1:3]  # OpenGL -> OpenCV camera axes
+    t = c2w[:, :3, 3]
+    V = c2w.shape[0]
+    packed = torch.zeros(V, 25, dtype=torch.float64)
+    view = packed[:, :16].view(V, 4, 4)
+    view[:, :3, :3] = R.transpose(1, 2)
+    view[:, :3, 3] = -(R.transpose(1, 2) @ t[..., None])[..., 0]
+    view[:, 3, 3] = 1.0
+    fx, fy = cameras.focal
+    packed[:, 16:25] = torch.tensor([fx, 0.0, cameras.width * 0.5, 0.0, fy, cameras.height * 0.5, 0.0, 0.0, 1.0],
+                                    dtype=torch.float64)
+    packed = packed.float().to(device, non_blocking=True)
+    return packed[:, :16].reshape(V, 4, 4), packed[:, 16:].reshape(V, 3, 3)
 
 
 def background_tensor(background, batch: int, views: int, device) -> torch.Tensor:
-    """Background colour(s) -> [B, V, 3] float32: a 3-sequence, a scalar, or a tensor
+    """Background colour(s) -> [B, V, 3] float32 on ``device``: a 3-sequence, a scalar, or a tensor
     broadcastable to [B, V, 3] (values in [0, 1])."""
-    bg = torch.as_tensor(background, dtype=torch.float32, device=device)
+    if isinstance(background, torch.Tensor):
+        bg = background.detach().to(device=device, dtype=torch.float32)
+    else:
+        bg = torch.as_tensor(background, dtype=torch.float32)
     if bg.dim() == 0:
         bg = bg.expand(3)
     if bg.shape[-1] != 3:
         raise ValueError(f"background must have 3 channels (RGB), got shape {list(bg.shape)}")
     try:
-        return bg.expand(batch, views, 3).contiguous()
+        bg = bg.expand(batch, views, 3)
     except RuntimeError as exc:
         raise ValueError(f"background of shape {list(bg.shape)} does not broadcast to [{batch}, {views}, 3]") from exc
+    return bg.to(device, non_blocking=True)
 
 
 @dataclass

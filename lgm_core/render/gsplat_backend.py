@@ -89,13 +89,16 @@ def rasterize_views(
     quats: Optional[torch.Tensor] = None,
     scales: Optional[torch.Tensor] = None,
     covars: Optional[torch.Tensor] = None,
+    backgrounds: Optional[torch.Tensor] = None,
     packed: bool = False,
 ) -> tuple:
     """Render N Gaussians (``means`` [N,3], ``opacities`` [N], ``colors`` [N,3], and either
     ``quats`` [N,4] wxyz + ``scales`` [N,3] or ``covars`` [N,3,3]) into C cameras (``viewmats``
     [C,4,4] OpenCV world-to-camera, ``Ks`` [C,3,3]).
 
-    Returns (colour [C,H,W,3] without background, alpha [C,H,W,1], expected depth [C,H,W,1]).
+    ``backgrounds`` [C,3] (optional) is composited by gsplat's kernel.
+    Returns (colour [C,H,W,3] (over the background, not clamped), alpha [C,H,W,1], expected
+    depth [C,H,W,1]).
     """
     from gsplat import rasterization
 
@@ -107,6 +110,7 @@ def rasterize_views(
         colors.contiguous(), viewmats.contiguous(), Ks.contiguous(), int(width), int(height),
         near_plane=float(near), eps2d=EPS2D, sh_degree=None, packed=packed, tile_size=16,
         render_mode="RGB+ED", rasterize_mode="classic",
+        backgrounds=None if backgrounds is None else backgrounds.contiguous(),
         covars=None if covars is None else covars.contiguous(),
     )
     return out[..., :3], alpha, out[..., 3:4]

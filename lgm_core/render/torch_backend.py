@@ -64,6 +64,7 @@ def rasterize(
     height: int,
     *,
     K: int = 64,
+    max_K: int = 1024,
     max_pairs: Optional[int] = None,
     chunk_elems: Optional[int] = None,
     max_alpha: float = ALPHA_MAX,
@@ -74,6 +75,9 @@ def rasterize(
     [C,N,3], ``depths`` [C,N], ``radii`` [C,N] (0 = culled), ``opacities`` [C,N] or [N],
     ``features`` [C,N,D] or [N,D] (colour channels, plus anything to be alpha-blended such as depth).
     Returns (``accum`` [C,H,W,D] = Σ fᵢαᵢTᵢ, ``alpha`` [C,H,W,1] = Σ αᵢTᵢ), float32, no background.
+
+    Tiles are walked ``K`` to ``max_K`` Gaussians deep at a time (deeper as fewer tiles remain
+    active, within the ``chunk_elems`` budget); ``max_pairs`` bounds the tile/Gaussian pair list.
     """
     device = means2d.device
     C, N = means2d.shape[:2]
@@ -117,7 +121,7 @@ def rasterize(
             rows0 = cam * TY + y0  # global tile-row range [rows0, rows1)
             rows1 = cam * TY + y1
             nx = x1 - x0
-            _composite_bands(params, rows0, rows1, x0, nx, C * TY, TX, TY, K, max_pairs, chunk_elems,
+            _composite_bands(params, rows0, rows1, x0, nx, C * TY, TX, TY, (K, max_K), max_pairs, chunk_elems,
                              max_alpha, accum, alpha)
 
     # [C*TY*TX, 16*16, D] -> [C, H, W, D]
@@ -195,19 +199,27 @@ def _composite_tiles(params, pair_param, counts, starts, tile_base, TX, TY, basi
     gtile = active + tile_base  # global tile ids
     act_cx = ((gtile % TX) * TILE + TILE / 2).to(torch.float32)  # tile centres, pixel-centre coords
     act_cy = ((torch.div(gtile, TX, rounding_mode="floor") % TY) * TILE + TILE / 2).to(torch.float32)
-    ar = torch.arange(K, device=device)
-    tile_step = max(1, chunk_elems // (K * _TILE_PIX))
-    buf_x = torch.empty(min(tile_step, n_act) * K * _TILE_PIX, dtype=torch.float32, device=device)
-    buf_w = torch.empty_like(buf_x)
+    K_min, K_max = K
+    ar = torch.arange(max(K_min, K_max), device=device)
+    buf_x = buf_w = torch.empty(0, dtype=torch.float32, device=device)
     # α >= 1/255 is kept: threshold_ keeps values strictly above its threshold
     a_min = torch.nextafter(torch.tensor(ALPHA_MIN, dtype=torch.float32), torch.tensor(0.0)).item()
     k = 0
     while True:
         n_act = gtile.numel()
+        rem = int(act_count.max()) - k  # longest remaining list
+        Kc = K_min  # chunk depth: grows as tiles finish, within the chunk_elems budget
+        while Kc * 2 <= K_max and Kc < rem and n_act * Kc * 2 * _TILE_PIX <= chunk_elems:
+            Kc *= 2
+        tile_step = max(1, chunk_elems // (Kc * _TILE_PIX))
+        need = min(n_act, tile_step) * Kc * _TILE_PIX
+        if buf_x.numel() < need:
+            buf_x = torch.empty(need, dtype=torch.float32, device=device)
+            buf_w = torch.empty(need, dtype=torch.float32, device=device)
         for s in range(0, n_act, tile_step):
             e = min(n_act, s + tile_step)
             A = e - s
-            pos = k + ar  # position within each tile's list
+            pos = k + ar[:Kc]  # position within each tile's list
             valid = pos[None, :] < act_count[s:e, None]  # [A,K]
             idx = torch.clamp(act_start[s:e, None] + pos[None, :], max=P - 1)
             p = params[pair_param[idx]]  # [A,K,6+D]
@@ -222,21 +234,21 @@ def _composite_tiles(params, pair_param, counts, starts, tile_base, TX, TY, basi
                 ca * mx + cb * my, cb * mx + cc * my,
                 log_o - 0.5 * (ca * mx * mx + 2.0 * cb * mx * my + cc * my * my),
             ], dim=-1)  # [A,K,6]
-            x = torch.matmul(coef, basis_t, out=buf_x[: A * K * _TILE_PIX].view(A, K, _TILE_PIX))
+            x = torch.matmul(coef, basis_t, out=buf_x[: A * Kc * _TILE_PIX].view(A, Kc, _TILE_PIX))
             x.exp_().clamp_(max=max_alpha)
             torch.nn.functional.threshold_(x, a_min, 0.0)  # α, skipped ones 0
             x.neg_().add_(1.0)  # 1 - α
             T0 = act_T[s:e]
             x[:, 0].mul_(T0)
             x.cumprod_(dim=1)  # transmittance after each Gaussian (virtual: ignores the stop)
-            w = buf_w[: A * K * _TILE_PIX].view(A, K, _TILE_PIX)
+            w = buf_w[: A * Kc * _TILE_PIX].view(A, Kc, _TILE_PIX)
             torch.sub(x[:, :-1], x[:, 1:], out=w[:, 1:])  # α T = T_before - T_after
             torch.sub(T0, x[:, 0], out=w[:, 0])
             w.masked_fill_(x < T_MIN, 0.0)  # the stop: this and all later Gaussians unused
             act_acc[s:e].add_(torch.bmm(w.transpose(1, 2), p[..., 6:]))
             act_alpha[s:e].add_(w.sum(dim=1))
             act_T[s:e] = x[:, -1]
-        k += K
+        k += Kc
         still = (act_count > k) & (act_T >= T_MIN).any(dim=1)
         if bool(still.all()):
             continue
