@@ -269,3 +269,20 @@ def test_pipe_to_lgm_one_line(text_pipe):
     out = text_pipe("owl", num_inference_steps=1, generator=_gen(0))
     gaussians = lgm.reconstruct(**out.lgm_inputs())
     assert gaussians.positions.shape[0] == 1 and torch.isfinite(gaussians.positions).all()
+
+
+def test_clip_preprocessing_matches_transformers(image_pipe, spec_dir):
+    from transformers import CLIPImageProcessor
+
+    fe_dir = spec_dir / "mvdream_configs" / "imagedream-ipmv-diffusers" / "feature_extractor"
+    processor = CLIPImageProcessor.from_pretrained(str(fe_dir))
+    img = (np.random.default_rng(0).random((256, 300, 3)) * 255).astype(np.uint8)
+    ref = processor(images=[img], return_tensors="pt").pixel_values
+    ours = image_pipe._clip_pixels(img[None])  # parameters from the folder's preprocessor_config.json
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+    saved = image_pipe.feature_extractor
+    try:
+        image_pipe.feature_extractor = processor  # a transformers processor instance works too
+        torch.testing.assert_close(image_pipe._clip_pixels(img[None]), ref, atol=1e-5, rtol=0)
+    finally:
+        image_pipe.feature_extractor = saved

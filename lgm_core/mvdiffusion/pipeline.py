@@ -27,7 +27,7 @@ import inspect
 import math
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -225,10 +225,20 @@ class MultiViewPipeline:
 
         fe = self.feature_extractor or {}
         get = (lambda k, d: fe.get(k, d)) if isinstance(fe, dict) else (lambda k, d: getattr(fe, k, d))
-        size = get("size", _CLIP_DEFAULTS["size"])
-        size = size.get("shortest_edge", size.get("height")) if isinstance(size, dict) else int(size)
+
+        def field(value, *keys):  # int, dict or transformers SizeDict
+            if isinstance(value, (int, float)):
+                return int(value)
+            for k in keys:
+                v = value.get(k) if isinstance(value, dict) else getattr(value, k, None)
+                if v:
+                    return int(v)
+            raise ValueError(f"unsupported CLIP preprocessing size {value!r}")
+
+        size_cfg = get("size", _CLIP_DEFAULTS["size"])
+        size = field(size_cfg, "shortest_edge", "height")
         crop = get("crop_size", _CLIP_DEFAULTS["crop"])
-        crop_h, crop_w = (crop["height"], crop["width"]) if isinstance(crop, dict) else (int(crop), int(crop))
+        crop_h, crop_w = field(crop, "height"), field(crop, "width", "height")
         mean = np.asarray(get("image_mean", _CLIP_DEFAULTS["mean"]), dtype=np.float32)
         std = np.asarray(get("image_std", _CLIP_DEFAULTS["std"]), dtype=np.float32)
         resample = int(get("resample", _CLIP_DEFAULTS["resample"]))
@@ -441,7 +451,7 @@ class MultiViewPipeline:
             step_kwargs["generator"] = generator
         if "eta" in step_params:
             step_kwargs["eta"] = eta
-        key = (rows, nf, dtype, str(device), tuple(ctx.shape), do_cfg)
+        key = (id(self.unet), rows, nf, dtype, str(device), tuple(ctx.shape), do_cfg)
         total = len(timesteps)
 
         # ---- denoising loop ---------------------------------------------------------------------
