@@ -85,22 +85,26 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
 
-    variants = [  # (name, dtype, batch, attention, channels_last, compile, native GN)
-        ("math (original-like)", torch.float16, 1, "math", False, False, False),
-        ("sdpa", torch.float16, 1, "sdpa", False, False, True),
-        ("sdpa+cl", torch.float16, 1, "sdpa", True, False, True),
-        ("sdpa+cl+compile", torch.float16, 1, "sdpa", True, True, True),
-        ("math (original-like)", torch.bfloat16, 1, "math", False, False, False),
-        ("sdpa+cl", torch.bfloat16, 1, "sdpa", True, False, True),
-        ("sdpa+cl+compile", torch.bfloat16, 1, "sdpa", True, True, True),
-        ("math (original-like)", torch.float16, 4, "math", False, False, False),
-        ("sdpa+cl", torch.float16, 4, "sdpa", True, False, True),
-        ("sdpa+cl+compile", torch.float16, 4, "sdpa", True, True, True),
-        ("math (original-like)", torch.bfloat16, 4, "math", False, False, False),
-        ("sdpa+cl", torch.bfloat16, 4, "sdpa", True, False, True),
+    F16, BF16 = torch.float16, torch.bfloat16
+    variants = [  # (name, dtype, batch, attention, channels_last, compile, native GN, cuda graphs)
+        ("math (original-like)", F16, 1, "math", False, False, False, False),
+        ("sdpa", F16, 1, "sdpa", False, False, True, False),
+        ("sdpa+cl", F16, 1, "sdpa", True, False, True, False),
+        ("sdpa+graph", F16, 1, "sdpa", False, False, True, True),
+        ("sdpa+cl+graph", F16, 1, "sdpa", True, False, True, True),
+        ("sdpa+cl+compile+graph = optimize_for_inference(compile=True)", F16, 1, "sdpa", True, True, True, True),
+        ("math (original-like)", BF16, 1, "math", False, False, False, False),
+        ("sdpa+cl+graph", BF16, 1, "sdpa", True, False, True, True),
+        ("math (original-like)", F16, 4, "math", False, False, False, False),
+        ("sdpa+cl", F16, 4, "sdpa", True, False, True, False),
+        ("sdpa+cl+graph", F16, 4, "sdpa", True, False, True, True),
+        ("sdpa+cl+compile+graph = optimize_for_inference(compile=True)", F16, 4, "sdpa", True, True, True, True),
+        ("math (original-like)", BF16, 4, "math", False, False, False, False),
+        ("sdpa+cl+graph", BF16, 4, "sdpa", True, False, True, True),
     ]
     if device == "cpu":
-        variants = [(n, torch.float32, b, a, cl, False, g) for n, _, b, a, cl, c, g in variants if b == 1 and not c][:2]
+        variants = [(n, torch.float32, b, a, cl, False, g, False) for n, _, b, a, cl, c, g, _ in variants
+                    if b == 1 and not c][:2]
 
     gen = torch.Generator(device="cpu").manual_seed(1)
     inputs = {b: torch.randn(b, 4, 9, 256, 256, generator=gen).to(device) for b in (1, 4)}
@@ -109,13 +113,13 @@ def main() -> None:
     ref_model = build(args.preset, device, torch.float32).set_attention("math")
     with torch.no_grad():
         refs = {b: ref_model.forward_gaussians(inputs[b]) for b in (1, 4) if b == 1 or device == "cuda"}
-    state = {k: v.detach().clone() for k, v in ref_model.state_dict().items()}
+    state = {k: v.detach().cpu() for k, v in ref_model.state_dict().items()}  # keep GPU peak honest
     del ref_model
     if device == "cuda":
         torch.cuda.empty_cache()
 
     rows = []
-    for name, dtype, batch, attn, cl, comp, native_gn in variants:
+    for name, dtype, batch, attn, cl, comp, native_gn, graphs in variants:
         GroupNorm32.native_half_on_cuda = native_gn
         with torch.device("meta"):
             model = LGM.from_preset(args.preset)
@@ -126,7 +130,9 @@ def main() -> None:
             model.use_channels_last()
         fn_model = model.forward_gaussians
         if comp:
-            fn_model = torch.compile(model.forward_gaussians)
+            model.optimize_for_inference(compile=True)
+        elif graphs:
+            model.use_cuda_graphs()
         x = inputs[batch]
         if device == "cuda":
             torch.cuda.empty_cache()

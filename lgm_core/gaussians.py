@@ -159,22 +159,21 @@ class Gaussians:
         """Build from per-Gaussian RGB colours in [0, 1] instead of SH coefficients."""
         return cls(positions, scales, rotations, opacities, ((rgb - 0.5) / SH_C0).unsqueeze(-2), counts)
 
-    def _map(self, fn) -> "Gaussians":
-        return dataclasses.replace(
-            self,
+    def _map(self, fn, **overrides) -> "Gaussians":
+        fields = dict(
             positions=fn(self.positions),
             scales=fn(self.scales),
             rotations=fn(self.rotations),
             opacities=fn(self.opacities),
             sh=fn(self.sh),
         )
+        fields.update(overrides)
+        return dataclasses.replace(self, **fields)
 
     def to(self, device=None, dtype: Optional[torch.dtype] = None, non_blocking: bool = False) -> "Gaussians":
         """Move/cast every float field (counts keep their integer dtype but follow the device)."""
-        out = self._map(lambda t: t.to(device=device, dtype=dtype, non_blocking=non_blocking))
-        if self.counts is not None and device is not None:
-            out.counts = self.counts.to(device)
-        return out
+        counts = self.counts if self.counts is None or device is None else self.counts.to(device)
+        return self._map(lambda t: t.to(device=device, dtype=dtype, non_blocking=non_blocking), counts=counts)
 
     def float(self) -> "Gaussians":
         return self.to(dtype=torch.float32)
@@ -186,9 +185,7 @@ class Gaussians:
         return self._map(torch.Tensor.detach)
 
     def clone(self) -> "Gaussians":
-        out = self._map(torch.Tensor.clone)
-        out.counts = None if self.counts is None else self.counts.clone()
-        return out
+        return self._map(torch.Tensor.clone, counts=None if self.counts is None else self.counts.clone())
 
     def contiguous(self) -> "Gaussians":
         return self._map(torch.Tensor.contiguous)
@@ -198,21 +195,17 @@ class Gaussians:
         """Select batch items: ``g[0]`` keeps a batch axis of 1, ``g[1:3]``, ``g[[0, 2]]`` work too."""
         if isinstance(index, int):
             index = slice(index, index + 1 if index != -1 else None)
-        out = self._map(lambda t: t[index])
-        out.counts = None if self.counts is None else self.counts[index]
-        return out.trimmed()
+        return self._map(lambda t: t[index], counts=None if self.counts is None else self.counts[index]).trimmed()
 
     def trimmed(self) -> "Gaussians":
         """Drop trailing padding shared by every item (and ``counts`` when nothing is padded)."""
         if self.counts is None:
             return self
         n_max = int(self.counts.max()) if self.counts.numel() else 0
-        out = self
+        counts = None if bool((self.counts == n_max).all()) else self.counts
         if n_max < self.num_gaussians:
-            out = self._map(lambda t: t[:, :n_max])
-        if bool((self.counts == n_max).all()):
-            out = dataclasses.replace(out, counts=None)
-        return out
+            return self._map(lambda t: t[:, :n_max], counts=counts)
+        return dataclasses.replace(self, counts=counts)
 
     def select(self, mask: torch.Tensor) -> "Gaussians":
         """Keep Gaussians where ``mask`` ([B, N] or [N] bool) is True, preserving their order.
@@ -234,8 +227,7 @@ class Gaussians:
             idx = order.reshape(order.shape + (1,) * (t.dim() - 2)).expand(*order.shape, *t.shape[2:])
             return torch.gather(t, 1, idx)
 
-        out = self._map(gather)
-        out.counts = keep.to(torch.int64)
+        out = self._map(gather, counts=keep.to(torch.int64))
         pad = ~(torch.arange(n_out, device=self.device)[None] < keep[:, None])
         if bool(pad.any()):
             out.opacities = out.opacities.masked_fill(pad[..., None], 0.0)

@@ -170,6 +170,7 @@ class LGM(nn.Module):
         self.conv = nn.Conv2d(14, 14, kernel_size=1)
         self._rays_cache: Dict[tuple, torch.Tensor] = {}
         self._channels_last = False
+        self._graph_runner = None
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> "LGM":
@@ -200,6 +201,29 @@ class LGM(nn.Module):
         self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
         return self
 
+    def use_cuda_graphs(self, enabled: bool = True) -> "LGM":
+        """Replay ``forward_gaussians`` on CUDA inputs from captured CUDA graphs (one capture per
+        input shape; removes kernel-launch overhead; same kernels, same results). Re-enable after
+        moving the model to another device or dtype."""
+        from ..accel import CUDAGraphRunner
+
+        self._graph_runner = CUDAGraphRunner(self._forward_gaussians) if enabled else None
+        return self
+
+    def optimize_for_inference(self, compile: bool = False) -> "LGM":
+        """The fast CUDA path (no-op on other devices): CUDA graphs, and with ``compile=True``
+        also channels-last + ``torch.compile`` (fuses GroupNorm/SiLU; ~1 min to compile on first
+        call, falls back to eager if compilation is impossible). On the H100, ``big`` fp16 batch 1:
+        eager 17 ms, graphs 13 ms, compile + graphs 6.5 ms (docs/benchmarks.md)."""
+        if self.device.type != "cuda":
+            return self
+        if compile:
+            from ..accel import CompiledOrEager
+
+            self.use_channels_last()
+            self._forward_gaussians = CompiledOrEager(type(self)._forward_gaussians.__get__(self))
+        return self.use_cuda_graphs()
+
     # ------------------------------------------------------------------ the network
     def forward_gaussians(self, x: torch.Tensor) -> torch.Tensor:
         """Model input [B, 4, 9, 256, 256] (ImageNet-normalised RGB + Plücker rays) -> activated
@@ -210,6 +234,11 @@ class LGM(nn.Module):
         """
         if x.dim() != 5 or x.shape[1] != NUM_VIEWS or x.shape[2] != 9:
             raise ValueError(f"LGM input must be [B, 4, 9, H, W], got {list(x.shape)}")
+        if self._graph_runner is not None and x.is_cuda and not torch.is_grad_enabled():
+            return self._graph_runner(x)
+        return self._forward_gaussians(x)
+
+    def _forward_gaussians(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         s = self.config.splat_size
         x = x.reshape(b * NUM_VIEWS, *x.shape[2:]).to(self.dtype)
