@@ -32,8 +32,8 @@ __all__ = [
     "ComfyExtension", "io", "ui", "MESH", "SPLAT", "SplatSocket", "make_splat", "make_mesh",
     "register_model_folders", "lgm_checkpoint_names", "lgm_checkpoint_path", "lgm_folder",
     "diffusers_model_names", "diffusers_model_path", "diffusers_folder",
-    "ManagedModel", "torch_device", "pick_dtype", "check_interrupted", "Progress",
-    "output_file_path", "input_file_path", "input_file_names", "temp_directory", "log",
+    "ManagedModel", "torch_device", "intermediate_device", "pick_dtype", "check_interrupted", "Progress",
+    "output_file_path", "input_file_path", "input_file_names", "temp_directory", "log", "log_accelerators",
 ]
 
 LGM_FOLDER = "lgm"
@@ -226,6 +226,11 @@ def torch_device() -> torch.device:
     return model_management.get_torch_device()
 
 
+def intermediate_device() -> torch.device:
+    """Where node outputs (IMAGE, SPLAT, ...) are kept between nodes (CPU unless --gpu-only)."""
+    return model_management.intermediate_device()
+
+
 def pick_dtype(precision: str, device: torch.device | None = None) -> torch.dtype:
     """Map a precision choice (auto/fp16/bf16/fp32) to a dtype; auto follows ComfyUI's own rules."""
     if precision == "fp16":
@@ -260,9 +265,12 @@ class ManagedModel:
     to the offload device. ``info`` carries metadata for display (kind, preset, dtype, ...).
     """
 
-    def __init__(self, module: torch.nn.Module, dtype: torch.dtype, **info: Any):
+    def __init__(self, module: torch.nn.Module, dtype: torch.dtype,
+                 on_reload: Callable[[torch.device], Any] | None = None, **info: Any):
         self.dtype = dtype
         self.info = dict(info)
+        self.on_reload = on_reload
+        self._placement = None
         self.patcher = comfy.model_patcher.ModelPatcher(
             _Holder(module), load_device=torch_device(), offload_device=model_management.unet_offload_device())
 
@@ -271,9 +279,19 @@ class ManagedModel:
         return self.patcher.load_device
 
     def get(self) -> torch.nn.Module:
+        """Load on the compute device (if not there already) and return the wrapped module."""
         # Modules here have no comfy.ops cast hooks, so they are always loaded whole.
         model_management.load_models_gpu([self.patcher], force_full_load=True)
-        return self.patcher.model.inner
+        module = self.patcher.model.inner
+        first = next(module.parameters(), None)
+        placement = (first.device, first.data_ptr()) if first is not None else None
+        if placement != self._placement:
+            # weights moved since the last use (first load, or ComfyUI offloaded and reloaded them):
+            # let the owner drop device-bound caches (e.g. captured CUDA graphs)
+            if self.on_reload is not None and self._placement is not None:
+                self.on_reload(self.device)
+            self._placement = placement
+        return module
 
     def __repr__(self) -> str:
         desc = ", ".join(f"{k}={v}" for k, v in self.info.items())
@@ -347,3 +365,14 @@ def make_step_callback(progress: Progress) -> Callable[..., None]:
         progress.update(step, latents=latents)
 
     return callback
+
+
+def log_accelerators() -> None:
+    """Log once whether the optional gsplat accelerator is installed (it is never imported here: it may
+    compile CUDA code on first use; lgm_core.render tries it lazily and falls back to PyTorch)."""
+    import importlib.util
+
+    if importlib.util.find_spec("gsplat") is None:
+        log.info("LGM: gsplat not installed; splats render with the built-in PyTorch renderer")
+    else:
+        log.info("LGM: gsplat installed; used for CUDA rendering when it loads (else PyTorch fallback)")

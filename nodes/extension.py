@@ -1,0 +1,31 @@
+"""The ComfyExtension that lists the pack's nodes (returned by ``comfy_entrypoint``)."""
+
+from __future__ import annotations
+
+from . import comfy_api as api
+from .loaders import LGMModelLoader, LGMMultiViewLoader
+from .mesh import LGMSaveMesh, LGMSplatToMesh
+from .multiview import LGMImageToMultiView, LGMPrepareImage, LGMTextToMultiView
+from .reconstruct import LGMReconstruct
+from .render import LGMOrbitCameras, LGMRenderSplat
+from .splat_files import LGMLoadSplat, LGMSaveSplat
+
+NODES = [
+    LGMModelLoader, LGMMultiViewLoader,
+    LGMTextToMultiView, LGMImageToMultiView, LGMPrepareImage,
+    LGMReconstruct,
+    LGMOrbitCameras, LGMRenderSplat,
+    LGMSaveSplat, LGMLoadSplat,
+    LGMSplatToMesh, LGMSaveMesh,
+]
+
+
+class LGMExtension(api.ComfyExtension):
+    def __init__(self):
+        api.register_model_folders()
+
+    async def on_load(self) -> None:
+        api.log_accelerators()
+
+    async def get_node_list(self):
+        return list(NODES)

@@ -1,0 +1,85 @@
+"""Socket types of the pack and conversions between ComfyUI values and ``lgm_core`` objects.
+
+Socket types:
+- ``LGM_MODEL``: a ``ManagedModel`` holding an ``lgm_core.LGM``.
+- ``LGM_MV_PIPELINE``: a ``ManagedModel`` holding an ``lgm_core.mvdiffusion.MultiViewPipeline``.
+- ``LGM_CAMERAS``: an ``lgm_core.cameras.Cameras`` (OpenGL camera-to-world poses, LGM world frame:
+  +y up, object front facing +z; elevation positive = camera above).
+- ``SPLAT``: core's SPLAT class when the running ComfyUI has one, else an equivalent object with the
+  same attributes (see ``comfy_api.SPLAT``). Any object with those attributes is accepted as input.
+
+Image layouts: ComfyUI IMAGE is [B,H,W,3] float in [0,1]; LGM wants views [1,4,3,H,W].
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .comfy_api import SplatSocket, io, make_splat
+
+LGMModel = io.Custom("LGM_MODEL")
+MultiViewPipelineType = io.Custom("LGM_MV_PIPELINE")
+CamerasType = io.Custom("LGM_CAMERAS")
+Splat = SplatSocket
+
+CATEGORY = "LGM"
+PRECISIONS = ["auto", "fp16", "bf16", "fp32"]
+
+_SPLAT_FIELDS = ("positions", "scales", "rotations", "opacities", "sh")
+
+
+def gaussians_to_splat(g):
+    """``lgm_core.Gaussians`` -> SPLAT object (no copy). Legacy-checkpoint Gaussians, whose quaternions
+    are intentionally not unit length, carry ``normalized_rotations=False`` as an extra attribute."""
+    splat = make_splat(g.positions, g.scales, g.rotations, g.opacities, g.sh, g.counts)
+    if not g.normalized_rotations:
+        splat.normalized_rotations = False
+    return splat
+
+
+def splat_to_gaussians(splat):
+    """Any SPLAT-like object (duck-typed by attributes: ours, core's, another pack's) -> Gaussians.
+
+    Tensors are accepted with or without the batch dimension ([N,3] becomes [1,N,3]).
+    """
+    from lgm_core.gaussians import Gaussians
+
+    if isinstance(splat, Gaussians):
+        return splat
+    missing = [f for f in _SPLAT_FIELDS if not torch.is_tensor(getattr(splat, f, None))]
+    if missing:
+        raise ValueError(f"expected a SPLAT (Gaussian splats) with tensor attributes {', '.join(_SPLAT_FIELDS)}; "
+                         f"got {type(splat).__name__} without {', '.join(missing)}")
+    values = {f: getattr(splat, f) for f in _SPLAT_FIELDS}
+    if values["positions"].dim() == 2:
+        values = {f: v[None] for f, v in values.items()}
+    if values["sh"].dim() == 3:  # [B,N,3] colours-as-DC without the K axis
+        values["sh"] = values["sh"][:, :, None, :]
+    counts = getattr(splat, "counts", None)
+    normalized = bool(getattr(splat, "normalized_rotations", True))
+    return Gaussians(counts=counts, normalized_rotations=normalized, **values)
+
+
+def image_to_views(images: torch.Tensor) -> torch.Tensor:
+    """ComfyUI IMAGE batch of 4 [4,H,W,C] -> LGM views [1,4,3,H,W] (alpha composited on white)."""
+    from lgm_core.preprocess import views_to_lgm
+
+    if not torch.is_tensor(images) or images.dim() != 4:
+        raise ValueError(f"expected an IMAGE batch [B,H,W,C], got {getattr(images, 'shape', type(images))}")
+    if images.shape[0] != 4:
+        raise ValueError(
+            f"LGM needs exactly 4 views in one IMAGE batch (front, then turned by 90, 180 and 270 degrees); "
+            f"got a batch of {images.shape[0]}. Use a multi-view node, or batch 4 images with 'Batch Images'.")
+    if images.shape[1] != images.shape[2]:
+        raise ValueError(f"LGM views must be square, got {images.shape[2]}x{images.shape[1]}; "
+                         "crop or pad them first (e.g. with LGM Prepare Image)")
+    return views_to_lgm(images.float())
+
+
+def views_to_image(views: torch.Tensor) -> torch.Tensor:
+    """[V,3,H,W] or [V,H,W,3] float in [0,1] -> ComfyUI IMAGE [V,H,W,3] float32 on the CPU."""
+    if views.dim() == 5:
+        views = views.reshape(-1, *views.shape[2:])
+    if views.shape[1] == 3 and views.shape[-1] != 3:
+        views = views.permute(0, 2, 3, 1)
+    return views.detach().float().clamp(0, 1).cpu().contiguous()
