@@ -135,6 +135,13 @@ def test_projection_matches_pinhole_and_spec_constants():
     assert int(proj.radii[0, 0]) == math.ceil(3 * math.sqrt(var + math.sqrt(0.1)))
 
 
+def test_camera_matrices_match_foundation_cameras():
+    cams = Cameras.orbit([10.0, -30.0, 80.0], [0.0, 95.0, 200.0], size=(64, 48))
+    vm, Ks = camera_matrices(cams, "cpu")
+    assert torch.allclose(vm, cams.world_to_camera_opencv(), atol=1e-6)
+    assert torch.equal(Ks, cams.intrinsics())
+
+
 # ---------------------------------------------------------------------------------------- semantics
 def test_matches_dense_reference_of_the_spec():
     g = blob_scene(600, seed=3)

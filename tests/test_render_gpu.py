@@ -70,6 +70,15 @@ def test_backends_agree_batch_padding_background():
     assert psnr(a.image, b.image) >= 45
 
 
+def test_out_device_cpu_pinned():
+    g = blob_scene(5000, seed=5, device="cuda")
+    cams = Cameras.turntable(12, 10.0, size=128)
+    on_gpu = render(g, cams, views_per_chunk=5)
+    on_cpu = render(g, cams, views_per_chunk=5, out_device="cpu")
+    assert on_cpu.image.device.type == "cpu" and on_cpu.image.is_pinned()
+    assert torch.equal(on_cpu.image, on_gpu.image.cpu()) and torch.equal(on_cpu.depth, on_gpu.depth.cpu())
+
+
 def test_torch_backend_cuda_matches_cpu():
     g = blob_scene(20000, seed=3)
     cams = Cameras.orbit(15.0, [30.0, 200.0], size=256)

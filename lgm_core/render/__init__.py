@@ -34,8 +34,7 @@ from ..cameras import Cameras
 from ..gaussians import Gaussians
 from . import gsplat_backend, torch_backend
 from ..gaussians import SH_C0
-from .common import (BackgroundLike, background_tensor, camera_matrices, covariance_3d, prepare_gaussians,
-                     project, psnr)
+from .common import BackgroundLike, camera_matrices, covariance_3d, prepare_gaussians, project, psnr
 
 __all__ = ["RenderResult", "render", "resolve_backend", "psnr", "BACKENDS"]
 
@@ -112,9 +111,8 @@ def render(
     out_dev = device if out_device is None else torch.device(out_device)
     B, N = gaussians.batch_size, gaussians.num_gaussians
     V, H, W = len(cameras), int(cameras.height), int(cameras.width)
-    bg = background_tensor(background, B, V, device)
     chosen = resolve_backend(backend, device)
-    viewmats, Ks = camera_matrices(cameras, device)
+    viewmats, Ks, bg = camera_matrices(cameras, device, background=background, batch=B)  # one transfer
     if views_per_chunk is None:
         budget = 2**20 if device.type == "cpu" else 2**23
         views_per_chunk = max(1, budget // max(N, 1))

@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence, Union
 
+import numpy as np
 import torch
 
 from ..cameras import Cameras
@@ -77,45 +78,53 @@ def prepare_gaussians(gaussians: Gaussians, scale_modifier: float = 1.0) -> Spla
     )
 
 
-def camera_matrices(cameras: Cameras, device) -> tuple:
-    """(viewmats [V,4,4] OpenCV world-to-camera, Ks [V,3,3]) as float32 on ``device``.
+def camera_matrices(cameras: Cameras, device, background=None, batch: int = 1) -> tuple:
+    """(viewmats [V,4,4] OpenCV world-to-camera, Ks [V,3,3]) as float32 on ``device``; with
+    ``background`` also the [batch, V, 3] background (see :func:`background_tensor`).
 
-    Built on the host in float64 (rigid inverse: Rᵀ, -Rᵀt) and moved with one transfer, so no
-    device-side matrix inverse or extra synchronisation is needed.
+    Built on the host in float64 (rigid inverse: Rᵀ, -Rᵀt) and moved in one transfer, so no
+    device-side matrix inverse and no extra synchronisation is needed.
     """
-    c2w = cameras.c2w.detach().to("cpu", torch.float64)
-    R = c2w[:, :3, :3].clone()
-    R[:, :, 1:3] = -R[:, :, 1:3]  # OpenGL -> OpenCV camera axes
-    t = c2w[:, :3, 3]
+    c2w = cameras.c2w.detach().to("cpu", torch.float64).numpy()
     V = c2w.shape[0]
-    packed = torch.zeros(V, 25, dtype=torch.float64)
-    view = packed[:, :16].view(V, 4, 4)
-    view[:, :3, :3] = R.transpose(1, 2)
-    view[:, :3, 3] = -(R.transpose(1, 2) @ t[..., None])[..., 0]
+    R = c2w[:, :3, :3] * np.array([1.0, -1.0, -1.0])  # OpenGL -> OpenCV camera axes (columns)
+    Rt = R.transpose(0, 2, 1)
+    view = np.zeros((V, 4, 4))
+    view[:, :3, :3] = Rt
+    view[:, :3, 3] = -np.einsum("vij,vj->vi", Rt, c2w[:, :3, 3])
     view[:, 3, 3] = 1.0
     fx, fy = cameras.focal
-    packed[:, 16:25] = torch.tensor([fx, 0.0, cameras.width * 0.5, 0.0, fy, cameras.height * 0.5, 0.0, 0.0, 1.0],
-                                    dtype=torch.float64)
-    packed = packed.float().to(device, non_blocking=True)
-    return packed[:, :16].reshape(V, 4, 4), packed[:, 16:].reshape(V, 3, 3)
+    K = np.array([[fx, 0.0, cameras.width * 0.5], [0.0, fy, cameras.height * 0.5], [0.0, 0.0, 1.0]])
+    parts = [view.reshape(V, 16), np.broadcast_to(K.reshape(1, 9), (V, 9))]
+    if background is not None:
+        bg = _background_np(background, batch, V)
+        parts.append(bg.transpose(1, 0, 2).reshape(V, batch * 3))
+    packed = torch.from_numpy(np.concatenate(parts, axis=1).astype(np.float32)).to(device, non_blocking=True)
+    out = (packed[:, :16].reshape(V, 4, 4), packed[:, 16:25].reshape(V, 3, 3))
+    if background is not None:
+        out += (packed[:, 25:].reshape(V, batch, 3).transpose(0, 1),)
+    return out
+
+
+def _background_np(background, batch: int, views: int) -> np.ndarray:
+    if isinstance(background, torch.Tensor):
+        background = background.detach().to("cpu", torch.float64).numpy()
+    bg = np.asarray(background, dtype=np.float64)
+    if bg.ndim == 0:
+        bg = np.broadcast_to(bg, (3,))
+    if bg.shape[-1] != 3:
+        raise ValueError(f"background must have 3 channels (RGB), got shape {list(bg.shape)}")
+    try:
+        return np.broadcast_to(bg, (batch, views, 3))
+    except ValueError as exc:
+        raise ValueError(f"background of shape {list(bg.shape)} does not broadcast to [{batch}, {views}, 3]") from exc
 
 
 def background_tensor(background, batch: int, views: int, device) -> torch.Tensor:
     """Background colour(s) -> [B, V, 3] float32 on ``device``: a 3-sequence, a scalar, or a tensor
     broadcastable to [B, V, 3] (values in [0, 1])."""
-    if isinstance(background, torch.Tensor):
-        bg = background.detach().to(device=device, dtype=torch.float32)
-    else:
-        bg = torch.as_tensor(background, dtype=torch.float32)
-    if bg.dim() == 0:
-        bg = bg.expand(3)
-    if bg.shape[-1] != 3:
-        raise ValueError(f"background must have 3 channels (RGB), got shape {list(bg.shape)}")
-    try:
-        bg = bg.expand(batch, views, 3)
-    except RuntimeError as exc:
-        raise ValueError(f"background of shape {list(bg.shape)} does not broadcast to [{batch}, {views}, 3]") from exc
-    return bg.to(device, non_blocking=True)
+    bg = np.ascontiguousarray(_background_np(background, batch, views), dtype=np.float32)
+    return torch.from_numpy(bg).to(device)
 
 
 @dataclass
