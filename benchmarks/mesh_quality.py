@@ -54,6 +54,13 @@ def sample_mesh_points(mesh, n: int, seed: int = 0) -> np.ndarray:
     return (1 - s)[:, None] * a[idx] + (s * (1 - r2))[:, None] * b[idx] + (s * r2)[:, None] * c[idx]
 
 
+def bad_edges(faces: np.ndarray) -> int:
+    """Edges not shared by exactly two faces (boundary or non-manifold)."""
+    e = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+    _, counts = np.unique(e, axis=0, return_counts=True)
+    return int((counts != 2).sum())
+
+
 def geometry_metrics(pred: np.ndarray, ref: np.ndarray) -> dict:
     from scipy.spatial import cKDTree
 
@@ -146,8 +153,8 @@ def main(argv=None) -> int:
 
     cams = orbit_cameras(args.views, args.size)
     rows = []
-    print("| scene | Chamfer-L1 | F@0.01 | F@0.02 | PSNR mean | PSNR min | faces | time | peak mem |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| scene | Chamfer-L1 | F@0.01 | F@0.02 | PSNR mean | PSNR min | faces | bad edges | time | peak mem |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for scene in args.scenes:
         g = make_scene(scene, args.n, style=args.style)
         t, mesh = time_extract(g, device, args.repeats, **kw)
@@ -155,11 +162,14 @@ def main(argv=None) -> int:
         ref_pts, _, _ = sample_surface(scene, 200_000, seed=123)
         geo = geometry_metrics(sample_mesh_points(mesh, 200_000, seed=7), ref_pts)
         p_mean, p_min, out, ref = appearance_psnr(g, mesh, cams, device)
-        row = dict(scene=scene, style=args.style, time_s=t, peak_mem=mem, faces=mesh.num_faces, vertices=mesh.num_vertices,
+        welded = mesh.to_trimesh()
+        welded.merge_vertices(merge_tex=True, merge_norm=True)
+        nbad = bad_edges(np.asarray(welded.faces))
+        row = dict(scene=scene, style=args.style, bad_edges=nbad, time_s=t, peak_mem=mem, faces=mesh.num_faces, vertices=mesh.num_vertices,
                    psnr_mean=p_mean, psnr_min=p_min, **geo)
         rows.append(row)
         print(f"| {scene} | {geo['chamfer_l1']:.4f} | {geo['f@0.01']:.3f} | {geo['f@0.02']:.3f} | "
-              f"{p_mean:.2f} dB | {p_min:.2f} dB | {mesh.num_faces} | {t:.2f} s | {mem} |", flush=True)
+              f"{p_mean:.2f} dB | {p_min:.2f} dB | {mesh.num_faces} | {nbad} | {t:.2f} s | {mem} |", flush=True)
         if args.save:
             folder = Path(args.save)
             folder.mkdir(parents=True, exist_ok=True)

@@ -122,11 +122,7 @@ def extract_mesh(
     verts, faces = _keep_components(verts, faces, component_ratio)
     report(f"marching cubes: {len(faces)} faces kept", 0.45)
     if len(faces) > target_faces:
-        import fast_simplification
-
-        verts, faces = fast_simplification.simplify(verts.astype(np.float32), faces.astype(np.int32),
-                                                    target_count=int(target_faces))
-        verts, faces = _clean(verts.astype(np.float64), faces.astype(np.int64))
+        verts, faces = _decimate(verts, faces, int(target_faces))
         report(f"decimated to {len(faces)} faces", 0.55)
     if len(faces) == 0:
         raise ValueError("the extracted surface is empty after clean-up (too few Gaussians?)")
@@ -191,6 +187,31 @@ def _clean(verts: np.ndarray, faces: np.ndarray):
     used[faces.reshape(-1)] = True
     remap = np.cumsum(used) - 1
     return verts[used], remap[faces]
+
+
+def _bad_edges(faces: np.ndarray) -> int:
+    e = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+    _, counts = np.unique(e, axis=0, return_counts=True)
+    return int((counts != 2).sum())
+
+
+def _decimate(verts: np.ndarray, faces: np.ndarray, target: int):
+    """Quadric decimation to at most ``target`` faces. Decimation can (rarely) pinch two sheets
+    into a non-manifold edge; then up to two gentler settings are tried and the cleanest kept."""
+    import fast_simplification
+
+    before = _bad_edges(faces)
+    best = None
+    for agg in (7.0, 5.0, 3.0):
+        v, f = fast_simplification.simplify(verts.astype(np.float32), faces.astype(np.int32),
+                                            target_count=target, agg=agg)
+        v, f = _clean(v.astype(np.float64), f.astype(np.int64))
+        bad = _bad_edges(f) if len(f) else 0
+        if best is None or bad < best[0]:
+            best = (bad, v, f)
+        if bad <= before:
+            break
+    return best[1], best[2]
 
 
 def _keep_components(verts: np.ndarray, faces: np.ndarray, ratio: Optional[float]):

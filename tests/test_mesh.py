@@ -1,0 +1,262 @@
+"""Mesh extraction (lgm_core.mesh): shapes, hygiene, colours, errors, exports, rasterizer, CLI.
+
+Scenes are tiny (a few thousand fat Gaussians, 48-64 voxels) so the whole file stays fast on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from lgm_core.cameras import Cameras
+from lgm_core.gaussians import Gaussians
+from lgm_core.mesh import Mesh, extract_mesh, rasterize, render_mesh
+from lgm_core.mesh.synthetic import make_scene
+
+TINY = dict(scale_range=(0.02, 0.04), normal_scale_range=(0.008, 0.015))
+FAST = dict(resolution=48, target_faces=3000, texture_size=128, device="cpu")
+
+
+def tiny(name="sphere", n=3000, **kw):
+    return make_scene(name, n, **{**TINY, **kw})
+
+
+def uniform_color(g: Gaussians, rgb) -> Gaussians:
+    c = torch.tensor(rgb, dtype=torch.float32).expand(1, g.num_gaussians, 3)
+    return Gaussians.from_rgb(g.positions, g.scales, g.rotations, g.opacities, c)
+
+
+@pytest.fixture(scope="module")
+def sphere_mesh():
+    g = uniform_color(tiny("sphere"), (0.8, 0.3, 0.2))
+    return extract_mesh(g, **FAST)
+
+
+@pytest.fixture(scope="module")
+def sphere_plain():
+    return extract_mesh(tiny("sphere"), texture=False, **FAST)
+
+
+def edge_counts(faces: np.ndarray):
+    e = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+    _, counts = np.unique(e, axis=0, return_counts=True)
+    return counts
+
+
+# ------------------------------------------------------------------ shapes and hygiene
+def test_shapes_and_types(sphere_mesh):
+    m = sphere_mesh
+    V = m.num_vertices
+    assert m.vertices.dtype == torch.float32 and m.vertices.shape == (V, 3)
+    assert m.faces.dtype == torch.int64 and m.faces.shape[1] == 3
+    assert m.uvs.shape == (V, 2) and float(m.uvs.min()) >= 0 and float(m.uvs.max()) <= 1
+    assert m.texture.shape == (128, 128, 3)
+    assert float(m.texture.min()) >= 0 and float(m.texture.max()) <= 1
+    assert m.vertex_colors.shape == (V, 3)
+    assert torch.allclose(m.normals.norm(dim=-1), torch.ones(V), atol=1e-4)
+    assert 0 < m.num_faces <= 3000
+
+
+def test_hygiene_closed_outward_single_component(sphere_plain):
+    m = sphere_plain
+    f = m.faces.numpy()
+    assert m.num_faces <= 3000
+    assert np.all((f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2]))
+    assert float(m.face_areas().min()) > 0
+    counts = edge_counts(f)
+    # closed: no boundary edges; quadric decimation may leave a rare non-manifold edge
+    assert np.all(counts >= 2) and (counts != 2).sum() <= 2
+    assert m.signed_volume() > 0
+    # outward: normals point away from the centre of a sphere
+    v = m.vertices
+    assert float(((m.normals * v).sum(-1) > 0).float().mean()) > 0.99
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    e = np.concatenate([f[:, [0, 1]], f[:, [1, 2]]])
+    n = m.num_vertices
+    ncomp, _ = connected_components(coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n)))
+    assert ncomp == 1
+    # geometry: near the sphere of radius 0.4 (the visible surface sits a little outside)
+    r = v.norm(dim=-1)
+    assert 0.39 < float(r.mean()) < 0.45 and float(r.std()) < 0.01
+
+
+def test_snap_moves_surface_onto_centres():
+    g = tiny("sphere")
+    plain = extract_mesh(g, texture=False, **FAST)
+    snapped = extract_mesh(g, texture=False, snap=True, **FAST)
+    err_plain = (plain.vertices.norm(dim=-1) - 0.4).abs().mean()
+    err_snap = (snapped.vertices.norm(dim=-1) - 0.4).abs().mean()
+    assert err_snap < err_plain and err_snap < 0.01
+
+
+def test_colors_follow_gaussians(sphere_mesh):
+    target = torch.tensor([0.8, 0.3, 0.2])
+    assert torch.allclose(sphere_mesh.vertex_colors.mean(0), target, atol=0.02)
+    assert torch.allclose(sphere_mesh.texture.reshape(-1, 3).median(0).values, target, atol=0.02)
+
+
+def test_face_budget_and_no_texture():
+    m = extract_mesh(tiny("torus"), resolution=48, target_faces=500, texture=False, device="cpu")
+    assert m.num_faces <= 500 and m.uvs is None and m.texture is None and m.vertex_colors is not None
+    counts = edge_counts(m.faces.numpy())
+    assert np.all(counts >= 2) and (counts != 2).sum() <= 2
+
+
+def test_components_and_flip():
+    a = tiny("sphere", n=2000)
+    b = a.transform(translation=(0.0, 0.0, 0.0), scale=0.5)
+    b = b.transform(translation=(0.8, 0.0, 0.0))
+    two = Gaussians.cat([a, b], dim=1)
+    one = extract_mesh(two, texture=False, **FAST)
+    both = extract_mesh(two, texture=False, component_ratio=0.0, **FAST)
+    assert float(one.vertices[:, 0].max()) < 0.6  # only the big sphere
+    assert float(both.vertices[:, 0].max()) > 0.9
+    flipped = extract_mesh(two, texture=False, flip_yz=True, **FAST)
+    assert torch.allclose(flipped.vertices, one.vertices * torch.tensor([1.0, -1.0, -1.0]))
+    assert flipped.signed_volume() > 0
+
+
+def test_legacy_rotations_do_not_crash():
+    g = tiny("sphere", n=1500)
+    g.normalized_rotations = False
+    m = extract_mesh(g, texture=False, **FAST)
+    assert m.num_faces > 0
+
+
+# ------------------------------------------------------------------ errors
+def test_all_transparent_is_a_clear_error():
+    g = tiny("sphere", n=500)
+    g.opacities = torch.zeros_like(g.opacities)
+    with pytest.raises(ValueError, match="no visible Gaussians"):
+        extract_mesh(g, **FAST)
+
+
+def test_single_gaussian_is_a_clear_error():
+    g = tiny("sphere", n=1)
+    with pytest.raises(ValueError, match="too few"):
+        extract_mesh(g, **FAST)
+
+
+def test_sparse_faint_gaussians_are_a_clear_error():
+    g = tiny("sphere", n=20)
+    g.opacities = torch.full_like(g.opacities, 0.3)
+    with pytest.raises(ValueError, match="never reaches level"):
+        extract_mesh(g, **FAST)
+
+
+def test_batch_is_rejected():
+    g = Gaussians.cat([tiny("sphere", n=100), tiny("sphere", n=100)], dim=0)
+    with pytest.raises(ValueError, match="batch"):
+        extract_mesh(g, **FAST)
+
+
+def test_mesh_validation():
+    with pytest.raises(ValueError):
+        Mesh(torch.zeros(3, 3), torch.tensor([[0, 1, 3]]))
+    with pytest.raises(ValueError):
+        Mesh(torch.zeros(3, 2), torch.tensor([[0, 1, 2]]))
+    with pytest.raises(ValueError, match="uvs"):
+        Mesh(torch.zeros(3, 3), torch.tensor([[0, 1, 2]]), texture=torch.zeros(4, 4, 3))
+
+
+# ------------------------------------------------------------------ export round trips
+def test_export_glb_roundtrip(tmp_path, sphere_mesh):
+    import trimesh
+
+    path = sphere_mesh.export(tmp_path / "m.glb")
+    assert sorted(os.listdir(tmp_path)) == ["m.glb"]  # nothing temporary left behind
+    loaded = Mesh.load(path)
+    assert loaded.num_faces == sphere_mesh.num_faces
+    assert torch.allclose(loaded.vertices, sphere_mesh.vertices, atol=1e-5)
+    assert loaded.texture is not None and loaded.texture.shape == sphere_mesh.texture.shape
+    assert torch.allclose(loaded.uvs, sphere_mesh.uvs, atol=1e-4)
+    scene = trimesh.load(path)
+    assert isinstance(scene, trimesh.Scene) and len(scene.geometry) == 1
+
+
+def test_export_obj_roundtrip(tmp_path, sphere_mesh):
+    path = sphere_mesh.export(tmp_path / "m.obj")
+    assert sorted(os.listdir(tmp_path)) == ["m.mtl", "m.obj", "m.png"]
+    assert "map_Kd m.png" in (tmp_path / "m.mtl").read_text()
+    loaded = Mesh.load(path)
+    assert loaded.num_faces == sphere_mesh.num_faces
+    assert loaded.texture is not None
+    # same surface (trimesh may re-index vertices)
+    assert abs(float(loaded.face_areas().sum()) - float(sphere_mesh.face_areas().sum())) < 1e-3
+
+
+def test_export_ply_roundtrip_vertex_colors(tmp_path, sphere_plain, sphere_mesh):
+    path = sphere_plain.export(tmp_path / "m.ply")
+    loaded = Mesh.load(path)
+    assert loaded.num_vertices == sphere_plain.num_vertices and loaded.num_faces == sphere_plain.num_faces
+    assert torch.allclose(loaded.vertex_colors[:, :3], sphere_plain.vertex_colors, atol=1 / 255 + 1e-6)
+    # a textured mesh bakes its texture into vertex colours for .ply
+    loaded2 = Mesh.load(sphere_mesh.export(tmp_path / "t.ply"))
+    assert torch.allclose(loaded2.vertex_colors[:, :3].mean(0), torch.tensor([0.8, 0.3, 0.2]), atol=0.03)
+
+
+def test_trimesh_conversion_and_bad_extension(tmp_path, sphere_plain):
+    tm = sphere_plain.to_trimesh()
+    back = Mesh.from_trimesh(tm)
+    assert torch.equal(back.faces, sphere_plain.faces)
+    assert tm.volume > 0 and len(tm.faces) == sphere_plain.num_faces
+    with pytest.raises(ValueError, match="unsupported"):
+        sphere_plain.export(tmp_path / "m.stl")
+
+
+# ------------------------------------------------------------------ rasterizer
+def test_rasterizer_coverage_and_depth_order():
+    # two overlapping screen-space triangles; the nearer (depth 1) must win where they overlap
+    xy = torch.tensor([[2.0, 2.0], [30.0, 2.0], [2.0, 30.0], [4.0, 4.0], [32.0, 4.0], [4.0, 32.0]])
+    depth = torch.tensor([2.0, 2.0, 2.0, 1.0, 1.0, 1.0])
+    faces = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    frag = rasterize(xy, depth, faces, (32, 32))
+    assert int(frag.face[10, 10]) == 1  # overlap: nearer triangle
+    assert int(frag.face[2, 2]) == 0  # only the far one
+    assert int(frag.face[31, 31]) == -1
+    covered = int((frag.face == 0).sum() + (frag.face == 1).sum())
+    assert abs(covered - (392 + 392 - 288)) < 40  # union of the two triangles' areas
+    b = frag.bary[frag.mask]
+    assert torch.allclose(b.sum(-1), torch.ones(b.shape[0]), atol=1e-5)
+
+
+def test_render_mesh_matches_gaussians():
+    from lgm_core.render import render
+
+    g = tiny("sphere", n=3000)
+    m = extract_mesh(g, **FAST)
+    cams = Cameras.orbit([0.0, 30.0], [0.0, 120.0], size=96)
+    out = render_mesh(m, cams, supersample=2)
+    ref = render(g, cams, backend="torch").image[0]
+    assert out.image.shape == (2, 96, 96, 3) and out.alpha.shape == (2, 96, 96)
+    mse = float(((out.image - ref) ** 2).mean())
+    assert 10 * math.log10(1 / mse) > 22
+
+
+# ------------------------------------------------------------------ CLI
+def test_cli_mesh(tmp_path):
+    from lgm_core.cli import main
+
+    src = tmp_path / "g.ply"
+    tiny("torus", n=3000).save_ply(src)
+    out = tmp_path / "m.glb"
+    rc = main(["mesh", str(src), "-o", str(out), "--resolution", "48", "--texture-size", "64",
+               "--target-faces", "2000", "--device", "cpu"])
+    assert rc == 0 and out.is_file()
+    assert Mesh.load(out).num_faces <= 2000
+    assert main(["mesh", str(src), "-o", str(tmp_path / "m.stl")]) == 2
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    g = tiny("torus")
+    a = extract_mesh(g, texture=False, **FAST)
+    b = extract_mesh(g, texture=False, **{**FAST, "device": "cuda"})
+    assert abs(a.num_faces - b.num_faces) <= 0.02 * a.num_faces
+    assert abs(a.signed_volume() - b.signed_volume()) < 1e-3
