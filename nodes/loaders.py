@@ -8,7 +8,7 @@ import torch
 
 from . import comfy_api as api
 from .comfy_api import io
-from .types import CATEGORY, PRECISIONS, LGMModel, MultiViewPipelineType
+from .types import CATEGORY, PRECISIONS, LGMModel, MultiViewPipelineType, check_choice, first_error
 
 LGM_REPO = "ashawkey/LGM"
 LGM_OFFICIAL = "model_fp16_fixrot.safetensors"
@@ -63,6 +63,12 @@ class LGMModelLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, ckpt_name, precision):
+        names = api.lgm_checkpoint_names()
+        return first_error(check_choice("precision", precision, PRECISIONS),
+                           check_choice("ckpt_name", ckpt_name, names + [n for n in [LGM_OFFICIAL] if n not in names]))
+
+    @classmethod
     def execute(cls, ckpt_name, precision, allow_download) -> io.NodeOutput:
         from lgm_core.weights import load_lgm
 
@@ -102,6 +108,12 @@ class LGMMultiViewLoader(io.ComfyNode):
             outputs=[MultiViewPipelineType.Output(display_name="mv_pipeline",
                                                   tooltip="The multi-view diffusion pipeline.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, model_name, precision):
+        names = api.diffusers_model_names()
+        return first_error(check_choice("precision", precision, PRECISIONS),
+                           check_choice("model_name", model_name, names + [n for n in MV_REPOS if n not in names]))
 
     @classmethod
     def execute(cls, model_name, precision, allow_download) -> io.NodeOutput:

@@ -6,7 +6,7 @@ import torch
 
 from . import comfy_api as api
 from .comfy_api import io
-from .types import CATEGORY, Splat, splat_to_gaussians
+from .types import CATEGORY, Splat, check_choice, first_error, splat_to_gaussians
 
 MESH_FORMATS = ["glb", "obj", "ply"]
 
@@ -112,6 +112,10 @@ class LGMSaveMesh(io.ComfyNode):
                                       tooltip="Path of the (first) file relative to the output folder, for "
                                               "core's Preview 3D.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, format):
+        return first_error(check_choice("format", format, MESH_FORMATS))
 
     @classmethod
     def execute(cls, mesh, filename_prefix, format) -> io.NodeOutput:

@@ -6,7 +6,10 @@ import torch
 
 from . import comfy_api as api
 from .comfy_api import io
-from .types import CATEGORY, CamerasType, Splat, splat_to_gaussians
+from .types import CATEGORY, CamerasType, Splat, check_choice, first_error, splat_to_gaussians
+
+
+DEPTH_MODES = ["normalized", "inverse", "metric"]
 
 
 class LGMOrbitCameras(io.ComfyNode):
@@ -62,7 +65,7 @@ class LGMRenderSplat(io.ComfyNode):
                                tooltip="Background grey level (1 = white)."),
                 io.Float.Input("scale_modifier", default=1.0, min=0.01, max=10.0, step=0.01,
                                tooltip="Multiplies every Gaussian's size (1 = as reconstructed)."),
-                io.Combo.Input("depth_mode", options=["normalized", "inverse", "metric"], default="normalized",
+                io.Combo.Input("depth_mode", options=DEPTH_MODES, default="normalized",
                                tooltip="Depth image: normalized = near white/far dark over the object per frame; "
                                        "inverse = 1/depth normalised the same way; metric = camera-space depth in "
                                        "world units (not clipped to [0,1]). Background is 0."),
@@ -73,6 +76,10 @@ class LGMRenderSplat(io.ComfyNode):
                 io.Image.Output(display_name="depth", tooltip="Depth as a grey IMAGE [frames,H,W,3] (see depth_mode)."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, depth_mode):
+        return first_error(check_choice("depth_mode", depth_mode, DEPTH_MODES))
 
     @classmethod
     def execute(cls, splat, cameras, background, scale_modifier, depth_mode) -> io.NodeOutput:

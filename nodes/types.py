@@ -83,3 +83,21 @@ def views_to_image(views: torch.Tensor) -> torch.Tensor:
     if views.shape[1] == 3 and views.shape[-1] != 3:
         views = views.permute(0, 2, 3, 1)
     return views.detach().float().clamp(0, 1).cpu().contiguous()
+
+
+def check_choice(name: str, value, options) -> str | None:
+    """An error message when a combo value is not one of ``options`` (ComfyUI 0.3.x does not check V3
+    combos itself), else None."""
+    options = list(options)
+    if value in options:
+        return None
+    shown = options if len(options) <= 12 else options[:12] + ["..."]
+    return f"{name}: {value!r} is not one of {shown}"
+
+
+def first_error(*messages) -> bool | str:
+    """``validate_inputs`` result: the first non-empty message, or True."""
+    for m in messages:
+        if m:
+            return m
+    return True

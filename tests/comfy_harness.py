@@ -5,7 +5,7 @@ ComfyUI's state is global (node registry, folder paths, model manager), so there
 process: ``get_harness()`` builds it on first use (~8 s: imports ComfyUI, loads every core node and
 this pack through ComfyUI's own custom-node loader) and returns the same object afterwards.
 
-Tests use the ``comfy`` fixture (import it from this module); it skips cleanly, with the reason,
+Tests use the ``harness`` fixture (import it from this module); it skips cleanly, with the reason,
 when ``.comfyui/`` has not been set up. ``comfy_paths()`` gives the paths without importing ComfyUI
 (used by the HTTP-server and browser tests, which start ``main.py`` in a subprocess).
 """
@@ -214,7 +214,7 @@ def get_harness(tmp_root: Path) -> ComfyHarness:
 
 
 @pytest.fixture(scope="session")
-def comfy(tmp_path_factory) -> ComfyHarness:
+def harness(tmp_path_factory) -> ComfyHarness:
     """A real in-process ComfyUI with this pack loaded and stand-in models under the real names."""
     return get_harness(tmp_path_factory.mktemp("comfyui"))
 

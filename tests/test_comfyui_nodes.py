@@ -1,0 +1,219 @@
+"""The node pack inside a real ComfyUI (in-process): registration, schemas, model folders, validation,
+errors, SPLAT duck typing, progress/preview, interruption, memory management."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from comfy_harness import REPO_ROOT, harness  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.comfyui
+
+LGM_NODES = [
+    "LGMModelLoader", "LGMMultiViewLoader", "LGMTextToMultiView", "LGMImageToMultiView", "LGMPrepareImage",
+    "LGMReconstruct", "LGMOrbitCameras", "LGMRenderSplat", "LGMSaveSplat", "LGMLoadSplat", "LGMSplatToMesh",
+    "LGMSaveMesh",
+]
+
+
+def _text_graph(steps=2, n_views_node=None):
+    return {
+        "1": {"class_type": "LGMMultiViewLoader",
+              "inputs": {"model_name": "mvdream-sd2.1-diffusers", "precision": "auto", "allow_download": False}},
+        "2": {"class_type": "LGMTextToMultiView",
+              "inputs": {"mv_pipeline": ["1", 0], "prompt": "an owl", "negative_prompt": "", "seed": 3,
+                         "steps": steps, "guidance": 7.5, "elevation": 0.0}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
+    }
+
+
+def test_every_node_registered_with_schema(harness):
+    for node_id in LGM_NODES:
+        cls = harness.node_classes.get(node_id)
+        assert cls is not None, f"{node_id} not loaded by ComfyUI"
+        schema = cls.GET_SCHEMA()
+        assert schema.node_id == node_id and " " not in node_id
+        assert schema.category == "LGM"
+        assert schema.display_name and schema.display_name.startswith("LGM ")
+        assert len(schema.description) > 20
+        for item in list(schema.inputs) + list(schema.outputs):
+            assert item.tooltip, f"{node_id}.{item.id or item.display_name} has no tooltip"
+
+
+def test_model_folders_list_standin_models(harness):
+    import folder_paths
+
+    assert "model_fp16_fixrot.safetensors" in folder_paths.get_filename_list("lgm")
+    info = harness.node_classes["LGMMultiViewLoader"].GET_NODE_INFO_V1()
+    options = info["input"]["required"]["model_name"][1]["options"]
+    assert {"mvdream-sd2.1-diffusers", "imagedream-ipmv-diffusers"} <= set(options)
+
+
+def test_validation_errors(harness):
+    good = _text_graph()
+    ok, *_ = harness.validate(good)
+    assert ok
+    # out of range
+    bad = _text_graph(steps=0)
+    ok, _err, _outs, node_errors = harness.validate(bad)
+    assert not ok and "2" in node_errors
+    # unknown model file
+    bad = {"1": {"class_type": "LGMModelLoader",
+                 "inputs": {"ckpt_name": "nope.safetensors", "precision": "auto", "allow_download": False}},
+           "2": {"class_type": "LGMOrbitCameras",
+                 "inputs": {"num_frames": 2, "elevation": 0.0, "radius": 1.5, "fovy": 49.1, "width": 64,
+                            "height": 64, "start_azimuth": 0.0}},
+           "3": {"class_type": "LGMReconstruct",
+                 "inputs": {"lgm_model": ["1", 0], "views": ["2", 0], "elevation": 0.0}},
+           "4": {"class_type": "LGMSaveSplat", "inputs": {"splat": ["3", 0], "filename_prefix": "x",
+                                                          "min_opacity": 0.0}}}
+    ok, _err, _outs, node_errors = harness.validate(bad)
+    assert not ok
+    assert "return_type_mismatch" in str(node_errors) and "LGM_CAMERAS" in str(node_errors)  # cameras into IMAGE
+    bad["3"]["inputs"]["views"] = ["5", 0]
+    bad["5"] = {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 4, "color": 0}}
+    ok, _err, _outs, node_errors = harness.validate(bad)
+    assert not ok and "nope.safetensors" in str(node_errors)  # value not in the model list
+    # missing required input
+    bad = _text_graph()
+    del bad["2"]["inputs"]["prompt"]
+    ok, _err, _outs, node_errors = harness.validate(bad)
+    assert not ok and "2" in node_errors
+
+
+def test_reconstruct_needs_four_views(harness):
+    graph = {
+        "1": {"class_type": "LGMModelLoader",
+              "inputs": {"ckpt_name": "model_fp16_fixrot.safetensors", "precision": "fp32", "allow_download": False}},
+        "2": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 3, "color": 0}},
+        "3": {"class_type": "LGMReconstruct", "inputs": {"lgm_model": ["1", 0], "views": ["2", 0], "elevation": 0.0}},
+        "4": {"class_type": "LGMSaveSplat", "inputs": {"splat": ["3", 0], "filename_prefix": "x", "min_opacity": 0.0}},
+    }
+    result = harness.run(graph, check=False)
+    assert not result.success
+    assert "exactly 4 views" in result.error["exception_message"]
+    assert "batch of 3" in result.error["exception_message"]
+
+
+def test_wrong_model_kind_is_explained(harness):
+    graph = _text_graph()
+    graph["1"]["inputs"]["model_name"] = "imagedream-ipmv-diffusers"
+    result = harness.run(graph, check=False)
+    assert not result.success and "ImageDream" in result.error["exception_message"]
+
+
+def test_progress_preview_and_views(harness):
+    from comfy.cli_args import LatentPreviewMethod, args
+
+    old = args.preview_method
+    args.preview_method = LatentPreviewMethod.Latent2RGB
+    try:
+        result = harness.run(_text_graph(steps=3))
+    finally:
+        args.preview_method = old
+    progress = [d for e, d in result.events if e == "progress" and d["node"] == "2"]
+    assert [p["value"] for p in progress] == [1, 2, 3] and progress[-1]["max"] == 3
+    previews = [d for e, d in result.events if e == "preview" and d["node"] == "2"]
+    assert len(previews) == 3
+    fmt, image, _size = previews[0]["image"]
+    assert fmt == "JPEG" and image.size[0] == image.size[1] > 0  # 2x2 grid of the 4 views
+    images = result.files("3", "images")
+    assert len(images) == 4
+    from PIL import Image
+
+    assert Image.open(harness.output_path(images[0]) if images[0]["type"] == "output"
+                      else harness.temp_dir / images[0]["subfolder"] / images[0]["filename"]).size == (256, 256)
+
+
+def test_interrupt_stops_diffusion(harness, monkeypatch):
+    import comfy.model_management as mm
+
+    original = harness._progress_hook
+
+    def hook(value, total, preview, prompt_id=None, node_id=None):
+        if value == 1:
+            mm.interrupt_current_processing(True)
+        return original(value, total, preview, prompt_id, node_id)
+
+    import comfy.utils
+
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        result = harness.run(_text_graph(steps=20), check=False)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(original)
+        mm.interrupt_current_processing(False)
+    assert not result.success
+    assert any(name == "execution_interrupted" for name, _ in result.messages)
+    steps_done = [d["value"] for e, d in result.events if e == "progress" and d["node"] == "2"]
+    assert max(steps_done, default=0) < 2  # stopped right after the first step
+
+
+def test_models_are_managed_by_comfyui(harness):
+    import comfy.model_management as mm
+
+    harness.run(_text_graph())
+    loaded = [m.model for m in mm.current_loaded_models]
+    holders = [type(getattr(p, "model", None)).__name__ for p in loaded]
+    assert "_Holder" in holders, holders
+    mm.unload_all_models()
+    assert not mm.current_loaded_models
+
+
+def test_core_style_splat_objects_are_accepted(harness, tmp_path):
+    """Any object with SPLAT's attributes (e.g. core's SPLAT) works with the pack's SPLAT inputs."""
+    from lgm_core.mesh.synthetic import make_scene
+    from lgm_core.ply import load_ply
+
+    nodes = harness.node_classes
+    g = make_scene("sphere", n=2048, seed=1)
+
+    class CoreLikeSplat:  # unbatched tensors, no counts, no lgm_core class
+        def __init__(self):
+            self.positions, self.scales, self.rotations = g.positions[0], g.scales[0], g.rotations[0]
+            self.opacities, self.sh, self.counts = g.opacities[0], g.sh[0], None
+
+    splat = CoreLikeSplat()
+    out = nodes["LGMSaveSplat"].execute(splat, "duck/splat", 0.0)
+    rel = out.result[0]
+    loaded = load_ply(harness.output_dir / rel)
+    assert loaded.num_gaussians == 2048
+    cams = nodes["LGMOrbitCameras"].execute(2, 0.0, 1.5, 49.1, 48, 32, 0.0).result[0]
+    images, alpha, depth = nodes["LGMRenderSplat"].execute(splat, cams, 1.0, 1.0, "normalized").result
+    assert images.shape == (2, 32, 48, 3) and alpha.shape == (2, 32, 48) and depth.shape == (2, 32, 48, 3)
+    assert float(alpha.max()) > 0.5 and float(images.min()) < 0.9  # the sphere is visible
+    # a bad object gets a clear message
+    with pytest.raises(ValueError, match="SPLAT"):
+        nodes["LGMSaveSplat"].execute(object(), "duck/splat", 0.0)
+
+
+def test_prepare_image_recentres_on_white(harness):
+    nodes = harness.node_classes
+    img = torch.zeros(1, 80, 120, 3)
+    img[:, 10:30, 20:50] = torch.tensor([1.0, 0.0, 0.0])
+    mask = torch.ones(1, 80, 120)
+    mask[:, 10:30, 20:50] = 0.0  # LoadImage convention: 1 = transparent
+    image, alpha = nodes["LGMPrepareImage"].execute(img, True, 64, 0.2, 1.0, mask=mask).result
+    assert image.shape == (1, 64, 64, 3) and alpha.shape == (1, 64, 64)
+    assert torch.allclose(image[0, 0, 0], torch.ones(3))  # white corner
+    center = image[0, 32, 32]
+    assert center[0] > 0.9 and center[1] < 0.1  # red object in the middle
+    assert float(alpha[0, 32, 32]) > 0.99 and float(alpha[0, 0, 0]) < 0.01
+
+
+def test_only_the_adapter_imports_comfyui():
+    pattern = re.compile(r"^\s*(from|import)\s+(comfy|comfy_api|comfy_extras|folder_paths|server|execution|"
+                         r"latent_preview|nodes)\b", re.M)
+    for path in (REPO_ROOT / "nodes").glob("*.py"):
+        if path.name == "comfy_api.py":
+            continue
+        assert not pattern.search(path.read_text()), f"{path.name} imports ComfyUI directly"
+    for path in (REPO_ROOT / "lgm_core").rglob("*.py"):
+        assert not pattern.search(path.read_text()), f"{path} imports ComfyUI"
+    init = (REPO_ROOT / "__init__.py").read_text()
+    assert "comfy_entrypoint" in init and "NODE_CLASS_MAPPINGS =" not in init
