@@ -11,19 +11,22 @@ It reproduces the original LGM rasterizer (lgm_spec §6.3) step by step:
    pixel stops (without using that Gaussian) once its transmittance would drop below 1e-4;
    colour = Σ cᵢαᵢTᵢ + T·background, alpha = Σ αᵢTᵢ.
 
-Vectorisation: each tile's list is walked in depth chunks of ``K`` Gaussians; for a chunk, the
-exponent for all 256 pixels of all active tiles is one matrix product (a quadratic form written
-in a 6-term basis of tile-local pixel coordinates), the transmittance a cumulative product along
-the chunk, and the colour one batched matrix product. The early-stop rule is applied exactly
-(a virtual transmittance carries the "would drop below 1e-4" state across chunks). Tiles whose
-pixels have all stopped leave the active set.
+Vectorisation: each tile's list is walked in depth chunks (``K`` = 64 Gaussians deep, doubling up
+to ``max_K`` as tiles finish, within the ``chunk_elems`` budget); for a chunk, log α for all 256
+pixels of all active tiles is one matrix product (the quadratic form written in a 6-term basis of
+tile-local pixel coordinates, log-opacity folded in), the transmittance a cumulative product
+along the chunk, αT the difference of consecutive transmittances, and the colour one batched
+matrix product. The early-stop rule is applied exactly (a virtual transmittance carries the
+"would drop below 1e-4" state across chunks). Tiles whose pixels have all stopped or whose lists
+are exhausted leave the active set.
 
-Memory bound (per call, beyond inputs and outputs): projection O(C·N) floats for a group of
-cameras; the tile/Gaussian pair list is built in bands of tile rows with at most
-``max(max_pairs, visible Gaussians × tiles per row)`` pairs (≈ 40 bytes per pair); the compositing
-working set is at most ``chunk_elems`` (tiles × K × 256) floats times ~8 live temporaries
-(≈ 32 bytes × chunk_elems). Defaults: CPU ``max_pairs = 2**21`` (~ 80 MB), ``chunk_elems = 2**21``
-(~ 70 MB); CUDA/MPS ``2**24`` and ``2**24`` (~ 0.7 GB and ~ 0.55 GB).
+Memory bound (per call, beyond inputs and outputs): the tile/Gaussian pair list is built in bands
+of tile rows with at most ``max(max_pairs, visible Gaussians × tiles per row)`` pairs (≤ ~64
+bytes per pair while sorting); the compositing working set is at most ``chunk_elems`` elements
+(tiles × depth × 256) in two reusable float buffers and a bool mask (≈ 9 bytes × chunk_elems),
+plus 6 KB of accumulators per active tile. Defaults: CPU ``max_pairs = chunk_elems = 2**21``
+(≤ ~130 MB and ~19 MB); CUDA/MPS ``2**24`` (≤ ~1 GB and ~150 MB). Projection (done by the
+caller, :func:`lgm_core.render.common.project`) needs ~120 bytes per Gaussian and camera.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Optional
 
 import torch
 
-from .common import ALPHA_MAX, ALPHA_MIN, T_MIN, project
+from .common import ALPHA_MAX, ALPHA_MIN, T_MIN
 
 TILE = 16
 _TILE_PIX = TILE * TILE
