@@ -17,8 +17,6 @@ _PACK_DIR = os.path.dirname(os.path.abspath(__file__))
 if _PACK_DIR not in sys.path:
     sys.path.append(_PACK_DIR)
 
-WEB_DIRECTORY = "./web"
-
 
 async def comfy_entrypoint():
     """Called by ComfyUI once at start-up; returns the extension listing this pack's nodes."""
@@ -27,4 +25,4 @@ async def comfy_entrypoint():
     return LGMExtension()
 
 
-__all__ = ["comfy_entrypoint", "WEB_DIRECTORY"]
+__all__ = ["comfy_entrypoint"]

@@ -53,7 +53,7 @@ try {
         }
         app.graph.setDirtyCanvas(true, true);
       } else {
-        await app.loadGraphData(item.ui, true, false, null, opts);
+        await app.loadGraphData(item.ui, true, false, item.name + ".json", opts);
       }
       const missing = app.graph._nodes.filter((n) => n.type && !window.LiteGraph.registered_node_types[n.type])
         .map((n) => n.type);

@@ -1,0 +1,39 @@
+"""Each shipped UI-format workflow loads in the real ComfyUI frontend (headless Chromium, frontend
+1.32.9 served by the test ComfyUI) and converts, through the frontend's own ``graphToPrompt``, to
+exactly its API twin in ``workflows/api/``. Saves a canvas screenshot to ``docs/images/<name>.png``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from comfy_harness import (API_DIR, REPO_ROOT, WORKFLOW_DIR, ComfyServer, browser_tools, require_comfy,
+                           run_frontend, workflow_names, write_example_inputs)
+
+pytestmark = [pytest.mark.comfyui, pytest.mark.browser]
+
+
+def test_ui_workflows_convert_to_their_api_twins(tmp_path):
+    paths = require_comfy()
+    if browser_tools() is None:
+        pytest.skip("needs Debian's chromium, node and npm playwright-core (scripts/setup_comfyui.sh installs "
+                    "the latter when npm exists): see .ci/comfyui_setup_steps.md")
+    from lgm_core.testing import make_standin_models
+
+    make_standin_models(tmp_path / "models")
+    write_example_inputs(tmp_path / "work" / "input")
+    names = workflow_names()
+    shots = REPO_ROOT / "docs" / "images"
+    shots.mkdir(parents=True, exist_ok=True)
+    items = [{"name": n, "mode": "check", "ui": json.loads((WORKFLOW_DIR / f"{n}.json").read_text()),
+              "screenshot": str(shots / f"{n}.png")} for n in names]
+    with ComfyServer(paths, tmp_path / "work", tmp_path / "models") as server:
+        results = run_frontend(server, items)
+    for name in names:
+        res = results[name]
+        assert not res["missing"], f"{name}: unknown node types in the frontend: {res['missing']}"
+        twin = json.loads((API_DIR / f"{name}.json").read_text())
+        assert res["prompt"] == twin, f"{name}: graphToPrompt differs from workflows/api/{name}.json"
+        png = shots / f"{name}.png"
+        assert png.stat().st_size > 10_000
