@@ -127,9 +127,10 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None)
     ap.add_argument("--resolution", type=int, default=None, help="override extract_mesh's default")
     ap.add_argument("--level", type=float, default=None, help="override extract_mesh's default")
-    ap.add_argument("--no-snap", action="store_true")
+    ap.add_argument("--snap", action="store_true", help="extract_mesh(snap=True): surface on the centres")
     ap.add_argument("--speed-only", action="store_true", help="only time extraction on the first scene")
-    ap.add_argument("--save", default=None, help="folder for .glb files and a preview image per scene")
+    ap.add_argument("--save", default=None, help="folder for a preview image per scene (Gaussians above, mesh below)")
+    ap.add_argument("--save-glb", action="store_true", help="also write each scene's mesh as .glb into --save")
     ap.add_argument("--json", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
 
@@ -139,8 +140,8 @@ def main(argv=None) -> int:
         kw["resolution"] = args.resolution
     if args.level is not None:
         kw["level"] = args.level
-    if args.no_snap:
-        kw["snap"] = False
+    if args.snap:
+        kw["snap"] = True
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"# device: {name}; torch {torch.__version__}; {args.n} {args.style} Gaussians; "
           f"{args.views} views at {args.size}^2; extract_mesh settings: {kw or 'default'}")
@@ -173,7 +174,8 @@ def main(argv=None) -> int:
         if args.save:
             folder = Path(args.save)
             folder.mkdir(parents=True, exist_ok=True)
-            mesh.export(folder / f"{scene}.glb")
+            if args.save_glb:
+                mesh.export(folder / f"{scene}.glb")
             from PIL import Image
 
             k = min(4, out.shape[0])
