@@ -18,7 +18,6 @@ xatlas on the CPU):
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable, Optional
 
