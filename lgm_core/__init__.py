@@ -28,6 +28,9 @@ _LAZY = {
     "load_lgm": ("lgm_core.weights", "load_lgm"),
     "load_ply": ("lgm_core.ply", "load_ply"),
     "save_ply": ("lgm_core.ply", "save_ply"),
+    "Mesh": ("lgm_core.mesh", "Mesh"),
+    "extract_mesh": ("lgm_core.mesh", "extract_mesh"),
+    "render": ("lgm_core.render", "render"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
