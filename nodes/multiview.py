@@ -116,8 +116,9 @@ class LGMImageToMultiView(io.ComfyNode):
             raise ValueError("this is an MVDream model, which takes text only: load imagedream-ipmv-diffusers "
                              "for image input, or use LGM Text to Multi-View")
         img = image[0]
-        if mask is not None:
-            img = prepare_image(img, mask=_foreground(mask, invert_mask, img.shape[:2]), size=256)
+        fg = _foreground(mask, invert_mask, img.shape[:2]) if mask is not None else None
+        # with a mask: crop + recentre on white; without: pad to a square (as the original app)
+        img = prepare_image(img, mask=fg, size=256)
         return io.NodeOutput(*_generate(mv_pipeline, prompt, negative_prompt, seed, steps, guidance, elevation,
                                         image=img.float().clamp(0, 1)))
 
