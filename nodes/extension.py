@@ -22,9 +22,8 @@ NODES = [
 
 class LGMExtension(api.ComfyExtension):
     def __init__(self):
+        # ComfyUI 0.3.x never awaits on_load, so start-up work happens here (once, at load time)
         api.register_model_folders()
-
-    async def on_load(self) -> None:
         api.log_accelerators()
 
     async def get_node_list(self):
