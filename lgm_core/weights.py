@@ -194,12 +194,14 @@ def resolve_checkpoint(
         from huggingface_hub import hf_hub_download
     except ImportError:  # pragma: no cover - huggingface_hub is a dependency
         raise FileNotFoundError(f"huggingface_hub is not installed; download {hub_url(source, filename)} to {target}")
+    offline_env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no")
     try:
+        # huggingface_hub reads HF_HUB_OFFLINE once at import; re-check it here so a later change counts
         return Path(hf_hub_download(repo_id=source, filename=filename, cache_dir=cache_dir,
-                                    local_files_only=bool(local_files_only)))
+                                    local_files_only=bool(local_files_only) or offline_env))
     except Exception as exc:  # offline mode, no network, missing file, auth ...
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        offline = " (offline mode: HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") else ""
+        offline = " (offline mode: HF_HUB_OFFLINE is set)" if offline_env else ""
         raise FileNotFoundError(
             f"could not get {filename} from the hub repo {source}{offline}: {reason}. "
             f"Download {hub_url(source, filename)} and place it at {target}") from exc
