@@ -6,9 +6,10 @@ import os
 
 from . import comfy_api as api
 from .comfy_api import io
-from .types import CATEGORY, Splat, gaussians_to_splat, splat_to_gaussians
+from .types import CATEGORY, Splat, check_choice, first_error, gaussians_to_splat, splat_to_gaussians
 
 SPLAT_EXTENSIONS = (".ply",)
+SAVE_FORMATS = ["ply", "splat", "ply+splat"]
 
 
 class LGMSaveSplat(io.ComfyNode):
@@ -18,8 +19,9 @@ class LGMSaveSplat(io.ComfyNode):
             node_id="LGMSaveSplat",
             display_name="LGM Save Splat",
             category=CATEGORY,
-            description="Saves Gaussian splats as standard 3DGS .ply files (one per batch item) in the output folder. "
-                        "Values in the LGM frame (+y up, front +z); Gaussians below min_opacity are dropped.",
+            description="Saves Gaussian splats (one file per batch item) in the output folder: standard 3DGS .ply "
+                        "(LGM frame, +y up, front +z, as the original LGM writes it) and/or compact .splat for web "
+                        "viewers (y-down 3DGS convention, DC colour). Gaussians below min_opacity are dropped.",
             is_output_node=True,
             inputs=[
                 Splat.Input("splat", tooltip="Gaussians to save (from LGM or core nodes)."),
@@ -27,21 +29,31 @@ class LGMSaveSplat(io.ComfyNode):
                                 tooltip="Output path prefix inside ComfyUI's output folder; a counter is appended."),
                 io.Float.Input("min_opacity", default=0.005, min=0.0, max=1.0, step=0.001,
                                tooltip="Gaussians with a lower opacity are left out (0.005 as the original)."),
+                io.Combo.Input("format", options=SAVE_FORMATS, default="ply", optional=True,
+                               tooltip="ply: full 3DGS file (any 3DGS tool, LGM Load Splat); splat: 32 bytes per "
+                                       "Gaussian for web splat viewers; ply+splat: both."),
             ],
-            outputs=[io.String.Output(display_name="ply_file",
+            outputs=[io.String.Output(display_name="file",
                                       tooltip="Path of the (first) file relative to the output folder.")],
         )
 
     @classmethod
-    def execute(cls, splat, filename_prefix, min_opacity) -> io.NodeOutput:
+    def validate_inputs(cls, format="ply"):
+        return first_error(check_choice("format", format, SAVE_FORMATS))
+
+    @classmethod
+    def execute(cls, splat, filename_prefix, min_opacity, format="ply") -> io.NodeOutput:
         from lgm_core.ply import save_ply
+        from lgm_core.splat_formats import save_splat
 
         gaussians = splat_to_gaussians(splat).to("cpu")
+        writers = {"ply": save_ply, "splat": save_splat}
         records = []
         for i in range(gaussians.batch_size):
-            path, record = api.output_file_path(filename_prefix, "ply")
-            save_ply(gaussians, path, min_opacity=float(min_opacity), index=i)
-            records.append(record)
+            for ext in format.split("+"):
+                path, record = api.output_file_path(filename_prefix, ext)
+                writers[ext](gaussians, path, min_opacity=float(min_opacity), index=i)
+                records.append(record)
         first = records[0]
         rel = "/".join(p for p in (first["subfolder"], first["filename"]) if p)
         return io.NodeOutput(rel, ui={"splats": records})

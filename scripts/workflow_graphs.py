@@ -28,7 +28,8 @@ def _outputs(splat: list, first_id: int, prefix: str) -> dict:
     ids = [str(i + k) for k in range(7)]
     return {
         ids[0]: {"class_type": "LGMSaveSplat",
-                 "inputs": {"splat": splat, "filename_prefix": f"lgm/{prefix}", "min_opacity": 0.005}},
+                 "inputs": {"splat": splat, "filename_prefix": f"lgm/{prefix}", "min_opacity": 0.005,
+                            "format": "ply"}},
         ids[1]: {"class_type": "LGMOrbitCameras",
                  "inputs": {"num_frames": 24, "elevation": 10.0, "radius": 1.5, "fovy": 49.1, "width": 256,
                             "height": 256, "start_azimuth": 0.0}},

@@ -217,3 +217,33 @@ def test_only_the_adapter_imports_comfyui():
         assert not pattern.search(path.read_text()), f"{path} imports ComfyUI"
     init = (REPO_ROOT / "__init__.py").read_text()
     assert "comfy_entrypoint" in init and "NODE_CLASS_MAPPINGS =" not in init
+
+
+def test_save_splat_formats_and_core_save_glb(harness):
+    """.splat files round-trip; our MESH goes into core's SaveGLB unchanged."""
+    from lgm_core.mesh.synthetic import make_scene
+    from lgm_core.ply import save_ply
+    from lgm_core.splat_formats import load_splat
+
+    g = make_scene("box", n=3000, seed=2)
+    save_ply(g, harness.input_dir / "box_for_test.ply")
+    graph = {
+        "1": {"class_type": "LGMLoadSplat", "inputs": {"ply_file": "box_for_test.ply"}},
+        "2": {"class_type": "LGMSaveSplat", "inputs": {"splat": ["1", 0], "filename_prefix": "fmt/box",
+                                                       "min_opacity": 0.0, "format": "ply+splat"}},
+        "3": {"class_type": "LGMSplatToMesh", "inputs": {"splat": ["1", 0], "resolution": 32, "target_faces": 2000,
+                                                         "texture": False, "texture_size": 128, "level": 1.0}},
+        "4": {"class_type": "SaveGLB", "inputs": {"mesh": ["3", 0], "filename_prefix": "fmt/core"}},
+    }
+    result = harness.run(graph)
+    files = {r["filename"].rsplit(".", 1)[1]: harness.output_path(r) for r in result.files("2")}
+    assert set(files) == {"ply", "splat"}
+    back = load_splat(files["splat"])
+    assert back.num_gaussians == 3000
+    assert torch.allclose(back.positions[0].mean(0), g.positions[0].mean(0), atol=1e-5)
+    assert torch.allclose(back.opacities.mean(), g.opacities.mean(), atol=1e-2)
+    (glb,) = result.files("4", "3d")
+    import trimesh
+
+    mesh = trimesh.load(harness.output_path(glb), force="mesh")
+    assert len(mesh.faces) > 10
