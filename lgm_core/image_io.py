@@ -40,7 +40,7 @@ def save_image(image: torch.Tensor, path: PathLike) -> Path:
     """Write [H, W, 3|4] float in [0, 1] as PNG/JPEG/WebP (by extension), atomically."""
     from PIL import Image
 
-    from .ply import atomic_write_bytes
+    from .fileio import atomic_write_bytes
 
     path = Path(path)
     fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower())

@@ -15,13 +15,13 @@ before anything is allocated.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
+from .fileio import atomic_write_bytes  # noqa: F401  (re-exported)
 from .gaussians import Gaussians
 
 MIN_OPACITY = 0.005
@@ -44,24 +44,6 @@ class PlyError(ValueError):
 
 
 # ---------------------------------------------------------------------- writing
-def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder + rename, so a
-    failure never leaves a half-written file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def ply_bytes(gaussians: Gaussians, *, min_opacity: float = MIN_OPACITY, index: int = 0) -> bytes:
     """The .ply file content for batch item ``index`` (see module docstring)."""
     g = gaussians[index].detach().to("cpu", torch.float32)

@@ -11,20 +11,17 @@ renamed over the destination once complete.
 from __future__ import annotations
 
 import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Union
 
 import numpy as np
+
+from .fileio import atomic_path
 
 VIDEO_EXTENSIONS = (".mp4", ".webp", ".gif")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 
 PathLike = Union[str, os.PathLike]
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def to_uint8(frames) -> np.ndarray:
@@ -52,24 +49,6 @@ def _check_frames(arr: np.ndarray) -> np.ndarray:
     if arr.shape[0] == 0:
         raise ValueError("no frames to write")
     return arr
-
-
-@contextmanager
-def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same suffix); rename it over ``path`` on success,
-    delete it on failure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_video(frames, path: PathLike, *, fps: float = 30.0, quality: int = 8, loop: int = 0) -> Path:

@@ -259,7 +259,7 @@ def save_lgm(model: LGM, path: Union[str, os.PathLike], dtype: Optional[torch.dt
     """Write ``model``'s weights as .safetensors (atomically), recording its rotation mode."""
     from safetensors.torch import save as save_bytes
 
-    from .ply import atomic_write_bytes
+    from .fileio import atomic_write_bytes
 
     state = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in model.state_dict().items()}
     atomic_write_bytes(path, save_bytes(state, metadata={METADATA_ROTATION_KEY: model.rotation_mode}))

@@ -24,13 +24,14 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
 import torch
+
+from ..fileio import atomic_write_bytes
 
 PathLike = Union[str, os.PathLike]
 
@@ -41,25 +42,6 @@ def _as_tensor(x, dtype) -> Optional[torch.Tensor]:
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(np.ascontiguousarray(x))
     return torch.as_tensor(x).detach().to("cpu", dtype).contiguous()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
@@ -220,7 +202,7 @@ class Mesh:
         ext = path.suffix.lower()
         if ext == ".glb":
             data = mesh.to_trimesh().export(file_type="glb")
-            _atomic_write_bytes(path, data)
+            atomic_write_bytes(path, data)
         elif ext == ".obj":
             mesh._write_obj(path)
         elif ext == ".ply":
@@ -228,7 +210,7 @@ class Mesh:
             if m.vertex_colors is None and m.texture is not None:
                 m = dataclasses.replace(m, vertex_colors=m.sample_texture(m.uvs))
             tm = dataclasses.replace(m, texture=None, uvs=None).to_trimesh()
-            _atomic_write_bytes(path, tm.export(file_type="ply", encoding="binary"))
+            atomic_write_bytes(path, tm.export(file_type="ply", encoding="binary"))
         else:
             raise ValueError(f"unsupported mesh format {ext!r}: use .glb, .obj or .ply")
         return path
@@ -280,11 +262,11 @@ class Mesh:
         if textured:
             buf = io.BytesIO()
             Image.fromarray(_to_uint8(self.texture)).save(buf, format="PNG")
-            _atomic_write_bytes(path.with_suffix(".png"), buf.getvalue())
+            atomic_write_bytes(path.with_suffix(".png"), buf.getvalue())
             mtl = ("# written by lgm_core\nnewmtl material0\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\n"
                    f"map_Kd {stem}.png\n")
-            _atomic_write_bytes(path.with_suffix(".mtl"), mtl.encode())
-        _atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+            atomic_write_bytes(path.with_suffix(".mtl"), mtl.encode())
+        atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -6,10 +6,8 @@ The module's ``state_dict()`` is key-for-key and shape-for-shape the official ch
 
 from __future__ import annotations
 
-import dataclasses
-import warnings
-from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
