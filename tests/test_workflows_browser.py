@@ -1,10 +1,11 @@
 """Each shipped UI-format workflow loads in the real ComfyUI frontend (headless Chromium, frontend
 1.32.9 served by the test ComfyUI) and converts, through the frontend's own ``graphToPrompt``, to
-exactly its API twin in ``workflows/api/``. Saves a canvas screenshot to ``docs/images/<name>.png``."""
+exactly its API twin in ``workflows/api/``. Saves a canvas screenshot per workflow (to ``docs/images/<name>.png`` with LGM_UPDATE_SCREENSHOTS=1)."""
 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -24,7 +25,9 @@ def test_ui_workflows_convert_to_their_api_twins(tmp_path):
     make_standin_models(tmp_path / "models")
     write_example_inputs(tmp_path / "work" / "input")
     names = workflow_names()
-    shots = REPO_ROOT / "docs" / "images"
+    # screenshots go to docs/images only when asked (LGM_UPDATE_SCREENSHOTS=1), so a test run leaves the tree clean
+    update = os.environ.get("LGM_UPDATE_SCREENSHOTS") == "1"
+    shots = REPO_ROOT / "docs" / "images" if update else tmp_path / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
     items = [{"name": n, "mode": "check", "ui": json.loads((WORKFLOW_DIR / f"{n}.json").read_text()),
               "screenshot": str(shots / f"{n}.png")} for n in names]
