@@ -9,7 +9,7 @@ while a stream is being captured, or when capture fails (logged once).
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Hashable, Optional, Tuple
 
 import torch
 
@@ -23,9 +23,15 @@ class CUDAGraphRunner:
     calls are never overwritten. Inputs must not require grad (inference only).
     """
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], warmup: int = 2):
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], warmup: int = 2,
+                 state_key: Optional[Callable[[], Hashable]] = None):
+        """``state_key`` returns something that changes whenever the memory ``fn`` reads besides
+        its input moves (e.g. the data pointers of a model's parameters, which change when the
+        model is moved or offloaded); graphs captured under another key are dropped."""
         self.fn = fn
         self.warmup = warmup
+        self.state_key = state_key
+        self._state = None
         self.graphs: Dict[Tuple, Tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self.failed = False
 
@@ -45,6 +51,11 @@ class CUDAGraphRunner:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.failed or not x.is_cuda or torch.cuda.is_current_stream_capturing() or x.requires_grad:
             return self.fn(x)
+        if self.state_key is not None:
+            state = self.state_key()
+            if state != self._state:  # weights moved: every captured graph reads stale memory
+                self.graphs.clear()
+                self._state = state
         key = (tuple(x.shape), x.dtype, x.device, torch.is_inference_mode_enabled())
         if key not in self.graphs:
             try:

@@ -42,6 +42,18 @@ def test_fp16_default_and_cuda_graphs(ref, tmp_path):
         graphed = [model.forward_gaussians(x) for _ in range(3)]
         batch2 = model.forward_gaussians(torch.cat([x, x]))  # a new shape gets its own graph
     assert batch2.shape[0] == 2 and (batch2[1] - eager[0]).abs().max() < 1e-2
+    # weights moved (offloading) and changed: the replay must read the current weights, never stale memory
+    model.cpu().cuda()
+    saved = model.conv.bias.detach().clone()
+    with torch.no_grad():
+        model.conv.bias.add_(1.0)
+    with torch.inference_mode():
+        moved = model.forward_gaussians(x)
+    with torch.no_grad():
+        model.conv.bias.copy_(saved)
+    assert not torch.equal(moved, eager)
+    with torch.inference_mode():
+        assert torch.equal(model.forward_gaussians(x), eager)
     for g in graphed:
         assert torch.equal(g, eager)  # same kernels replayed
     assert graphed[0].data_ptr() != graphed[1].data_ptr()  # outputs are not overwritten by later calls

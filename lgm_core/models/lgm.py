@@ -201,11 +201,14 @@ class LGM(nn.Module):
 
     def use_cuda_graphs(self, enabled: bool = True) -> "LGM":
         """Replay ``forward_gaussians`` on CUDA inputs from captured CUDA graphs (one capture per
-        input shape; removes kernel-launch overhead; same kernels, same results). Re-enable after
-        moving the model to another device or dtype."""
+        input shape; removes kernel-launch overhead; same kernels, same results). Graphs are captured
+        again automatically when the weights move (``.to()``, offloading)."""
         from ..accel import CUDAGraphRunner
 
-        self._graph_runner = CUDAGraphRunner(self._forward_gaussians) if enabled else None
+        def weights_key():
+            return tuple(p.data_ptr() for p in self.parameters())
+
+        self._graph_runner = CUDAGraphRunner(self._forward_gaussians, state_key=weights_key) if enabled else None
         return self
 
     def optimize_for_inference(self, compile: bool = False) -> "LGM":
