@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -45,5 +47,15 @@ def test_graph_equals_eager(folders, kind, dtype):
     with pytest.raises(KeyboardInterrupt):
         run(True, steps=4, callback=cancel)
     torch.testing.assert_close(run(True), graph, atol=0, rtol=0)
+    # weights moved behind the pipeline's back (as ComfyUI's offloading does): graphs are captured
+    # again instead of replaying reads of freed memory
+    pipe.unet.cpu()
+    filler = torch.empty(64 << 20, device="cuda")  # occupy the freed blocks so the weights come back elsewhere
+    pipe.unet.cuda()
+    del filler
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # re-capture must work, not fall back to eager
+        torch.testing.assert_close(run(True), graph, atol=0, rtol=0)
+    assert pipe.use_cuda_graphs and len(pipe._graphs) == 1
     out = pipe("owl", image=img, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
     assert out.images.shape == (4, 256, 256, 3)

@@ -149,6 +149,7 @@ class MultiViewPipeline:
         self.use_cuda_graphs = True
         self._graphs: Dict[Any, _GraphedUNet] = {}
         self._graph_pool = None
+        self._graph_weights = None
         if self.is_imagedream and image_encoder is None:
             raise ValueError("an ImageDream UNet (ip_dim > 0) needs an image_encoder")
 
@@ -317,6 +318,12 @@ class MultiViewPipeline:
     def _run_unet(self, key, x_in, t_rows, cam_emb, ctx, ip_img, nf, first: bool):
         """One UNet evaluation, through a CUDA graph when enabled."""
         if self.use_cuda_graphs and x_in.is_cuda:
+            if first:  # once per call: weights moved (offloading/.to()) -> captured graphs read stale memory
+                weights = tuple(p.data_ptr() for p in self.unet.parameters())
+                if weights != self._graph_weights:
+                    self._graphs.clear()
+                    self._graph_pool = None  # a fresh memory pool: the old one dies with its graphs
+                    self._graph_weights = weights
             runner = self._graphs.get(key)
             if runner is None:
                 try:
