@@ -1,8 +1,7 @@
-"""Reading and writing images as channels-last float tensors in [0, 1]."""
+"""Reading images as channels-last float tensors in [0, 1] (writing: :func:`lgm_core.video.write_image`)."""
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 from typing import Union
@@ -29,24 +28,3 @@ def load_image(path: PathLike) -> torch.Tensor:
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"cannot read image {path}: {exc}") from None
     return torch.from_numpy(arr.copy())
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """[H, W, C] float in [0, 1] -> uint8 array (rounded)."""
-    return (image.detach().float().clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-
-
-def save_image(image: torch.Tensor, path: PathLike) -> Path:
-    """Write [H, W, 3|4] float in [0, 1] as PNG/JPEG/WebP (by extension), atomically."""
-    from PIL import Image
-
-    from .fileio import atomic_write_bytes
-
-    path = Path(path)
-    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower())
-    if fmt is None:
-        raise ValueError(f"unsupported image extension {path.suffix!r} (use .png, .jpg or .webp)")
-    buf = io.BytesIO()
-    Image.fromarray(to_uint8(image)).save(buf, format=fmt)
-    atomic_write_bytes(path, buf.getvalue())
-    return path

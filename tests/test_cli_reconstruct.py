@@ -8,8 +8,8 @@ import torch
 
 from lgm_core import LGM, LGMConfig, load_ply
 from lgm_core.cli import main
-from lgm_core.image_io import save_image
 from lgm_core.preprocess import make_grid
+from lgm_core.video import write_image as save_image
 from lgm_core.weights import save_lgm
 
 MICRO = LGMConfig(down_channels=(32, 32, 32, 32, 32), down_attention=(False,) * 4 + (True,),

@@ -101,9 +101,9 @@ def _generate(args, prompt: str, image, negative: str) -> int:
                guidance_scale=args.guidance, elevation=args.elevation,
                generator=torch.Generator().manual_seed(args.seed), callback=report)
     progress(f"4 views in {time.perf_counter() - t1:.2f} s")
-    from ..image_io import save_image
+    from ..video import write_image
 
-    save_image(torch.from_numpy(out.grid(0)), out_dir / "views.png")
+    write_image(torch.from_numpy(out.grid(0)), out_dir / "views.png")
     lgm_inputs = out.lgm_inputs()
     del pipe, out
     if device.type == "cuda":
