@@ -40,3 +40,13 @@ def spec_dir(shared_dir) -> Path:
 @pytest.fixture(scope="session")
 def ref_dir(shared_dir) -> Path:
     return shared_dir / "ref"
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Run a module on one torch thread: tiny models are fastest so, and it avoids OpenMP
+    oversubscription on busy 2-core CI machines."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

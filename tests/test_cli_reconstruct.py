@@ -6,14 +6,14 @@ import sys
 import pytest
 import torch
 
-from lgm_core import LGM, LGMConfig, load_ply
+from lgm_core.testing import tiny_lgm_config
+from lgm_core import LGM, load_ply
 from lgm_core.cli import main
 from lgm_core.preprocess import make_grid
 from lgm_core.video import write_image as save_image
 from lgm_core.weights import save_lgm
 
-MICRO = LGMConfig(down_channels=(32, 32, 32, 32, 32), down_attention=(False,) * 4 + (True,),
-                  up_channels=(32, 32, 32), up_attention=(True, False, False), splat_size=64)
+MICRO = tiny_lgm_config()  # ~1 M parameters, same blocks as the presets
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from lgm_core.testing import tiny_lgm_config
 from lgm_core import LGM, LGMConfig
 from lgm_core.cameras import default_input_cameras, plucker_rays
 from lgm_core.models.lgm import PRESETS, preset_name
@@ -14,8 +15,7 @@ from lgm_core.models.unet import GroupNorm32
 from ref_utils import expand_compact_weights
 
 ATOL = 1e-4
-MICRO = LGMConfig(down_channels=(32, 32, 32, 32, 32), down_attention=(False,) * 4 + (True,),
-                  up_channels=(32, 32, 32), up_attention=(True, False, False), splat_size=64)
+MICRO = tiny_lgm_config()  # ~1 M parameters, same blocks as the presets
 
 
 @pytest.mark.parametrize("name", ["big", "small", "lrm", "tiny"])
@@ -39,8 +39,7 @@ def test_config_inferred_from_state_dict(name):
 
 
 def test_custom_config_inferred():
-    cfg = LGMConfig(down_channels=(32, 32, 32, 32, 32), down_attention=(False,) * 4 + (True,),
-                    up_channels=(32, 32, 32), up_attention=(True, False, False), splat_size=64)
+    cfg = MICRO
     with torch.device("meta"):
         sd = LGM(cfg).state_dict()
     inferred = LGMConfig.from_state_dict(sd)

@@ -7,15 +7,11 @@ import pytest
 import torch
 
 from lgm_core.cli import main
+from lgm_core.testing import tiny_lgm_config
 from lgm_core.mvdiffusion import make_tiny_pipeline_folder
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +20,7 @@ def models(tmp_path_factory, shared_dir):
     weights = pytest.importorskip("lgm_core.weights")
     root = tmp_path_factory.mktemp("cli_models")
     torch.manual_seed(0)
-    lgm = lgm_mod.LGM(lgm_mod.LGMConfig(down_channels=(32, 32, 32, 32, 32), down_attention=(False, False, False, False, True),
-                                        mid_attention=True, up_channels=(32, 32, 32), up_attention=(True, False, False),
-                                        splat_size=64))
+    lgm = lgm_mod.LGM(tiny_lgm_config())
     lgm_path = weights.save_lgm(lgm, root / "lgm_tiny.safetensors")
     return {"mvdream": make_tiny_pipeline_folder(root / "mvdream", "mvdream"),
             "imagedream": make_tiny_pipeline_folder(root / "imagedream", "imagedream"),

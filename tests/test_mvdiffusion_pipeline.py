@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lgm_core.cameras import default_input_cameras
+from lgm_core.testing import tiny_lgm_config
 from lgm_core.mvdiffusion import MultiViewPipeline, make_tiny_pipeline_folder
 from lgm_core.mvdiffusion.cameras import mv_camera_matrices
 from lgm_core.mvdiffusion.loading import ComponentError
@@ -19,13 +20,7 @@ from lgm_core.mvdiffusion.loading import ComponentError
 STEPS = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """Tiny models run fastest on one thread; it also avoids OpenMP oversubscription on busy CI machines."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
@@ -263,9 +258,7 @@ def test_image_bad_inputs(image_pipe):
 def test_pipe_to_lgm_one_line(text_pipe):
     lgm_mod = pytest.importorskip("lgm_core.models.lgm")
     torch.manual_seed(0)
-    lgm = lgm_mod.LGM(lgm_mod.LGMConfig(down_channels=(32, 32, 32, 32, 32), down_attention=(False, False, False, False, True),
-                                        mid_attention=True, up_channels=(32, 32, 32), up_attention=(True, False, False),
-                                        splat_size=64)).eval()
+    lgm = lgm_mod.LGM(tiny_lgm_config()).eval()
     out = text_pipe("owl", num_inference_steps=1, generator=_gen(0))
     gaussians = lgm.reconstruct(**out.lgm_inputs())
     assert gaussians.positions.shape[0] == 1 and torch.isfinite(gaussians.positions).all()

@@ -6,12 +6,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lgm_core import LGM, LGMConfig, load_lgm
+from lgm_core.testing import tiny_lgm_config
+from lgm_core import LGM, load_lgm
 from lgm_core.weights import CheckpointError, hub_url, read_safetensors_header, save_lgm
 from ref_utils import expand_compact_weights
 
-MICRO = LGMConfig(down_channels=(32, 32, 32, 32, 32), down_attention=(False,) * 4 + (True,),
-                  up_channels=(32, 32, 32), up_attention=(True, False, False), splat_size=64)
+MICRO = tiny_lgm_config()  # ~1 M parameters, same blocks as the presets
 
 
 @pytest.fixture(scope="module")
