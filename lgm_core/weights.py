@@ -32,6 +32,8 @@ OFFICIAL_FILES = {
     "model.safetensors": "legacy",
 }
 """Known official file names, in the order a folder is searched."""
+DEMO_NAME = "demo"
+"""``load_lgm("demo")``: the small LGM trained by this project, shipped in ``lgm_core/assets/demo``."""
 METADATA_ROTATION_KEY = "lgm_rotation_mode"
 """Optional safetensors metadata entry that states the rotation mode explicitly."""
 
@@ -161,13 +163,17 @@ def resolve_checkpoint(
     local_files_only: Optional[bool] = None,
     place_hint: Optional[Union[str, os.PathLike]] = None,
 ) -> Path:
-    """Turn ``source`` (file, folder, hub repo id, or None for ``ashawkey/LGM``) into a local
+    """Turn ``source`` (file, folder, hub repo id, ``"demo"``, or None for ``ashawkey/LGM``) into a local
     .safetensors path, downloading from the hub only for repo ids.
 
     ``place_hint`` is the folder named in the error message when the file cannot be had
     (e.g. ComfyUI's ``models/lgm``).
     """
     source = DEFAULT_REPO if source is None else os.fspath(source)
+    if source == DEMO_NAME:  # the small model shipped inside the package (no network)
+        from .demo import demo_weights_path
+
+        return demo_weights_path()
     path = Path(source).expanduser()
     if path.is_file():
         if path.suffix != ".safetensors":
