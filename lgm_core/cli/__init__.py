@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "lgm_core.cli.render",
     "lgm_core.cli.generate",
     "lgm_core.cli.mesh",
+    "lgm_core.cli.train",
 ]
 
 
