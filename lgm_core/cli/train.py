@@ -97,6 +97,8 @@ def register(sub) -> None:
     g.add_argument("--val-max-objects", type=int, default=None, help="validation objects per pass, at most")
     h = p.add_argument_group("execution")
     h.add_argument("--cpu", action="store_true", help="train on the CPU even when CUDA is available")
+    h.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per process (default: torch's choice; 1 is fastest for tiny CPU configs)")
     h.add_argument("--render-backend", choices=["auto", "gsplat", "torch"], default="auto",
                    help="differentiable renderer: gsplat (CUDA) or the PyTorch autograd rasterizer")
     h.add_argument("--channels-last", action="store_true", help="channels-last convolutions (faster on tensor-core GPUs)")
@@ -150,6 +152,12 @@ def build_options(args):
 
 def run(args) -> int:
     _setup_logging()
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            raise CLIError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     from ..training.trainer import train
 
     train(build_options(args))

@@ -12,6 +12,7 @@ The scheduler is stepped once per optimiser step (not prepared by accelerate).
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -45,5 +46,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_st
 
 def fast_forward(scheduler, steps: int) -> None:
     """Advance a fresh scheduler by ``steps`` optimiser steps (re-planning a resumed run)."""
-    for _ in range(int(steps)):
-        scheduler.step()
+    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(int(steps)):
+            scheduler.step()
