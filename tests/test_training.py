@@ -14,6 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+pytest.importorskip("accelerate", reason="training needs accelerate (pip install -e .[train])")
+
 from lgm_core.cli import main as cli_main
 from lgm_core.training import checkpoint as ckpt
 from lgm_core.training.config import load_config
