@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "lgm_core.cli.generate",
     "lgm_core.cli.mesh",
     "lgm_core.cli.prepare_data",
+    "lgm_core.cli.train",
     "lgm_core.cli.demo",
 ]
 
