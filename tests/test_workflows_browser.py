@@ -12,14 +12,16 @@ import pytest
 from comfy_harness import (API_DIR, REPO_ROOT, WORKFLOW_DIR, ComfyServer, browser_tools, require_comfy,
                            run_frontend, workflow_names, write_example_inputs)
 
-pytestmark = [pytest.mark.comfyui, pytest.mark.browser]
+pytestmark = [pytest.mark.comfyui, pytest.mark.browser, pytest.mark.usefixtures("comfy_core")]
 
 
-def test_ui_workflows_convert_to_their_api_twins(tmp_path):
-    paths = require_comfy()
+def test_ui_workflows_convert_to_their_api_twins(tmp_path, comfy_core):
+    paths = require_comfy(comfy_core)
+    if os.environ.get("LGM_SKIP_BROWSER_TESTS") == "1":
+        pytest.skip("browser test skipped on request (LGM_SKIP_BROWSER_TESTS=1)")
     if browser_tools() is None:
-        pytest.skip("needs Debian's chromium, node and npm playwright-core (scripts/setup_comfyui.sh installs "
-                    "the latter when npm exists): see .ci/comfyui_setup_steps.md")
+        pytest.skip("needs chromium + fonts-liberation (scripts/setup_system_deps.sh), node and npm "
+                    "playwright-core (scripts/setup_comfyui.sh)")
     from lgm_core.testing import make_standin_models
 
     make_standin_models(tmp_path / "models")
