@@ -63,6 +63,8 @@ def runner_tools_dir() -> Path:
 
 def environment_problem(core: str) -> str | None:
     """Why the test environment of ``core`` cannot run tests (None when it can)."""
+    if os.environ.get("LGM_SKIP_COMFYUI_SETUP") == "1":
+        return "ComfyUI tests skipped on request (LGM_SKIP_COMFYUI_SETUP=1)"
     if not (COMFY_ROOT / core / ".ready").is_file() or not venv_python(core).exists():
         return f"no ComfyUI {core} test environment in {COMFY_ROOT / core}: {SETUP_HINT}"
     if not (runner_tools_dir() / "pytest").is_dir():
@@ -101,6 +103,8 @@ class InnerSession:
         args = ["-q", "-p", "no:cacheprovider", "--rootdir", str(self.config.rootpath), "-o", "console_output_style=classic"]
         if self.config.option.maxfail:
             args.append(f"--maxfail={self.config.option.maxfail}")
+        if self.config.option.verbose > 0:  # fuller assertion diffs in the reports
+            args.append("-" + "v" * self.config.option.verbose)
         boot = ("import sys; sys.path.append(sys.argv[1]); import pytest; "
                 "raise SystemExit(pytest.main(sys.argv[2:]))")
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
