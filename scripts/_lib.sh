@@ -26,7 +26,7 @@ run_quiet() {
 # py_dist_version PYTHON DIST: the installed version of DIST in PYTHON's environment (empty when absent),
 # read from the package metadata, so that nothing is imported (importing torch without numpy warns).
 py_dist_version() {
-    "$1" - "$2" <<'PYEOF' 2>/dev/null || true
+    "$1" -I - "$2" <<'PYEOF' 2>/dev/null || true
 import importlib.metadata as md, sys
 try:
     print(md.version(sys.argv[1]))

@@ -53,7 +53,7 @@ fi
 
 TORCH_VERSION="$(py_dist_version "$PY" torch)"
 [[ -n "$TORCH_VERSION" ]] || die "$PY has no torch: run scripts/setup_dev.sh first (installs torch==2.13.0)"
-TORCH_SITE="$("$PY" - <<'PYEOF'
+TORCH_SITE="$("$PY" -I - <<'PYEOF'
 import importlib.metadata as md, os
 print(os.path.realpath(md.distribution("torch").locate_file("")))
 PYEOF
@@ -103,7 +103,7 @@ the checkout (or set LGM_SHARED_DIR), or test one core only with LGM_COMFY_CORES
 }
 
 link_torch() {  # link_torch SITE: this interpreter's torch into the venv's site-packages, as links
-    "$PY" - "$TORCH_SITE" "$1" <<'PYEOF'
+    "$PY" -I - "$TORCH_SITE" "$1" <<'PYEOF'
 import importlib.metadata as md, os, shutil, sys
 src, site = sys.argv[1], sys.argv[2]
 dist = md.distribution("torch")

@@ -25,7 +25,8 @@ command -v "$PY" > /dev/null || die "no Python interpreter '$PY' (set PYTHON=...
 
 # state: "ok" (nothing to do), "deps" (requirements missing; the package is installed from elsewhere),
 # "install" (install the package from this checkout)
-state="$("$PY" - "$REPO" <<'PYEOF'
+# (-I: run isolated, or the checkout's own *.egg-info in the current folder would shadow the install)
+state="$("$PY" -I - "$REPO" <<'PYEOF'
 import importlib.metadata as md, importlib.util, json, os, sys
 repo = os.path.realpath(sys.argv[1])
 try:

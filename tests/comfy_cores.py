@@ -68,7 +68,8 @@ def environment_problem(core: str) -> str | None:
     if not (COMFY_ROOT / core / ".ready").is_file() or not venv_python(core).exists():
         return f"no ComfyUI {core} test environment in {COMFY_ROOT / core}: {SETUP_HINT}"
     if not (runner_tools_dir() / "pytest").is_dir():
-        return f"pytest {pytest.__version__} for the ComfyUI environments is missing in {runner_tools_dir()}: {SETUP_HINT}"
+        return (f"pytest {pytest.__version__} for the ComfyUI environments is missing in {runner_tools_dir()}: "
+                f"{SETUP_HINT}")
     return None
 
 
@@ -100,7 +101,8 @@ class InnerSession:
         if self.problem or self.proc is not None:
             return
         read_fd, write_fd = os.pipe()
-        args = ["-q", "-p", "no:cacheprovider", "--rootdir", str(self.config.rootpath), "-o", "console_output_style=classic"]
+        args = ["-q", "-p", "no:cacheprovider", "--rootdir", str(self.config.rootpath),
+                "-o", "console_output_style=classic"]
         if self.config.option.maxfail:
             args.append(f"--maxfail={self.config.option.maxfail}")
         if self.config.option.verbose > 0:  # fuller assertion diffs in the reports

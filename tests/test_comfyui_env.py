@@ -67,8 +67,8 @@ def test_the_env_is_isolated_and_has_no_test_tools(probe):
     paths, info = probe
     # the site-packages of the interpreter that holds torch (the one running the outer pytest) and of the
     # base Python: neither may be visible in the ComfyUI venv
-    outer = {os.path.realpath(paths.site_packages / "torch").rsplit(os.sep, 1)[0],
-             os.path.realpath(sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_prefix})["purelib"])}
+    base = sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_prefix})["purelib"]
+    outer = {os.path.realpath(paths.site_packages / "torch").rsplit(os.sep, 1)[0], os.path.realpath(base)}
     leaked = [p for p in info["sys_path"] if os.path.realpath(p) in outer]
     assert not leaked, f"the ComfyUI venv sees another interpreter's packages: {leaked}"
     assert os.path.realpath(info["prefix"]) == os.path.realpath(paths.root / "venv")

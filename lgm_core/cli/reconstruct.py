@@ -77,7 +77,8 @@ def run(args) -> int:
     t0 = time.perf_counter()
     progress("loading LGM ...")
     model = load_lgm(weights, preset=args.preset, dtype=dtype, device=device)
-    progress(f"loaded {model.preset or 'custom'} LGM on {model.device} ({model.dtype}) in {time.perf_counter() - t0:.1f} s")
+    progress(f"loaded {model.preset or 'custom'} LGM on {model.device} ({model.dtype}) "
+             f"in {time.perf_counter() - t0:.1f} s")
     t1 = time.perf_counter()
     gaussians = model.reconstruct(views, elevation=args.elevation)
     progress(f"reconstructed {gaussians.num_gaussians} Gaussians in {time.perf_counter() - t1:.2f} s")
