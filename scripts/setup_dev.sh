@@ -4,7 +4,7 @@
 # torch is pinned to 2.13.0 here because on the development/CI machines that resolves to a local CPU
 # wheel; an unpinned torch would pull several GB of CUDA wheels. (A ComfyUI user installs
 # requirements.txt instead, which never touches torch.) Then the package itself, editable, with its
-# test extras, torch held by a constraint.
+# test and train extras, torch held by a constraint.
 #
 # Fast and quiet: when every requirement is already satisfied and the package is installed from this
 # checkout, it does nothing (no pip call). pip's output goes to .logs/ and is shown only on failure.
@@ -37,7 +37,8 @@ spec = importlib.util.spec_from_file_location("lgm_setup_deps", os.path.join(rep
 deps = importlib.util.module_from_spec(spec); sys.modules[spec.name] = deps; spec.loader.exec_module(deps)
 with open(os.path.join(repo, "pyproject.toml"), "rb") as f:
     project = tomllib.load(f)["project"]
-lines = project["dependencies"] + project["optional-dependencies"]["test"]
+extras = project["optional-dependencies"]
+lines = project["dependencies"] + extras["test"] + extras.get("train", [])
 reqs = [deps.Requirement(m.group(1), m.group(2)) for m in map(deps._REQ_LINE.match, lines) if m]
 satisfied = deps.check(reqs).ok
 try:
@@ -72,9 +73,10 @@ trap 'rm -f "$constraints"' EXIT
 echo "torch==$torch_version" > "$constraints"
 if [[ "$state" == deps* ]]; then
     log "installing the missing requirements (the package stays installed from ${state#deps }; log: $LOGS/pip-dev.log)"
-    run_quiet "$LOGS/pip-dev.log" "${PIP[@]}" -c "$constraints" -r "$REPO/requirements.txt" "pytest>=7"
+    run_quiet "$LOGS/pip-dev.log" "${PIP[@]}" -c "$constraints" -r "$REPO/requirements.txt" "pytest>=7" \
+        "accelerate>=0.26"
 else
-    log "installing the package (editable) with test extras, torch held at $torch_version (log: $LOGS/pip-dev.log)"
-    run_quiet "$LOGS/pip-dev.log" "${PIP[@]}" -c "$constraints" -e "$REPO[test]"
+    log "installing the package (editable) with test and train extras, torch held at $torch_version (log: $LOGS/pip-dev.log)"
+    run_quiet "$LOGS/pip-dev.log" "${PIP[@]}" -c "$constraints" -e "$REPO[test,train]"
 fi
 log "done"
