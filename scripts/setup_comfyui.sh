@@ -18,7 +18,7 @@
 #   .comfyui/pytest/          pytest (the outer interpreter's version) installed with --target: the test
 #                             runner appends it to sys.path inside the ComfyUI venvs, which stay unchanged
 #   .comfyui/node/            npm playwright-core (browser test), when npm exists
-#   .comfyui/logs/            full pip/npm output of every step (the console shows only failures)
+#   .logs/                    full pip/npm output of every step (the console shows only failures)
 #
 # Usage: bash scripts/setup_comfyui.sh [--force] [CORE ...]     (default: LGM_COMFY_CORES or both cores)
 # env: PYTHON (default python3; the interpreter whose torch is linked and which runs the tests)
@@ -61,7 +61,7 @@ PYEOF
 [[ -f "$TORCH_SITE/torch/__init__.py" ]] || die "cannot find torch's files beside its metadata in $TORCH_SITE"
 PYTEST_VERSION="$(py_dist_version "$PY" pytest)"
 [[ -n "$PYTEST_VERSION" ]] || die "$PY has no pytest: run scripts/setup_dev.sh first"
-LOGS="$DEST/logs"
+LOGS="$REPO/.logs"  # pip/npm output of every step
 mkdir -p "$DEST/cache" "$DEST/custom_nodes" "$LOGS"
 
 # An older layout had one core directly in .comfyui/ComfyUI + .comfyui/venv: remove it.

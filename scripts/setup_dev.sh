@@ -49,7 +49,8 @@ except md.PackageNotFoundError:
 if where == repo:
     print("ok" if satisfied else "install")
 elif where and os.path.isdir(where):
-    print("ok-elsewhere " + where if satisfied else "deps " + where)
+    # the requirements to add (test/train extras as written in pyproject), then the other checkout
+    print("ok-elsewhere " + where if satisfied else "deps " + where + "|" + " ".join(extras["test"] + extras.get("train", [])))
 else:
     print("install")
 PYEOF
@@ -72,9 +73,10 @@ constraints="$(mktemp)"
 trap 'rm -f "$constraints"' EXIT
 echo "torch==$torch_version" > "$constraints"
 if [[ "$state" == deps* ]]; then
-    log "installing the missing requirements (the package stays installed from ${state#deps }; log: $LOGS/pip-dev.log)"
-    run_quiet "$LOGS/pip-dev.log" "${PIP[@]}" -c "$constraints" -r "$REPO/requirements.txt" "pytest>=7" \
-        "accelerate>=0.26"
+    where="${state#deps }"
+    read -r -a extra_reqs <<< "${where#*|}"
+    log "installing the missing requirements (the package stays installed from ${where%%|*}; log: $LOGS/pip-dev.log)"
+    run_quiet "$LOGS/pip-dev.log" "${PIP[@]}" -c "$constraints" -r "$REPO/requirements.txt" "${extra_reqs[@]}"
 else
     log "installing the package (editable) with test and train extras, torch held at $torch_version (log: $LOGS/pip-dev.log)"
     run_quiet "$LOGS/pip-dev.log" "${PIP[@]}" -c "$constraints" -e "$REPO[test,train]"

@@ -28,7 +28,7 @@ if [[ "$(id -u)" != "0" ]] || ! command -v apt-get > /dev/null; then
 and apt-get). Install them (Debian/Ubuntu: sudo apt-get install chromium fonts-liberation), $SKIP_HINT"
 fi
 
-LOGS="$REPO/.comfyui/logs"
+LOGS="$REPO/.logs"
 WAIT="${APT_LOCK_WAIT:-120}"
 log "installing chromium fonts-liberation with apt-get (log: $LOGS/apt.log)"
 # apt waits up to $WAIT s for a lock held by another apt/dpkg run instead of failing at once
