@@ -159,6 +159,18 @@ class InnerSession:
         lines.append(f"last output of {self.log_path}:\n{tail}")
         return "\n".join(lines)
 
+    def finish(self, timeout: float = 180.0) -> None:
+        """Let the inner session end by itself (its last teardown, e.g. a ComfyUI server stopping, and its
+        summary in the log), then close it."""
+        if self.proc is not None and self.proc.poll() is None:
+            while self._read_one():
+                pass
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.close()
+
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
@@ -188,7 +200,7 @@ def _session_for(item) -> InnerSession:
     core = core_of(item)
     if core not in _SESSIONS:
         for other in _SESSIONS.values():  # one core at a time
-            other.close()
+            other.finish()
         nodeids = [i.nodeid for i in item.session.items if core_of(i) == core]
         _SESSIONS[core] = InnerSession(item.config, core, nodeids)
     return _SESSIONS[core]
@@ -207,8 +219,9 @@ def pytest_runtest_protocol(item, nextitem):
 
 
 def pytest_sessionfinish(session):
+    stopped = bool(session.shouldfail or session.shouldstop)  # -x / Ctrl-C: stop the inner sessions at once
     for s in _SESSIONS.values():
-        s.close()
+        s.close() if stopped else s.finish()
 
 
 # ------------------------------------------------------------------------------------------ inner

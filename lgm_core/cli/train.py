@@ -109,13 +109,14 @@ def register(sub) -> None:
 
 
 def _setup_logging() -> None:
+    """Show lgm_core's INFO messages on stderr, unless the host already configured logging (a root
+    handler: an application, or pytest's log capture), whose handlers then receive them as usual."""
     logger = logging.getLogger("lgm_core")
-    if not logger.handlers:
+    logger.setLevel(logging.INFO)
+    if not logger.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
 
 
 def build_options(args):
