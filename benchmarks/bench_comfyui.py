@@ -22,7 +22,7 @@ the graph resident (and, last row, with all three models resident). ``direct`` r
 lgm_core calls the nodes make, without ComfyUI, for the executor's overhead.
 
 Usage (device): python benchmarks/bench_comfyui.py --comfyui .device/comfyui/ComfyUI --configs .device/comfyui/configs
-Local smoke on CPU with tiny stand-ins: python benchmarks/bench_comfyui.py --tiny --comfyui .comfyui/ComfyUI
+Local smoke on CPU with tiny stand-ins: python benchmarks/bench_comfyui.py --tiny --comfyui .comfyui/0.3.75/ComfyUI
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ def boot_comfyui(comfy_root: Path, work: Path, models: Path, cpu: bool):
 
     nodes.NODE_CLASS_MAPPINGS["BenchSink"] = BenchSink
     executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC,
-                                        cache_args={"lru": 0, "ram": 0})
+                                        cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})  # 0.33 reads ram_inactive
     return types.SimpleNamespace(server=server, executor=executor, execution=execution, mm=mm, nodes=nodes)
 
 
@@ -340,7 +340,7 @@ def direct_text_to_3d(env, steps, frames, size, iters):
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--comfyui", default=str(REPO / ".comfyui" / "ComfyUI"))
+    ap.add_argument("--comfyui", default=str(REPO / ".comfyui" / "0.3.75" / "ComfyUI"))
     ap.add_argument("--configs", default=str(REPO.parent / "shared" / "spec" / "mvdream_configs"))
     ap.add_argument("--gsplat-so", default=str(REPO / ".device" / "render" / "gsplat_cuda.so"))
     ap.add_argument("--tiny", action="store_true", help="CPU smoke test with tiny stand-in models")

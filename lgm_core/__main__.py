@@ -4,4 +4,4 @@ import sys
 
 from lgm_core.cli import main
 
-sys.exit(main())
+sys.exit(main(prog="python -m lgm_core"))

@@ -3,8 +3,9 @@
 Only safetensors are read (no pickle, nothing from a model repo is executed); loading is strict
 (every key, every shape); the architecture preset is detected from the keys and shapes; the
 rotation activation (fixrot vs legacy, lgm_spec §2.2) is chosen from the official file names.
-The network is touched only when a hub repo id is given, through ``huggingface_hub`` (which
-honours ``HF_HUB_OFFLINE`` and ``HF_HOME``/``cache_dir``).
+The network is touched only when a hub repo id is given, through ``huggingface_hub`` (``HF_HOME`` /
+``cache_dir``); offline (``HF_HUB_OFFLINE`` or no network, see ``lgm_core.hub``) the hub cache is used
+or a one-line :class:`lgm_core.hub.HubUnavailable` is raised at once.
 """
 
 from __future__ import annotations
@@ -218,20 +219,25 @@ def resolve_checkpoint(
         raise FileNotFoundError(f"LGM checkpoint not found: {source}")
     filename = filename or DEFAULT_FILENAME
     target = Path(place_hint) / filename if place_hint else Path("<models>/lgm") / filename
+    from . import hub
+
+    # offline (HF_HUB_OFFLINE, no network, or local_files_only): the hub cache or a one-line error at once,
+    # never huggingface_hub's retry loop
+    reason = "local_files_only=True" if local_files_only else hub.offline_reason()
+    if reason:
+        cached = hub.cached_file(source, filename, cache_dir)
+        if cached:
+            return Path(cached)
+        raise hub.HubUnavailable("LGM weights", source, [filename], reason, hub.cache_dir(cache_dir),
+                                 place_hint=str(target))
+    from huggingface_hub import hf_hub_download
+
     try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
-        raise FileNotFoundError(f"huggingface_hub is not installed; download {hub_url(source, filename)} to {target}")
-    offline_env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no")
-    try:
-        # huggingface_hub reads HF_HUB_OFFLINE once at import; re-check it here so a later change counts
-        return Path(hf_hub_download(repo_id=source, filename=filename, cache_dir=cache_dir,
-                                    local_files_only=bool(local_files_only) or offline_env))
-    except Exception as exc:  # offline mode, no network, missing file, auth ...
+        return Path(hf_hub_download(repo_id=source, filename=filename, cache_dir=cache_dir))
+    except Exception as exc:  # missing file, auth, network dropped mid-way ...
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        offline = " (offline mode: HF_HUB_OFFLINE is set)" if offline_env else ""
         raise FileNotFoundError(
-            f"could not get {filename} from the hub repo {source}{offline}: {reason}. "
+            f"could not get {filename} from the hub repo {source}: {reason}. "
             f"Download {hub_url(source, filename)} and place it at {target}") from exc
 
 

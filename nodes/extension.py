@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import comfy_api as api
+from . import dependencies
 from .loaders import LGMModelLoader, LGMMultiViewLoader
 from .mesh import LGMSaveMesh, LGMSplatToMesh
 from .multiview import LGMImageToMultiView, LGMPrepareImage, LGMTextToMultiView
@@ -19,12 +20,18 @@ NODES = [
     LGMSplatToMesh, LGMSaveMesh,
 ]
 
+for _node in NODES:
+    dependencies.guard_node(_node, _node.__name__)  # node ids are the class names (tested)
+
 
 class LGMExtension(api.ComfyExtension):
     def __init__(self):
         # ComfyUI 0.3.x never awaits on_load, so start-up work happens here (once, at load time)
         api.register_model_folders()
         api.log_accelerators()
+        deps = dependencies.report()
+        if not deps.ok:  # the nodes still load (workflows open); each affected node fails with this message
+            api.log.error(deps.message())
 
     async def get_node_list(self):
         return list(NODES)

@@ -31,7 +31,7 @@ class LGMSplatToMesh(io.ComfyNode):
                                  tooltip="Bake a UV texture (xatlas). Off: vertex colours only (faster)."),
                 io.Int.Input("texture_size", default=1024, min=128, max=4096, step=128,
                              tooltip="Side of the square texture in pixels."),
-                io.Float.Input("level", default=1.0, min=0.05, max=10.0, step=0.05,
+                io.Float.Input("level", default=0.7, min=0.05, max=10.0, step=0.05,
                                tooltip="Iso-level of the opacity density (1 = peak of one opaque Gaussian); "
                                        "lower = fatter surface."),
             ],

@@ -1,12 +1,14 @@
-"""Run graphs in a real ComfyUI (v0.3.75, installed by ``scripts/setup_comfyui.sh`` into ``.comfyui/``)
-inside the pytest process.
+"""Run graphs in a real ComfyUI (one of the cores in ``comfy_cores.CORES``, installed by
+``scripts/setup_comfyui.sh`` into ``.comfyui/<core>/``) inside the pytest process.
 
 ComfyUI's state is global (node registry, folder paths, model manager), so there is one harness per
-process: ``get_harness()`` builds it on first use (~8 s: imports ComfyUI, loads every core node and
-this pack through ComfyUI's own custom-node loader) and returns the same object afterwards.
+process, for the core that process tests: ``get_harness()`` builds it on first use (~8 s: imports
+ComfyUI, loads every core node and this pack through ComfyUI's own custom-node loader) and returns the
+same object afterwards. The tests run inside the core's own venv (see ``comfy_cores``), so what
+ComfyUI imports here is exactly what a user's ComfyUI has.
 
 Tests use the ``harness`` fixture (import it from this module); it skips cleanly, with the reason,
-when ``.comfyui/`` has not been set up. ``comfy_paths()`` gives the paths without importing ComfyUI
+when the environment has not been set up. ``comfy_paths()`` gives the paths without importing ComfyUI
 (used by the HTTP-server and browser tests, which start ``main.py`` in a subprocess).
 """
 
@@ -23,36 +25,41 @@ from typing import Any
 
 import pytest
 
+from comfy_cores import COMFY_ROOT, DEFAULT_CORE, SETUP_HINT, inner_core
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-COMFY_DIR = Path(os.environ.get("LGM_COMFYUI_DIR", REPO_ROOT / ".comfyui")).resolve()
-SETUP_HINT = "run `bash scripts/setup_comfyui.sh` to install a real ComfyUI into .comfyui/"
 
 
 @dataclass
 class ComfyPaths:
-    root: Path          # .comfyui/
-    comfyui: Path       # .comfyui/ComfyUI (main.py, nodes.py, ...)
-    venv_python: Path   # .comfyui/venv/bin/python
-    site_packages: Path  # the venv's site-packages (ComfyUI's extra requirements)
+    core: str           # "0.3.75", "0.33.0"
+    root: Path          # .comfyui/<core>/
+    comfyui: Path       # .comfyui/<core>/ComfyUI (main.py, nodes.py, ...)
+    venv_python: Path   # .comfyui/<core>/venv/bin/python
+    site_packages: Path  # the venv's site-packages
     custom_nodes: Path  # parent folder holding the `comfyui-lgm` link to this repository
 
 
-def comfy_paths() -> ComfyPaths | None:
-    """Paths of the installed test ComfyUI, or None when it is absent or incomplete."""
-    comfyui = COMFY_DIR / "ComfyUI"
-    py = COMFY_DIR / "venv" / "bin" / "python"
-    if not (comfyui / "main.py").is_file() or not py.exists() or not (COMFY_DIR / ".ready").is_file():
+def comfy_paths(core: str | None = None) -> ComfyPaths | None:
+    """Paths of the installed test ComfyUI ``core`` (default: the core this process tests, else
+    the oldest), or None when it is absent or incomplete."""
+    core = core or inner_core() or DEFAULT_CORE
+    root = COMFY_ROOT / core
+    comfyui = root / "ComfyUI"
+    py = root / "venv" / "bin" / "python"
+    if not (comfyui / "main.py").is_file() or not py.exists() or not (root / ".ready").is_file():
         return None
-    libs = sorted((COMFY_DIR / "venv" / "lib").glob("python3*/site-packages"))
+    libs = sorted((root / "venv" / "lib").glob("python3*/site-packages"))
     if not libs:
         return None
-    return ComfyPaths(COMFY_DIR, comfyui, py, libs[0], COMFY_DIR / "custom_nodes")
+    return ComfyPaths(core, root, comfyui, py, libs[0], COMFY_ROOT / "custom_nodes")
 
 
-def require_comfy() -> ComfyPaths:
-    paths = comfy_paths()
+def require_comfy(core: str | None = None) -> ComfyPaths:
+    paths = comfy_paths(core)
     if paths is None:
-        pytest.skip(f"no ComfyUI test installation at {COMFY_DIR}: {SETUP_HINT}")
+        pytest.skip(f"no ComfyUI {core or inner_core() or DEFAULT_CORE} test installation in {COMFY_ROOT}: "
+                    f"{SETUP_HINT}")
     if not (paths.custom_nodes / "comfyui-lgm").exists():
         pytest.skip(f"{paths.custom_nodes}/comfyui-lgm link missing: {SETUP_HINT}")
     return paths
@@ -60,12 +67,13 @@ def require_comfy() -> ComfyPaths:
 
 def add_comfy_to_path(paths: ComfyPaths) -> None:
     """Make ComfyUI importable here: its root first on sys.path (it has top-level modules named
-    `nodes`, `server`, `utils` that must win over anything else), the venv's extras after ours."""
+    `nodes`, `server`, `utils` that must win over anything else). Inside the core's own venv (the
+    normal case) its site-packages are already there; from another interpreter they are appended."""
     root = str(paths.comfyui)
     if root in sys.path:
         sys.path.remove(root)
     sys.path.insert(0, root)
-    site.addsitedir(str(paths.site_packages))  # appends; runs the torchvision shim .pth
+    site.addsitedir(str(paths.site_packages))  # no-op in the venv itself; runs the torchvision shim .pth
 
 
 @dataclass
@@ -161,20 +169,23 @@ class ComfyHarness:
         valid = self.loop.run_until_complete(self.execution.validate_prompt(uuid.uuid4().hex, prompt, None))
         return valid[0], valid[1], valid[2], valid[3]
 
-    def run(self, prompt: dict, check: bool = True) -> RunResult:
+    def run(self, prompt: dict, check: bool = True, extra_data: dict | None = None) -> RunResult:
         """Validate then execute an API-format prompt; raise AssertionError on validation errors
-        (and on execution errors when ``check``)."""
+        (and on execution errors when ``check``). ``extra_data`` is what a client sends beside the
+        prompt (e.g. ``{"preview_method": "latent2rgb"}``, read per prompt by 0.33's executor)."""
         ok, error, outputs, node_errors = self.validate(prompt)
         if not ok:
             raise AssertionError(f"prompt failed validation: {error} {node_errors}")
         self.events = []
+        # cache_args as main.py passes them ("ram_inactive" is read by 0.33's executor, ignored by 0.3.75's)
         executor = self.execution.PromptExecutor(
-            self.server, cache_type=self.execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
+            self.server, cache_type=self.execution.CacheType.CLASSIC,
+            cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
         prompt_id = uuid.uuid4().hex
         # execute() runs its own asyncio.run(); do it from a clean thread state
         asyncio.set_event_loop(None)
         try:
-            executor.execute(prompt, prompt_id, {"client_id": "pytest"}, outputs)
+            executor.execute(prompt, prompt_id, {"client_id": "pytest", **(extra_data or {})}, outputs)
         finally:
             asyncio.set_event_loop(self.loop)
         history = executor.history_result or {}
@@ -198,11 +209,11 @@ class ComfyHarness:
 _HARNESS: ComfyHarness | None = None
 
 
-def get_harness(tmp_root: Path) -> ComfyHarness:
+def get_harness(tmp_root: Path, core: str | None = None) -> ComfyHarness:
     """The process-wide harness (created on first call, with stand-in models under ``tmp_root``)."""
     global _HARNESS
     if _HARNESS is None:
-        paths = require_comfy()
+        paths = require_comfy(core)
         models = Path(tmp_root) / "models"
         if str(REPO_ROOT) not in sys.path:
             sys.path.append(str(REPO_ROOT))
@@ -214,9 +225,12 @@ def get_harness(tmp_root: Path) -> ComfyHarness:
 
 
 @pytest.fixture(scope="session")
-def harness(tmp_path_factory) -> ComfyHarness:
-    """A real in-process ComfyUI with this pack loaded and stand-in models under the real names."""
-    return get_harness(tmp_path_factory.mktemp("comfyui"))
+def harness(comfy_core, tmp_path_factory) -> ComfyHarness:
+    """A real in-process ComfyUI (core ``comfy_core``) with this pack loaded and stand-in models under
+    the real names."""
+    if _HARNESS is not None and _HARNESS.paths.core != comfy_core:
+        pytest.fail(f"this process already runs ComfyUI {_HARNESS.paths.core}, not {comfy_core}")
+    return get_harness(tmp_path_factory.mktemp("comfyui"), comfy_core)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -390,7 +404,7 @@ def browser_tools() -> tuple[Path, Path] | None:
     """(playwright-core package dir, chromium binary) when both are installed, else None."""
     import shutil
 
-    pw = COMFY_DIR / "node" / "node_modules" / "playwright-core"
+    pw = COMFY_ROOT / "node" / "node_modules" / "playwright-core"
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not (pw / "package.json").is_file() or chromium is None or shutil.which("node") is None:
         return None

@@ -12,8 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
+import comfy_cores
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("LGM_SHARED_DIR", REPO_ROOT.parent / "shared")).resolve()
+
+
+def pytest_configure(config):
+    # the ComfyUI tests: one run per core, each in that core's own environment (see tests/comfy_cores.py)
+    config.pluginmanager.register(comfy_cores, "lgm_comfy_cores")
 
 
 def pytest_collection_modifyitems(config, items):

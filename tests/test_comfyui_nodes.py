@@ -12,7 +12,7 @@ import torch
 
 from comfy_harness import REPO_ROOT, harness  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.comfyui
+pytestmark = [pytest.mark.comfyui, pytest.mark.usefixtures("comfy_core")]  # once per ComfyUI core
 
 LGM_NODES = [
     "LGMModelLoader", "LGMMultiViewLoader", "LGMTextToMultiView", "LGMImageToMultiView", "LGMPrepareImage",
@@ -111,9 +111,9 @@ def test_progress_preview_and_views(harness):
     from comfy.cli_args import LatentPreviewMethod, args
 
     old = args.preview_method
-    args.preview_method = LatentPreviewMethod.Latent2RGB
-    try:
-        result = harness.run(_text_graph(steps=3))
+    args.preview_method = LatentPreviewMethod.Latent2RGB  # 0.3.75: the global --preview-method
+    try:  # 0.33: the client's per-prompt choice (it resets the global to the default otherwise)
+        result = harness.run(_text_graph(steps=3), extra_data={"preview_method": "latent2rgb"})
     finally:
         args.preview_method = old
     progress = [d for e, d in result.events if e == "progress" and d["node"] == "2"]

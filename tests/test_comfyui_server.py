@@ -1,12 +1,11 @@
-"""The pack in a real ComfyUI process: the --quick-test-for-ci smoke, and one HTTP server run driven
-like the web UI does (POST /prompt, progress over the websocket, /history, /view, /object_info,
-validation errors as HTTP 400, node errors as execution_error)."""
+"""The pack in a real ComfyUI server process: one HTTP run driven like the web UI does (POST /prompt,
+progress over the websocket, /history, /view, /object_info, validation errors as HTTP 400, node errors
+as execution_error). The --quick-test-for-ci smoke is in test_comfyui_env.py."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import uuid
 
 import pytest
@@ -14,26 +13,12 @@ import pytest
 from comfy_harness import (CPU_COST_OVERRIDES, ComfyServer, add_comfy_to_path, load_api_workflow, require_comfy,
                            write_example_inputs)
 
-pytestmark = pytest.mark.comfyui
-
-
-def test_quick_test_for_ci_loads_the_pack(tmp_path):
-    paths = require_comfy()
-    yaml = tmp_path / "paths.yaml"
-    yaml.write_text(f"lgm_tests:\n  custom_nodes: {paths.custom_nodes}\n")
-    proc = subprocess.run(
-        [str(paths.venv_python), "main.py", "--cpu", "--quick-test-for-ci", "--database-url", "sqlite:///:memory:",
-         "--extra-model-paths-config", str(yaml)],
-        cwd=str(paths.comfyui), capture_output=True, text=True, timeout=300)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
-    assert "comfyui-lgm" in log, log[-4000:]  # listed under "Import times for custom nodes"
-    assert "IMPORT FAILED" not in log, log[-4000:]
+pytestmark = [pytest.mark.comfyui, pytest.mark.usefixtures("comfy_core")]  # once per ComfyUI core
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    paths = require_comfy()
+def server(tmp_path_factory, comfy_core):
+    paths = require_comfy(comfy_core)
     from lgm_core.testing import make_standin_models
 
     root = tmp_path_factory.mktemp("server")

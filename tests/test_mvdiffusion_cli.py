@@ -38,7 +38,7 @@ def test_text_to_3d(models, tmp_path, capsys):
     assert (out / "gaussians.ply").stat().st_size > 1000
     assert (out / "views.png").is_file()
     err = capsys.readouterr().err
-    assert "diffusion step 1/1" in err
+    assert "diffusion 1/1 steps 100%" in err
     try:
         import lgm_core.render  # noqa: F401
         import lgm_core.video  # noqa: F401

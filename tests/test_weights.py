@@ -121,6 +121,7 @@ def test_hub_download_path_uses_cache(tmp_path, monkeypatch, micro_file):
         return str(path)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr("lgm_core.hub.offline_reason", lambda: None)  # as if online
     model = load_lgm("someone/LGM-mirror", filename="micro_fixrot.safetensors", cache_dir=tmp_path, device="cpu")
     assert calls == {"repo_id": "someone/LGM-mirror", "filename": "micro_fixrot.safetensors", "cache_dir": tmp_path}
     assert model.config.same_architecture(MICRO)

@@ -11,7 +11,7 @@ import pytest
 from comfy_harness import (API_DIR, CPU_COST_OVERRIDES, WORKFLOW_DIR, harness, load_api_workflow,  # noqa: F401
                            workflow_names, write_example_inputs)
 
-pytestmark = pytest.mark.comfyui
+pytestmark = [pytest.mark.comfyui, pytest.mark.usefixtures("comfy_core")]  # once per ComfyUI core
 
 EXPECTED = {"lgm_text_to_3d", "lgm_image_to_3d", "lgm_views_to_3d", "lgm_ply_to_mesh"}
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}

@@ -29,9 +29,9 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "lgm") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m lgm_core",
+        prog=prog,
         description="LGM: multi-view images -> 3D Gaussians -> renders and meshes.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -52,8 +52,10 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
+def main(argv: Optional[List[str]] = None, prog: str = "lgm") -> int:
+    """Run a command; ``prog`` is the name shown in usage lines (the ``lgm`` entry point, or
+    ``python -m lgm_core`` from ``__main__``)."""
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

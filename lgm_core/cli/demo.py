@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 
 from . import CLIError, progress
+from .common import HelpFormatter, add_device_argument, resolve_device
 
 
 def register(sub) -> None:
@@ -17,7 +17,7 @@ def register(sub) -> None:
             "gaussians.ply, turntable.mp4, mesh.glb and side_by_side.png (inputs | renders from the same poses | "
             "novel views) to OUTPUT and prints the PSNR of the renders against the inputs. Needs no network."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("-o", "--output", default="out/demo", help="output folder")
     p.add_argument("--views", default=None,
@@ -29,7 +29,7 @@ def register(sub) -> None:
     p.add_argument("--no-mesh", action="store_true", help="skip the mesh extraction")
     p.add_argument("--mesh-resolution", type=int, default=128, help="voxels along the object's longest side")
     p.add_argument("--texture-size", type=int, default=512, help="mesh texture size in pixels")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_device_argument(p)
     p.set_defaults(func=run)
 
 
@@ -40,7 +40,8 @@ def run(args) -> int:
         raise CLIError("--turntable-frames must be >= 0 and --render-size in 16..4096")
     if not 16 <= args.mesh_resolution <= 1024 or not 16 <= args.texture_size <= 8192:
         raise CLIError("--mesh-resolution must be in 16..1024 and --texture-size in 16..8192")
-    result = run_demo(args.output, weights=args.weights, views=args.views, device=args.device,
+    device = resolve_device(args.device)
+    result = run_demo(args.output, weights=args.weights, views=args.views, device=device,
                       turntable_frames=args.turntable_frames, render_size=args.render_size, mesh=not args.no_mesh,
                       mesh_resolution=args.mesh_resolution, texture_size=args.texture_size, progress=progress)
     progress(f"demo done in {result.seconds:.1f} s")

@@ -15,8 +15,12 @@ import time
 from pathlib import Path
 
 from . import CLIError, progress
+from .common import (HelpFormatter, StageProgress, add_device_argument, add_dtype_argument, device_default,
+                     resolve_device, resolve_dtype, unavailable_models_error)
 
-DTYPES = {"auto": None, "fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+TURNTABLE_FRAMES = {"cuda": 120, "cpu": 24}
+TURNTABLE_SIZE = {"cuda": 512, "cpu": 256}
+"""Turntable defaults: the GPU value, and a bounded one for CPU (and MPS) runs."""
 NEGATIVE_PROMPT = ("ugly, blurry, pixelated obscure, unnatural colors, poor lighting, dull, unclear, cropped, "
                    "lowres, low quality, artifacts, duplicate")
 
@@ -34,18 +38,22 @@ def _common(p: argparse.ArgumentParser, default_model: str, default_guidance: fl
     p.add_argument("--mv-model", default=default_model,
                    help="multi-view diffusion model: hub-layout folder or hub repo id")
     p.add_argument("--lgm-weights", default=None,
-                   help="LGM checkpoint: .safetensors file, folder or hub repo id (default ashawkey/LGM)")
+                   help="LGM checkpoint: .safetensors file, folder or hub repo id (default: ashawkey/LGM from the hub)")
     p.add_argument("--lgm-preset", choices=["big", "small", "lrm", "tiny"], default=None,
                    help="LGM architecture (default: detected from the checkpoint)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="auto", help="precision (auto: fp16 on CUDA, fp32 on CPU)")
-    p.add_argument("--turntable-frames", type=int, default=120, help="turntable video frames (0: no video)")
-    p.add_argument("--turntable-size", type=int, default=512, help="turntable video size in pixels")
+    add_device_argument(p)
+    add_dtype_argument(p)
+    p.add_argument("--turntable-frames", type=int, default=None,
+                   help=f"turntable video frames, 0: no video (default: {TURNTABLE_FRAMES['cuda']} on CUDA, "
+                        f"{TURNTABLE_FRAMES['cpu']} on CPU)")
+    p.add_argument("--turntable-size", type=int, default=None,
+                   help=f"turntable video size in pixels (default: {TURNTABLE_SIZE['cuda']} on CUDA, "
+                        f"{TURNTABLE_SIZE['cpu']} on CPU)")
     p.add_argument("--min-opacity", type=float, default=0.005, help="drop Gaussians below this opacity in the .ply")
 
 
 def register(sub) -> None:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     t = sub.add_parser("text-to-3d", help="text prompt -> 4 views (MVDream) -> 3D Gaussians (LGM)",
                        description="Text -> 4 views with MVDream -> 3D Gaussians with LGM.", formatter_class=fmt)
     t.add_argument("prompt", help="text prompt, e.g. 'a ceramic owl'")
@@ -64,13 +72,26 @@ def register(sub) -> None:
     i.set_defaults(func=run_image)
 
 
-def _device_dtype(args):
-    import torch
+def _resolve_models(args):
+    """Local paths of the multi-view model and the LGM checkpoint, fetched from the hub when needed. Both
+    are checked before any work, and what cannot be had (offline, nothing cached) is one error line."""
+    from ..hub import HubUnavailable
+    from ..mvdiffusion.loading import resolve_source
+    from ..weights import resolve_checkpoint
 
-    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    name = DTYPES[args.dtype]
-    dtype = getattr(torch, name) if name else (torch.float16 if device.type == "cuda" else torch.float32)
-    return device, dtype
+    problems = []
+    mv_path = lgm_path = None
+    try:
+        mv_path = resolve_source(args.mv_model)
+    except HubUnavailable as exc:
+        problems.append(("--mv-model", exc))
+    try:
+        lgm_path = resolve_checkpoint(args.lgm_weights)
+    except HubUnavailable as exc:
+        problems.append(("--lgm-weights", exc))
+    if problems:
+        raise unavailable_models_error(problems)
+    return mv_path, lgm_path
 
 
 def _generate(args, prompt: str, image, negative: str) -> int:
@@ -80,26 +101,31 @@ def _generate(args, prompt: str, image, negative: str) -> int:
 
     if args.steps < 1:
         raise CLIError("--steps must be >= 1")
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    frames = device_default(device, TURNTABLE_FRAMES["cuda"], TURNTABLE_FRAMES["cpu"]) \
+        if args.turntable_frames is None else args.turntable_frames
+    size = device_default(device, TURNTABLE_SIZE["cuda"], TURNTABLE_SIZE["cpu"]) \
+        if args.turntable_size is None else args.turntable_size
+    if frames < 0 or not 8 <= size <= 8192:
+        raise CLIError(f"--turntable-frames must be >= 0 and --turntable-size in [8, 8192], got {frames}, {size}")
+    mv_path, lgm_path = _resolve_models(args)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device, dtype = _device_dtype(args)
     t0 = time.perf_counter()
     progress(f"loading multi-view model {args.mv_model} ...")
-    pipe = MultiViewPipeline.from_pretrained(args.mv_model, dtype=dtype, device=device)
+    pipe = MultiViewPipeline.from_pretrained(mv_path, dtype=dtype, device=device)
     progress(f"loaded in {time.perf_counter() - t0:.1f} s ({device}, {dtype})")
     if image is not None and not pipe.is_imagedream:
         raise CLIError(f"{args.mv_model} is a text-only (MVDream) model; image-to-3d needs an ImageDream model")
     if image is None and pipe.is_imagedream:
         raise CLIError(f"{args.mv_model} is an ImageDream model; text-to-3d needs an MVDream model")
 
-    def report(step, total, _latents):
-        if step == total or step % max(1, total // 5) == 0:
-            progress(f"  diffusion step {step}/{total}")
-
+    bar = StageProgress("diffusion", args.steps, " steps")
     t1 = time.perf_counter()
     out = pipe(prompt, image=image, negative_prompt=negative, num_inference_steps=args.steps,
                guidance_scale=args.guidance, elevation=args.elevation,
-               generator=torch.Generator().manual_seed(args.seed), callback=report)
+               generator=torch.Generator().manual_seed(args.seed), callback=lambda step, _t, _x: bar.update(step))
     progress(f"4 views in {time.perf_counter() - t1:.2f} s")
     from ..video import write_image
 
@@ -112,13 +138,15 @@ def _generate(args, prompt: str, image, negative: str) -> int:
     from ..weights import load_lgm
 
     progress("loading LGM ...")
-    model = load_lgm(args.lgm_weights, preset=args.lgm_preset, dtype=dtype, device=device)
+    model = load_lgm(lgm_path, preset=args.lgm_preset, dtype=dtype, device=device)
+    t2 = time.perf_counter()
     gaussians = model.reconstruct(**lgm_inputs)
+    progress(f"reconstructed {gaussians.num_gaussians} Gaussians in {time.perf_counter() - t2:.2f} s")
     ply = out_dir / "gaussians.ply"
     gaussians.save_ply(ply, min_opacity=args.min_opacity)
-    progress(f"wrote {ply} ({gaussians.num_gaussians} Gaussians)")
+    progress(f"wrote {ply}")
 
-    if args.turntable_frames > 0:
+    if frames > 0:
         try:
             from ..cameras import Cameras
             from ..render import render
@@ -126,13 +154,16 @@ def _generate(args, prompt: str, image, negative: str) -> int:
         except ImportError as exc:  # renderer not available in this install
             progress(f"skipping turntable ({exc})")
             return 0
-        cams = Cameras.turntable(args.turntable_frames, args.elevation, size=args.turntable_size).to(gaussians.device)
-        frames = []
-        for start in range(0, len(cams), 16):
-            frames.append(render(gaussians, cams[start:start + 16]).image[0].cpu())
+        cams = Cameras.turntable(frames, args.elevation, size=size).to(gaussians.device)
+        chunk = 16 if device.type == "cuda" else 4
+        bar = StageProgress(f"turntable {size}x{size}", frames, " frames")
+        rendered = []
+        for start in range(0, len(cams), chunk):
+            rendered.append(render(gaussians, cams[start:start + chunk]).image[0].cpu())
+            bar.update(start + len(rendered[-1]))
         video = out_dir / "turntable.mp4"
-        write_video(torch.cat(frames).numpy(), video, fps=30)
-        progress(f"wrote {video}")
+        write_video(torch.cat(rendered).numpy(), video, fps=30)
+        progress(f"wrote {video} ({frames} frames; --turntable-frames/--turntable-size change it)")
     return 0
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from . import CLIError, progress
+from .common import HelpFormatter, StageProgress, add_device_argument, resolve_device
 
 
 def register(sub) -> None:
@@ -18,7 +18,7 @@ def register(sub) -> None:
             "Runs on CUDA when available, else on the CPU. The mesh stays in the Gaussians' frame (LGM's frame "
             "is already glTF's: +y up, front on +z)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("input", help="Gaussians .ply (LGM's or any 3DGS .ply)")
     p.add_argument("-o", "--output", default=None,
@@ -38,7 +38,7 @@ def register(sub) -> None:
     p.add_argument("--flip-yz", action="store_true",
                    help="output (x, -y, -z): for Gaussians in the y-down 3DGS/COLMAP convention (not for LGM's)")
     p.add_argument("--min-opacity", type=float, default=0.005, help="ignore Gaussians below this opacity")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_device_argument(p)
     p.set_defaults(func=run)
 
 
@@ -54,16 +54,18 @@ def run(args) -> int:
         raise CLIError(f"output must end in .glb, .obj or .ply, got {out.name!r}")
     if out.resolve() == src.resolve():
         raise CLIError("the output would overwrite the input .ply: choose another -o")
+    device = resolve_device(args.device)
     progress(f"loading {src}")
     g = Gaussians.load_ply(src)
+    bar = StageProgress("mesh", 100, "%")
     mesh = extract_mesh(
         g,
         resolution=args.resolution,
         target_faces=args.target_faces,
         texture_size=args.texture_size,
         texture=not args.no_texture,
-        device=args.device,
-        progress=lambda msg, frac: progress(f"[{frac * 100:3.0f}%] {msg}"),
+        device=device,
+        progress=lambda msg, frac: bar.update(round(100 * frac), msg),
         level=args.level,
         min_opacity=args.min_opacity,
         component_ratio=args.keep_components,

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from . import CLIError, progress
+from .common import HelpFormatter, add_device_argument, resolve_device
 
 
 def _floats(text: str):
@@ -29,7 +30,7 @@ def register(sub) -> None:
             "that fail are skipped with a reason; objects already complete in OUTPUT are kept, so an interrupted "
             "run continues where it stopped. See docs/training.md."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("meshes", nargs="*", type=Path,
                    help="mesh files or folders (searched recursively for .obj/.glb/.gltf/.ply/.off/.stl)")
@@ -49,7 +50,7 @@ def register(sub) -> None:
                    help="radius of the object's bounding sphere after normalisation (the camera orbits at 1.5)")
     p.add_argument("--supersample", type=int, default=2, help="anti-aliasing factor (1 = off)")
     p.add_argument("--seed", type=int, default=0, help="seed of the camera placement")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_device_argument(p)
     p.set_defaults(func=run)
 
 
@@ -83,9 +84,7 @@ def run(args) -> int:
         raise CLIError(f"--object-radius must be in [0.05, 1.0], got {args.object_radius}")
     plan = ViewPlan(views=args.views, ring=args.ring, elevations=args.elevations,
                     random_elevation=not args.fixed_elevations)
-    import torch
-
-    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     progress(f"rendering {len(sources)} meshes x {args.views} views at {args.size}px on {device} -> {args.output}")
     report = prepare_dataset(sources, args.output, plan=plan, size=args.size, object_radius=args.object_radius,
                              supersample=args.supersample, seed=args.seed, device=device, progress=progress)

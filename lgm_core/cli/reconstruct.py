@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 
 from . import CLIError, progress
-
-DTYPES = {"auto": None, "fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+from .common import (HelpFormatter, add_device_argument, add_dtype_argument, resolve_device, resolve_dtype,
+                     unavailable_models_error)
 
 
 def register(sub) -> None:
@@ -19,7 +18,7 @@ def register(sub) -> None:
             "front (azimuth 0), then the object turned by 90, 180 and 270 degrees (cameras on +z, +x, -z, -x). "
             "A 2x2 grid holds them in reading order. RGBA images are composited over white."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("images", nargs="+", help="4 view images, or 1 grid image with the 4 views in a 2x2 layout")
     p.add_argument("-o", "--output", required=True, help="output .ply path")
@@ -30,9 +29,8 @@ def register(sub) -> None:
                    help="architecture (default: detected from the checkpoint)")
     p.add_argument("--elevation", type=float, default=0.0,
                    help="camera elevation of the views in degrees, positive = cameras above the object")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="auto",
-                   help="weights precision (auto: fp16 on CUDA, fp32 on CPU)")
+    add_device_argument(p)
+    add_dtype_argument(p, "weights precision")
     p.add_argument("--min-opacity", type=float, default=0.005, help="drop Gaussians below this opacity in the .ply")
     p.set_defaults(func=run)
 
@@ -66,16 +64,21 @@ def load_views(paths):
 
 
 def run(args) -> int:
-    import torch
+    from ..hub import HubUnavailable
+    from ..weights import load_lgm, resolve_checkpoint
 
-    from ..weights import load_lgm
-
+    device = resolve_device(args.device)
     views = load_views(args.images)
-    dtype = getattr(torch, DTYPES[args.dtype]) if DTYPES[args.dtype] else None
+    dtype = resolve_dtype(args.dtype, device)
+    try:
+        weights = resolve_checkpoint(args.weights)  # local file, hub cache, or a download
+    except HubUnavailable as exc:
+        raise unavailable_models_error([("--weights", exc)]) from None
     t0 = time.perf_counter()
     progress("loading LGM ...")
-    model = load_lgm(args.weights, preset=args.preset, dtype=dtype, device=args.device)
-    progress(f"loaded {model.preset or 'custom'} LGM on {model.device} ({model.dtype}) in {time.perf_counter() - t0:.1f} s")
+    model = load_lgm(weights, preset=args.preset, dtype=dtype, device=device)
+    progress(f"loaded {model.preset or 'custom'} LGM on {model.device} ({model.dtype}) "
+             f"in {time.perf_counter() - t0:.1f} s")
     t1 = time.perf_counter()
     gaussians = model.reconstruct(views, elevation=args.elevation)
     progress(f"reconstructed {gaussians.num_gaussians} Gaussians in {time.perf_counter() - t1:.2f} s")

@@ -9,10 +9,10 @@ Examples::
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from . import CLIError, progress
+from .common import HelpFormatter, StageProgress, add_device_argument, resolve_device
 
 _COLOURS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0), "gray": (0.5, 0.5, 0.5), "grey": (0.5, 0.5, 0.5)}
 
@@ -25,7 +25,7 @@ def register(sub) -> None:
             "Render 3D Gaussians from orbit cameras around the origin (LGM frame: +y up, front faces +z). "
             "Azimuth 0 looks at the front (camera on +z), 90 from +x; positive elevation = camera above."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("input", help="Gaussian .ply (LGM's or any standard 3DGS .ply)")
     p.add_argument("-o", "--output", required=True,
@@ -42,7 +42,7 @@ def register(sub) -> None:
     p.add_argument("--transparent", action="store_true", help="stills: write RGBA (PNG/WebP) instead of a background")
     p.add_argument("--scale-modifier", type=float, default=1.0, help="multiply every Gaussian scale")
     p.add_argument("--backend", choices=["auto", "torch", "gsplat"], default="auto", help="rasterizer")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_device_argument(p)
     p.add_argument("--legacy-rotations", action="store_true",
                    help="treat quaternions as a pre-fixrot LGM checkpoint's (raw, un-normalised)")
     p.set_defaults(func=run)
@@ -84,7 +84,7 @@ def run(args) -> int:
     elif out.suffix and out.suffix.lower() not in IMAGE_EXTENSIONS:
         raise CLIError(f"still output must end in {', '.join(IMAGE_EXTENSIONS)} or be a folder, got {out.name!r}")
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     gaussians = Gaussians.load_ply(src, normalized_rotations=False if args.legacy_rotations else None)
     gaussians = gaussians.to(device)
     progress(f"loaded {gaussians.num_gaussians} Gaussians from {src} ({device})")
@@ -93,11 +93,12 @@ def run(args) -> int:
         cams = Cameras.turntable(args.turntable, args.elevation, args.radius, args.fovy, args.size)
         frames = []
         step = 8 if device.type == "cpu" else 60
+        bar = StageProgress(f"rendering {args.size}x{args.size}", len(cams), " frames")
         for start in range(0, len(cams), step):
             res = render(gaussians, cams[start:start + step], background=background,
                          scale_modifier=args.scale_modifier, backend=args.backend)
             frames.append((res.image[0].clamp(0, 1) * 255).round().to(torch.uint8).cpu())
-            progress(f"rendered {min(len(cams), start + step)}/{len(cams)} frames ({res.backend})")
+            bar.update(min(len(cams), start + step))
         write_video(torch.cat(frames).numpy(), out, fps=args.fps)
         progress(f"wrote {out}")
         print(out)

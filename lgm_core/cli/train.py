@@ -11,13 +11,13 @@ Examples::
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 from pathlib import Path
 
 from . import CLIError
+from .common import HelpFormatter
 
 # CLI flag -> TrainConfig field (overrides of the preset / JSON config)
 _OVERRIDES = {
@@ -43,7 +43,7 @@ def register(sub) -> None:
             "run the same command under 'accelerate launch'. Writes RUN/metrics.jsonl, RUN/checkpoints/step_N/, "
             "RUN/previews/, RUN/validation.jsonl and RUN/model.safetensors (loadable by lgm_core.load_lgm)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--data", required=True, help="dataset folder (per-object rgb/ and pose/ folders, manifest.json optional)")
     p.add_argument("--output", required=True, help="run folder (created; holds checkpoints, metrics, previews, model)")
@@ -109,13 +109,14 @@ def register(sub) -> None:
 
 
 def _setup_logging() -> None:
+    """Show lgm_core's INFO messages on stderr, unless the host already configured logging (a root
+    handler: an application, or pytest's log capture), whose handlers then receive them as usual."""
     logger = logging.getLogger("lgm_core")
-    if not logger.handlers:
+    logger.setLevel(logging.INFO)
+    if not logger.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
 
 
 def build_options(args):

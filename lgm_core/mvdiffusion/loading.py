@@ -28,12 +28,16 @@ from safetensors.torch import load_file
 
 __all__ = ["resolve_source", "read_model_index", "load_component_state_dict", "load_unet",
            "load_vae", "load_clip_text", "load_clip_vision", "load_tokenizer", "load_scheduler",
-           "load_feature_extractor", "HUB_REPOS", "ComponentError"]
+           "load_feature_extractor", "HUB_REPOS", "HUB_LAYOUT_FILES", "ComponentError"]
 
 HUB_REPOS = {
     "mvdream": "ashawkey/mvdream-sd2.1-diffusers",
     "imagedream": "ashawkey/imagedream-ipmv-diffusers",
 }
+HUB_LAYOUT_FILES = ["model_index.json", "unet/", "vae/", "text_encoder/", "tokenizer/", "scheduler/"]
+"""What a hub-layout model folder holds (the *.json, *.txt and *.safetensors files of these folders);
+ImageDream adds ``IMAGEDREAM_FILES``."""
+IMAGEDREAM_FILES = ["image_encoder/", "feature_extractor/"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -48,9 +52,23 @@ def resolve_source(source: Union[str, os.PathLike]) -> Path:
     if path.is_dir():
         return path
     if isinstance(source, str) and _REPO_ID.match(source) and not path.exists():
+        from .. import hub
+
+        patterns = ["*.json", "*.txt", "*.safetensors"]
+        reason = hub.offline_reason()
+        if reason:  # the hub cache or a one-line error at once (no retry loop offline)
+            cached = hub.cached_snapshot(source, allow_patterns=patterns)
+            if cached:
+                return Path(cached)
+            files = HUB_LAYOUT_FILES + (IMAGEDREAM_FILES if "imagedream" in source.lower() else [])
+            raise hub.HubUnavailable("multi-view model", source, files, reason, hub.cache_dir())
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(source, allow_patterns=["*.json", "*.txt", "*.safetensors"]))
+        try:
+            return Path(snapshot_download(source, allow_patterns=patterns))
+        except Exception as exc:  # missing repo, auth, network dropped mid-way ...
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ComponentError(f"could not get {source} from the hub: {first}") from exc
     raise ComponentError(f"model source {str(source)!r} is neither a folder nor a hub repo id")
 
 
