@@ -114,6 +114,8 @@ def _background_np(background, batch: int, views: int) -> np.ndarray:
         bg = np.broadcast_to(bg, (3,))
     if bg.shape[-1] != 3:
         raise ValueError(f"background must have 3 channels (RGB), got shape {list(bg.shape)}")
+    if not np.isfinite(bg).all():
+        raise ValueError("background colour must be finite (RGB in [0, 1]), got NaN/Inf")
     try:
         return np.broadcast_to(bg, (batch, views, 3))
     except ValueError as exc:
