@@ -78,8 +78,16 @@ def _generate(args, prompt: str, image, negative: str) -> int:
 
     from ..mvdiffusion import MultiViewPipeline
 
+    import math
+
     if args.steps < 1:
         raise CLIError("--steps must be >= 1")
+    if not math.isfinite(args.elevation) or not math.isfinite(args.guidance):
+        raise CLIError("--elevation and --guidance must be finite numbers")
+    if not (math.isfinite(args.min_opacity) and 0 <= args.min_opacity <= 1):
+        raise CLIError(f"--min-opacity must be in [0, 1], got {args.min_opacity}")
+    if args.turntable_frames < 0 or not 8 <= args.turntable_size <= 8192:
+        raise CLIError("--turntable-frames must be >= 0 and --turntable-size in [8, 8192]")
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     device, dtype = _device_dtype(args)
