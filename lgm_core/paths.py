@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Iterable, Optional, Tuple, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -51,6 +51,20 @@ def contained_path(root: PathLike, name: str, *, must_exist: bool = False, what:
     if must_exist and not os.path.exists(real):
         raise FileNotFoundError(f"{shown!r} not found in the {what} {root_real}")
     return Path(real)
+
+
+ANNOTATIONS = {"input": " [input]", "output": " [output]", "temp": " [temp]"}
+"""ComfyUI's folder annotations: ``"name.ply [output]"`` names a file of the output folder."""
+
+
+def split_annotated_name(name: str, default: str = "input") -> Tuple[str, str]:
+    """``"sub/a.ply [output]"`` -> ``("sub/a.ply", "output")``; no annotation -> ``(name, default)``.
+    Also accepts the annotation without the space, as ComfyUI does."""
+    for kind in ANNOTATIONS:
+        tag = f"[{kind}]"
+        if name.endswith(tag):
+            return name[: -len(tag)].rstrip(" "), kind
+    return name, default
 
 
 def first_contained(roots: Iterable[PathLike], name: str, *, what: str = "folder",
@@ -93,4 +107,5 @@ def walk_contained(root: PathLike, *, max_depth: int = 8):
         yield dirpath, dirnames, filenames
 
 
-__all__ = ["UnsafePathError", "contained_path", "first_contained", "walk_contained"]
+__all__ = ["UnsafePathError", "contained_path", "first_contained", "walk_contained", "split_annotated_name",
+           "ANNOTATIONS"]
