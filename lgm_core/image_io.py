@@ -12,6 +12,7 @@ float conversion) with a note in the log, so memory stays a small multiple of th
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import warnings
@@ -43,7 +44,8 @@ def load_image(path: PathLike, *, max_side: int = MAX_SIDE) -> torch.Tensor:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check the size ourselves
-            with Image.open(path) as im:
+            # decode from memory: a damaged chunk length then cannot make a reader allocate beyond the file
+            with Image.open(io.BytesIO(path.read_bytes())) as im:
                 w, h = im.size
                 if w < 1 or h < 1:
                     raise ValueError(f"cannot read image {path}: it has no pixels ({w}x{h})")
