@@ -83,10 +83,16 @@ def first_contained(roots: Iterable[PathLike], name: str, *, what: str = "folder
     return None
 
 
+def is_contained(root: PathLike, path: PathLike) -> bool:
+    """True when ``path``'s real path (symlinks resolved) is ``root``'s real path or below it."""
+    return _is_within(os.path.realpath(os.fspath(path)), os.path.realpath(os.fspath(root)))
+
+
 def walk_contained(root: PathLike, *, max_depth: int = 8):
     """``os.walk(root, followlinks=True)`` that never leaves ``root``'s real path, visits each real
     directory once (so symlink loops end) and stops at ``max_depth`` levels. Yields (dirpath,
-    dirnames, filenames) like ``os.walk``; pruning ``dirnames`` in place works."""
+    dirnames, filenames) like ``os.walk``; pruning ``dirnames`` in place works. File names are
+    listed as found: check each with :func:`is_contained` before use."""
     root_real = os.path.realpath(os.fspath(root))
     seen = set()
     base_depth = os.fspath(root).rstrip(os.sep).count(os.sep)
@@ -108,4 +114,4 @@ def walk_contained(root: PathLike, *, max_depth: int = 8):
 
 
 __all__ = ["UnsafePathError", "contained_path", "first_contained", "walk_contained", "split_annotated_name",
-           "ANNOTATIONS"]
+           "ANNOTATIONS", "is_contained"]

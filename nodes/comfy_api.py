@@ -24,7 +24,8 @@ from typing import Any, Callable
 
 import torch
 
-from lgm_core.paths import UnsafePathError, contained_path, first_contained, split_annotated_name, walk_contained
+from lgm_core.paths import (UnsafePathError, contained_path, first_contained, is_contained, split_annotated_name,
+                            walk_contained)
 
 import comfy.model_management as model_management
 import comfy.model_patcher
@@ -159,8 +160,9 @@ def _listed_files(roots, extensions: tuple[str, ...]) -> list[str]:
         for dirpath, dirnames, files in walk_contained(root):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             for f in files:
-                if f.lower().endswith(extensions) and not f.startswith("."):
-                    names.add(os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/"))
+                path = os.path.join(dirpath, f)
+                if f.lower().endswith(extensions) and not f.startswith(".") and is_contained(root, path):
+                    names.add(os.path.relpath(path, root).replace(os.sep, "/"))
     return sorted(names)
 
 
