@@ -26,8 +26,9 @@ PathLike = Union[str, os.PathLike]
 
 log = logging.getLogger("lgm_core")
 
-MAX_PIXELS = 16384 * 16384
-"""Images with more pixels than this are refused before decoding (~1 GB as 8-bit RGBA)."""
+MAX_PIXELS = 178_000_000
+"""Images with more pixels than this (about 13,300 x 13,300; Pillow's own hard limit is 179 M) are
+refused before decoding."""
 MAX_SIDE = 4096
 """Default ``max_side``: larger images are downscaled to this longest side on load (LGM works at 256)."""
 
@@ -55,7 +56,9 @@ def load_image(path: PathLike, *, max_side: int = MAX_SIDE) -> torch.Tensor:
                 _reduce_draft(im, max_side)
                 im.load()
                 arr = _to_unit_float(im, path, max_side)
-    except (UnidentifiedImageError, OSError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"image {path} is over the {MAX_PIXELS / 1e6:.0f} MP limit ({exc}): downscale it first") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"cannot read image {path}: {reason}") from None
     return torch.from_numpy(np.ascontiguousarray(arr))
