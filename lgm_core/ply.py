@@ -53,14 +53,23 @@ def _check_min_opacity(min_opacity: float) -> float:
     return value
 
 
+def _unwritable(g: Gaussians) -> torch.Tensor:
+    """[1, N] bool: Gaussians whose file form would not load back (log of a negative scale is NaN;
+    a zero quaternion of a normalised set has no rotation)."""
+    bad = (g.scales < 0).any(-1)
+    if g.normalized_rotations:
+        bad |= g.rotations.norm(dim=-1) < 1e-12
+    return bad
+
+
 def ply_bytes(gaussians: Gaussians, *, min_opacity: float = MIN_OPACITY, index: int = 0,
               source: str = "Gaussians") -> bytes:
     """The .ply file content for batch item ``index`` (see module docstring). Raises
-    :class:`~lgm_core.gaussians.InvalidGaussiansError` for NaN/Inf values or negative scales
-    (``source`` names the set in the message), so a written file always loads."""
+    :class:`~lgm_core.gaussians.InvalidGaussiansError` for NaN/Inf values, negative scales or zero
+    quaternions (``source`` names the set in the message), so a written file always loads."""
     min_opacity = _check_min_opacity(min_opacity)
-    g = check_finite(gaussians[index].detach().to("cpu", torch.float32), source,
-                     extra=(gaussians[index].scales.detach().cpu() < 0).any(-1), extra_label="negative scale")
+    g = gaussians[index].detach().to("cpu", torch.float32)
+    g = check_finite(g, source, extra=_unwritable(g), extra_label="negative scale or zero-length rotation")
     opacity = g.opacities[0]
     keep = opacity[:, 0] >= min_opacity
     pos = g.positions[0][keep]

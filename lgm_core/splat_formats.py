@@ -63,11 +63,13 @@ def _quat_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def splat_bytes(gaussians: Gaussians, *, index: int = 0, min_opacity: float = 0.005,
                 source: str = "Gaussians") -> bytes:
     """Batch item ``index`` as .splat bytes (see the module docstring for the layout). Raises
-    :class:`~lgm_core.gaussians.InvalidGaussiansError` for NaN/Inf values or negative scales."""
+    :class:`~lgm_core.gaussians.InvalidGaussiansError` for NaN/Inf values, negative scales or zero
+    quaternions (which a reader cannot tell from damage)."""
     if not 0.0 <= float(min_opacity) <= 1.0:
         raise ValueError(f"min_opacity must be in [0, 1], got {min_opacity}")
     g = gaussians[index].float().cpu()  # batch of 1, padding dropped
-    g = check_finite(g, source, extra=(g.scales < 0).any(-1), extra_label="negative scale")
+    g = check_finite(g, source, extra=(g.scales < 0).any(-1) | (g.rotations.norm(dim=-1) < 1e-12),
+                     extra_label="negative scale or zero-length rotation")
     keep = g.opacities[0, :, 0] >= float(min_opacity)
     pos = g.positions[0][keep] * torch.tensor([1.0, -1.0, -1.0])
     scale = g.scales[0][keep]

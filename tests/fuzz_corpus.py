@@ -497,9 +497,10 @@ def _same(a, b) -> bool:
 
 
 def run_case(case: Case, folder: Path, *, time_limit_s: float = 5.0, memory_factor: float = 16.0,
-             memory_floor: int = 4 << 20) -> Optional[str]:
-    """Write ``case`` to ``folder`` and read it; None when the reader behaved, else what went wrong."""
-    read, error_class, sane = readers()[case.kind]
+             memory_floor: int = 4 << 20, table: Optional[dict] = None) -> Optional[str]:
+    """Write ``case`` to ``folder`` and read it; None when the reader behaved, else what went wrong.
+    ``table``: kind -> (read, error class, sanity check), default :func:`readers`."""
+    read, error_class, sane = (table or readers())[case.kind]
     suffix = case.suffix or {"ply": ".ply", "splat": ".splat", "safetensors": ".safetensors"}.get(case.kind, "")
     path = folder / f"case{suffix}"
     path.write_bytes(case.data)

@@ -66,7 +66,7 @@ def test_every_writer_refuses_nan_and_keeps_the_old_file(tmp_path, field):
 def test_writers_refuse_negative_scales_and_bad_min_opacity(tmp_path):
     g = _scene()
     g.scales[0, 0, 1] = -0.01  # log() of it would be NaN in the file
-    with pytest.raises(InvalidGaussiansError, match="negative scale 1"):
+    with pytest.raises(InvalidGaussiansError, match="negative scale or zero-length rotation 1"):
         save_ply(g, tmp_path / "g.ply")
     with pytest.raises(ValueError, match="min_opacity"):
         save_ply(_scene(), tmp_path / "g.ply", min_opacity=float("nan"))
