@@ -64,7 +64,8 @@ def splat_bytes(gaussians: Gaussians, *, index: int = 0, min_opacity: float = 0.
                 source: str = "Gaussians") -> bytes:
     """Batch item ``index`` as .splat bytes (see the module docstring for the layout). Raises
     :class:`~lgm_core.gaussians.InvalidGaussiansError` for NaN/Inf values, negative scales or zero
-    quaternions (which a reader cannot tell from damage)."""
+    quaternions (which a reader cannot tell from damage), and ``ValueError`` when no Gaussian is
+    left to write (an empty file is refused by :func:`load_splat`)."""
     if not 0.0 <= float(min_opacity) <= 1.0:
         raise ValueError(f"min_opacity must be in [0, 1], got {min_opacity}")
     g = gaussians[index].float().cpu()  # batch of 1, padding dropped
@@ -81,6 +82,9 @@ def splat_bytes(gaussians: Gaussians, *, index: int = 0, min_opacity: float = 0.
     alpha = g.opacities[0][keep].clamp(0, 1)
     order = torch.argsort(-(scale.prod(-1) * alpha[:, 0]), stable=True)
     n = int(order.numel())
+    if n == 0:  # a 0-byte file cannot be told from a failed write: the format cannot hold an empty set
+        raise ValueError(f"{source}: no Gaussian to write (none has opacity >= {float(min_opacity)}); "
+                         "an empty .splat file would be refused when read")
     rec = np.zeros(n, dtype=RECORD)
     rec["p"] = pos[order].numpy()
     rec["s"] = scale[order].numpy()

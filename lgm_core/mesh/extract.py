@@ -3,10 +3,11 @@
 Pipeline (PyTorch on CUDA when present, else CPU; NumPy/SciPy/scikit-image/fast-simplification/
 xatlas on the CPU):
 
-0. bound the object: Gaussians whose centre lies far outside the box of the opacity-weighted
-   0.1 %-99.9 % quantiles of the centres (more than half the box's size beyond it), and Gaussians
-   wider than the whole allowed box, are ignored with a warning that counts them, so a few stray
-   Gaussians cannot stretch the grid (and collapse the object into a few voxels);
+0. bound the object: Gaussians whose centre lies outside fences around the centres (the
+   opacity-weighted quartiles, widened by 6 times the largest inter-quartile range: twice
+   Tukey's far-out fence, so only far strays are cut), and
+   Gaussians wider than the whole allowed box, are ignored with a warning that counts them, so a
+   few stray Gaussians cannot stretch the grid (and collapse the object into a few voxels);
 1. splat the Gaussians' opacity density, colour and centre fields into a voxel grid
    (:mod:`lgm_core.mesh.field`);
 2. mark voxels with density > ``level`` as occupied, flood-fill the outside from the grid border and
@@ -42,10 +43,9 @@ log = logging.getLogger("lgm_core")
 
 MAX_RESOLUTION = 1024
 MAX_TEXTURE_SIZE = 16384
-OUTLIER_QUANTILE = 0.001
-"""Opacity-weighted quantile (and 1 - it) of the centres that spans the object's core box."""
-OUTLIER_MARGIN = 0.5
-"""Centres more than this fraction of the core box's longest side outside it are strays."""
+OUTLIER_FENCE = 6.0
+"""Centres more than this many inter-quartile ranges (the largest over the axes) outside the
+opacity-weighted quartiles of the centres are strays (twice Tukey's far-out fence)."""
 
 
 def _resolve_device(device, g: Gaussians) -> torch.device:
@@ -115,8 +115,8 @@ def extract_mesh(
     inside = _within_object(g)
     n_out = int((~inside).sum())
     if n_out:
-        message = (f"ignored {n_out} of {n_vis} visible Gaussians far outside the object (strays beyond the "
-                   f"opacity-weighted {OUTLIER_QUANTILE:.1%}-{1 - OUTLIER_QUANTILE:.1%} box, or wider than it)")
+        message = (f"ignored {n_out} of {n_vis} visible Gaussians far outside the object (strays beyond "
+                   f"{OUTLIER_FENCE:g} inter-quartile ranges of the centres, or wider than that box)")
         log.warning("extract_mesh: %s", message)
         report(message, 0.0)
         if n_vis - n_out < 4:
@@ -225,8 +225,8 @@ def _within_object(g: Gaussians) -> torch.Tensor:
     if not bool(w.sum() > 0):
         w = torch.ones_like(w)
     _, sigma_max = gaussian_frames(g)
-    lo, hi = _weighted_quantiles(pos, w, OUTLIER_QUANTILE)
-    margin = OUTLIER_MARGIN * float((hi - lo).max()) + 3.0 * float(sigma_max.median())
+    lo, hi = _weighted_quantiles(pos, w, 0.25)
+    margin = OUTLIER_FENCE * float((hi - lo).max()) + 3.0 * float(sigma_max.median())
     lo, hi = lo - margin, hi + margin
     inside = ((pos >= lo) & (pos <= hi)).all(-1)
     return inside & (3.0 * sigma_max <= float((hi - lo).max()))
