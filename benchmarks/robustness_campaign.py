@@ -993,11 +993,11 @@ def category_concurrent(res: Results, repo: Path, work: Path) -> None:
             mtl = target.with_suffix(".mtl").read_text()
             used = re.search(r"^usemtl (\S+)", obj, re.M).group(1)
             if re.search(r"^newmtl (\S+)", mtl, re.M).group(1) != used:
-                visible += 1
+                visible += genuine + silent > 0
                 continue
             png = (folder / re.search(r"^map_Kd (\S+)", mtl, re.M).group(1)).read_bytes()
         except (FileNotFoundError, AttributeError):
-            visible += 1
+            visible += genuine + silent > 0  # before the first export there is nothing to read
             continue
         if refs.get(re.search(r"^v .*$", obj, re.M).group(0)) == png:
             genuine += 1
