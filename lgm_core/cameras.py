@@ -126,6 +126,27 @@ def plucker_rays(c2w: torch.Tensor, size: int = 256, fovy_deg: float = LGM_FOVY)
     return torch.stack(out).contiguous()
 
 
+def plucker_rays_batched(c2w: torch.Tensor, size: int = 256, fovy_deg: float = LGM_FOVY) -> torch.Tensor:
+    """:func:`plucker_rays` for any batch of poses ``c2w`` [..., 4, 4], computed on their device
+    (e.g. jittered training poses on the GPU, no host round trip): [..., 6, size, size] float32,
+    same conventions; equal to :func:`plucker_rays` up to float32 rounding of the matrix product."""
+    if c2w.shape[-2:] != (4, 4):
+        raise ValueError(f"c2w must be [..., 4, 4], got {list(c2w.shape)}")
+    batch = c2w.shape[:-2]
+    poses = c2w.reshape(-1, 4, 4).float()
+    h = w = int(size)
+    focal = float(h * 0.5 / np.tan(0.5 * np.deg2rad(fovy_deg)))
+    ar = torch.arange(w, device=poses.device, dtype=torch.float32)
+    y, x = torch.meshgrid(ar, ar, indexing="ij")
+    dirs_cam = torch.stack([(x.flatten() - w * 0.5 + 0.5) / focal, (y.flatten() - h * 0.5 + 0.5) / focal * -1.0,
+                            torch.full((h * w,), -1.0, device=poses.device)], dim=-1)  # [hw, 3]
+    d = dirs_cam[None] @ poses[:, :3, :3].transpose(1, 2)  # [V, hw, 3]
+    d = d / torch.sqrt(torch.clamp(torch.sum(d * d, -1, keepdim=True), min=1e-20))
+    o = poses[:, None, :3, 3].expand_as(d)
+    plucker = torch.cat([torch.cross(o, d, dim=-1), d], dim=-1)  # [V, hw, 6]
+    return plucker.transpose(1, 2).reshape(*batch, 6, h, w).contiguous()
+
+
 def opengl_to_opencv(c2w: torch.Tensor) -> torch.Tensor:
     """Flip a camera-to-world pose's camera y and z axes: OpenGL (looks -z, y up) <-> OpenCV
     (looks +z, y down). The operation is its own inverse."""

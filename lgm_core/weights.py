@@ -32,8 +32,13 @@ OFFICIAL_FILES = {
     "model.safetensors": "legacy",
 }
 """Known official file names, in the order a folder is searched."""
+DEMO_NAME = "demo"
+"""``load_lgm("demo")``: the small LGM trained by this project, shipped in ``lgm_core/assets/demo``."""
 METADATA_ROTATION_KEY = "lgm_rotation_mode"
 """Optional safetensors metadata entry that states the rotation mode explicitly."""
+METADATA_CONFIG_KEY = "lgm_config"
+"""Optional safetensors metadata entry: the full :class:`LGMConfig` as JSON (written by
+:func:`save_lgm`, so custom input/output sizes survive; official files have none)."""
 
 
 class CheckpointError(ValueError):
@@ -183,8 +188,27 @@ def _mismatch_message(path, shapes: Dict[str, Tuple[int, ...]], expected: Dict[s
     return "; ".join(parts)
 
 
-def detect_config(path, shapes: Dict[str, Tuple[int, ...]], preset: Optional[str] = None) -> LGMConfig:
-    """The architecture for a checkpoint with these key shapes (strictly verified)."""
+def config_from_metadata(path, metadata: Optional[Dict[str, str]]) -> Optional[LGMConfig]:
+    """The :class:`LGMConfig` stored in a checkpoint's metadata by :func:`save_lgm`, or None."""
+    text = (metadata or {}).get(METADATA_CONFIG_KEY)
+    if not text:
+        return None
+    try:
+        return LGMConfig(**json.loads(text))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: invalid {METADATA_CONFIG_KEY} metadata ({exc})") from None
+
+
+def detect_config(path, shapes: Dict[str, Tuple[int, ...]], preset: Optional[str] = None,
+                  metadata: Optional[Dict[str, str]] = None) -> LGMConfig:
+    """The architecture for a checkpoint with these key shapes (strictly verified): the explicit
+    ``preset``, else the config stored in the ``metadata``, else inferred from the shapes."""
+    stored = config_from_metadata(path, metadata) if preset is None else None
+    if stored is not None:
+        expected = _expected_shapes(stored)
+        if expected != shapes:
+            raise CheckpointError(_mismatch_message(path, shapes, expected, "the config stored in its metadata"))
+        return stored
     if preset is not None:
         config = LGMConfig.preset(preset)
         expected = _expected_shapes(config)
@@ -232,13 +256,17 @@ def resolve_checkpoint(
     local_files_only: Optional[bool] = None,
     place_hint: Optional[Union[str, os.PathLike]] = None,
 ) -> Path:
-    """Turn ``source`` (file, folder, hub repo id, or None for ``ashawkey/LGM``) into a local
+    """Turn ``source`` (file, folder, hub repo id, ``"demo"``, or None for ``ashawkey/LGM``) into a local
     .safetensors path, downloading from the hub only for repo ids.
 
     ``place_hint`` is the folder named in the error message when the file cannot be had
     (e.g. ComfyUI's ``models/lgm``).
     """
     source = DEFAULT_REPO if source is None else os.fspath(source)
+    if source == DEMO_NAME:  # the small model shipped inside the package (no network)
+        from .demo import demo_weights_path
+
+        return demo_weights_path()
     path = Path(source).expanduser()
     if path.is_file():
         if path.suffix != ".safetensors":
@@ -305,7 +333,7 @@ def load_lgm(
                               local_files_only=local_files_only, place_hint=place_hint)
     entries, metadata = read_safetensors_header(path)
     shapes = {k: s for k, (_, s) in entries.items()}
-    config = detect_config(path, shapes, preset)
+    config = detect_config(path, shapes, preset, metadata)
     mode = rotation_mode or rotation_mode_for(path, metadata)
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if dtype is None:
@@ -321,12 +349,19 @@ def load_lgm(
     return model.eval().requires_grad_(False)
 
 
-def save_lgm(model: LGM, path: Union[str, os.PathLike], dtype: Optional[torch.dtype] = None) -> Path:
-    """Write ``model``'s weights as .safetensors (atomically), recording its rotation mode."""
+def save_lgm(model: LGM, path: Union[str, os.PathLike], dtype: Optional[torch.dtype] = None,
+             metadata: Optional[Dict[str, str]] = None) -> Path:
+    """Write ``model``'s weights as .safetensors (atomically) in the official key layout, recording
+    its rotation mode and full config (so :func:`load_lgm` rebuilds custom sizes exactly), plus any
+    extra string ``metadata``."""
+    from dataclasses import asdict
+
     from safetensors.torch import save as save_bytes
 
     from .fileio import atomic_write_bytes
 
     state = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(path, save_bytes(state, metadata={METADATA_ROTATION_KEY: model.rotation_mode}))
+    meta = dict(metadata or {})
+    meta.update({METADATA_ROTATION_KEY: model.rotation_mode, METADATA_CONFIG_KEY: json.dumps(asdict(model.config))})
+    atomic_write_bytes(path, save_bytes(state, metadata=meta))
     return Path(path)

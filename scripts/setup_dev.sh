@@ -19,7 +19,7 @@ torch_version="$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])'
 # The constraint keeps every later install from replacing the torch we have.
 constraints="$(mktemp)"
 echo "torch==$torch_version" > "$constraints"
-log "installing the package (editable) with test extras, torch held at $torch_version"
-"$PY" -m pip install -q -c "$constraints" -e "$REPO[test]"
+log "installing the package (editable) with test and train extras, torch held at $torch_version"
+"$PY" -m pip install -q -c "$constraints" -e "$REPO[test,train]"
 rm -f "$constraints"
 log "done"

@@ -19,6 +19,9 @@ COMMAND_MODULES = [
     "lgm_core.cli.render",
     "lgm_core.cli.generate",
     "lgm_core.cli.mesh",
+    "lgm_core.cli.prepare_data",
+    "lgm_core.cli.train",
+    "lgm_core.cli.demo",
 ]
 
 

@@ -37,6 +37,12 @@ class GroupNorm32(nn.GroupNorm):
         super().__init__(32, channels, eps=1e-5, affine=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (not x.is_cuda and torch.is_grad_enabled() and not x.requires_grad and self.weight.requires_grad
+                and not x.is_contiguous()):
+            # torch's CPU group_norm backward crashes (segfault, seen with torch 2.13) for a
+            # channels-last input that needs no gradient while the affine weights do (fine-tuning with
+            # frozen earlier layers). Only reachable in training; inference is unaffected.
+            x = x.contiguous()
         if x.dtype == torch.float32 or (x.is_cuda and self.native_half_on_cuda):
             return F.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
         return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)

@@ -84,6 +84,29 @@ def read_pose(path: Union[str, os.PathLike]) -> torch.Tensor:
     return pose
 
 
+def write_object_views(dataset_dir: Union[str, os.PathLike], object_id: str, rgba, c2w: torch.Tensor,
+                       first_view: int = 0) -> Path:
+    """Write views of one object: ``rgba`` [V, H, W, 4] (float in [0, 1] or uint8, straight alpha)
+    as ``rgb/NNN.png`` and ``c2w`` [V, 4, 4] (LGM-frame OpenGL camera-to-world) as ``pose/NNN.txt``
+    in the stored convention, view ids from ``first_view``. Each file is written atomically.
+    Returns the object's folder. Shared by ``prepare-data`` and the synthetic test datasets."""
+    from ..fileio import atomic_path
+    from ..video import write_image
+
+    obj = Path(dataset_dir) / object_id
+    (obj / "rgb").mkdir(parents=True, exist_ok=True)
+    (obj / "pose").mkdir(parents=True, exist_ok=True)
+    c2w = torch.as_tensor(c2w, dtype=torch.float32)
+    if len(rgba) != c2w.shape[0]:
+        raise ValueError(f"{len(rgba)} images but {c2w.shape[0]} poses for object {object_id!r}")
+    for i in range(c2w.shape[0]):
+        view = first_view + i
+        write_image(rgba[i], rgb_path(obj, view))
+        with atomic_path(pose_path(obj, view)) as tmp:
+            write_pose(tmp, opengl_to_stored(c2w[i]))
+    return obj
+
+
 @dataclass
 class ViewInfo:
     """Where a view was rendered from, in the LGM frame: elevation in degrees (positive = camera above),
