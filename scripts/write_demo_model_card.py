@@ -18,13 +18,13 @@ def _jsonl(path: Path) -> list:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def curve(rows: list, every: int) -> str:
+def curve(rows: list, every: int, stage: int) -> str:
     out = []
     for start in range(0, len(rows), every):
         chunk = rows[start:start + every]
         psnr = sum(r["psnr"] for r in chunk) / len(chunk)
         loss = sum(r["loss"] for r in chunk) / len(chunk)
-        out.append(f"| {chunk[0]['step']}–{chunk[-1]['step']} | {loss:.4f} | {psnr:.2f} |")
+        out.append(f"| {stage} | {chunk[0]['step']}–{chunk[-1]['step']} | {loss:.4f} | {psnr:.2f} |")
     return "\n".join(out)
 
 
@@ -78,17 +78,17 @@ gsplat rendering, batch 32, one H200.
 
 | stage | steps | lr schedule | data | device time |
 |---|---|---|---|---|
-| 1 | {len(s1)} | cosine, 400 warm-up, peak 6e-4 | 739 train / 40 val | 7.6 min |
-| 2 (`--init` from stage 1) | {len(s2)} | cosine, 100 warm-up, peak 3e-4 | 714 train / 40 val (the 25 largest meshes left out to fit the transfer limit) | 4.8 min |
+| 1 | {len(s1)} | cosine, 400 warm-up, peak 6e-4 | 739 train / 40 val | ≈ 7.5 min |
+| 2 (`--init` from stage 1) | {len(s2)} | cosine, 100 warm-up, peak 3e-4 | 714 train / 40 val (the 25 largest meshes left out to fit the transfer limit) | ≈ 4.8 min |
 
 (An earlier 1,877-step run was lost with its machine; its curve is kept in `docs/demo_model/metrics_lost_run.jsonl`.)
 
 Training curve (mean over blocks of steps; PSNR of the supervision renders, inputs included):
 
-| steps | loss | PSNR (dB) |
-|---|---|---|
-{curve(s1, 250)}
-{curve(s2, 325).replace('| 1–', '| stage 2: 1–')}
+| stage | steps | loss | PSNR (dB) |
+|---|---|---|---|
+{curve(s1, 250, 1)}
+{curve(s2, 325, 2)}
 
 Validation (40 objects, random views): stage 1 step {v1[-1]['step']}: PSNR {v1[-1]['psnr']:.2f} dB (novel
 {v1[-1]['psnr_novel']:.2f}), SSIM {v1[-1]['ssim']:.3f}; stage 2 step {v2[-1]['step']}: PSNR
@@ -104,11 +104,14 @@ inputs = 4 ring views 90° apart at elevation 0, scored on every other view at 1
 Novel views: **PSNR {novel.psnr:.2f} dB, SSIM {novel.ssim:.3f}**, {novel.psnr - novel.baseline_psnr:+.2f} dB over
 the baseline ({novel.baseline_psnr:.2f} dB).
 
-**Goals not met**: the target was ≥ 24 dB (floor 20 dB) and ≥ 5 dB over the baseline. The curve was still
-rising when the device time ran out (about 12 minutes of training, {len(s1) + len(s2):,} steps, ~106k samples);
-the original LGM trains for ~2.4 M samples. What more would take: a longer run (the same recipe for
-20–40k steps, i.e. 1–2 hours on one H200 at the measured 180 ms/step, less with a faster step), LPIPS once
-VGG weights are available, and keeping the dataset on the machine between calls.
+Against the goals of the demo-model issue: ≥ 5 dB over the baseline is **met**
+({novel.psnr - novel.baseline_psnr:+.2f} dB); PSNR ≥ 24 dB (floor 20 dB) is **not met**
+({novel.psnr:.2f} dB on all novel views; {next(s.psnr for s in summary if s.name == "elevation +0"):.2f} dB at the inputs'
+elevation). The curve was still rising when the session's device time ran out (about 12 minutes of
+training, {len(s1) + len(s2):,} steps, ~{(len(s1) + len(s2)) * 32 // 1000}k samples; the original LGM trains on ~2.4 M). What more
+would take: a longer run of the same recipe (20–40k steps: 1–2 hours on one H200 at the measured
+180 ms/step, less with a faster step), LPIPS once VGG weights are available, and a dataset kept on the
+machine between calls.
 
 ## Intended use and limits
 For trying the pack offline (CLI, library, ComfyUI) and for tests: it turns 4 white-background views of a
