@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import struct
 import time
