@@ -50,6 +50,10 @@ def orbit_camera(
     rounded to float32, like kiui). At the poles (|elevation| = 90) the camera's right axis is
     taken as the one it has at that azimuth on the equator instead of being undefined.
     """
+    if not (math.isfinite(float(elevation)) and math.isfinite(float(azimuth))):
+        raise ValueError(f"camera angles must be finite, got elevation {elevation}, azimuth {azimuth}")
+    if not (math.isfinite(float(radius)) and float(radius) > 0):
+        raise ValueError(f"camera radius must be a positive distance, got {radius}")
     el = np.deg2rad(float(elevation))
     az = np.deg2rad(float(azimuth))
     target_np = np.zeros(3) if target is None else np.asarray(target, dtype=np.float64)
@@ -176,6 +180,10 @@ class Cameras:
             raise ValueError(f"fovy must be in (0, 180) degrees, got {self.fovy}")
         if int(self.width) <= 0 or int(self.height) <= 0:
             raise ValueError(f"image size must be positive, got {self.width}x{self.height}")
+        if not (math.isfinite(float(self.near)) and float(self.near) >= 0):
+            raise ValueError(f"near must be a non-negative distance, got {self.near}")
+        if self.c2w.device.type == "cpu" and not bool(torch.isfinite(self.c2w).all()):
+            raise ValueError("camera poses (c2w) contain NaN/Inf values")  # (device poses: checked on use)
 
     def __len__(self) -> int:
         return self.c2w.shape[0]

@@ -21,6 +21,12 @@ faces **+z**, the default input cameras orbit at radius 1.5 and objects fit in [
 Many 3DGS viewers assume COLMAP's y-down; ComfyUI core's viewer maps world -> splat by
 (x, y, z) -> (x, -y, -z).
 
+Non-finite values (docs/robustness.md): a Gaussian with NaN or ±Inf in any field is *invalid*.
+Every reader, writer, renderer and the mesher **rejects** a set that holds invalid Gaussians with
+:class:`InvalidGaussiansError` (a ``ValueError``) saying how many and in which fields
+(:func:`check_finite`), so no output ever contains NaN; :func:`drop_invalid` (or a reader's
+``on_invalid="drop"``) salvages the valid ones when a caller asks for it explicitly.
+
 ``normalized_rotations`` is False only for Gaussians from legacy (pre-"fixrot") LGM checkpoints,
 whose quaternions are deliberately *not* unit length: their covariances must be built from the
 raw quaternion (lgm_spec §2.2, §6.3). Renderers honour the flag.
@@ -29,10 +35,13 @@ raw quaternion (lgm_spec §2.2, §6.3). Renderers honour the flag.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
 import torch
+
+log = logging.getLogger("lgm_core")
 
 SH_C0 = 0.28209479177387814
 """Degree-0 spherical-harmonic constant: rgb = C0 * sh_dc + 0.5."""
@@ -327,6 +336,89 @@ class Gaussians:
         from .ply import load_ply
 
         return load_ply(path, normalized_rotations=normalized_rotations)
+
+
+# ---------------------------------------------------------------------- the non-finite policy
+_FIELDS = ("positions", "scales", "rotations", "opacities", "sh")
+_FIELD_LABELS = {"positions": "position", "scales": "scale", "rotations": "rotation", "opacities": "opacity",
+                 "sh": "colour"}
+
+
+class InvalidGaussiansError(ValueError):
+    """Gaussians with NaN/Inf values (or another format-level defect) where valid ones are needed."""
+
+
+def _field_masks(g: Gaussians) -> dict:
+    valid = g.valid_mask()
+    out = {}
+    for name in _FIELDS:
+        t = getattr(g, name)
+        out[name] = ~torch.isfinite(t).flatten(2).all(-1) & valid
+    return out
+
+
+def invalid_mask(gaussians: Gaussians, extra: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """[B, N] bool: True for real (non-padding) Gaussians with a NaN or ±Inf in any field.
+
+    ``extra`` ([B, N] bool) marks further Gaussians as invalid (format-level checks, e.g. a
+    zero-length quaternion read from a file)."""
+    bad = torch.zeros(gaussians.positions.shape[:2], dtype=torch.bool, device=gaussians.device)
+    for m in _field_masks(gaussians).values():
+        bad |= m
+    if extra is not None:
+        bad |= extra.to(bad.device) & gaussians.valid_mask()
+    return bad
+
+
+def describe_invalid(gaussians: Gaussians, extra: Optional[torch.Tensor] = None,
+                     extra_label: str = "other defect") -> str:
+    """'3 of 1000 Gaussians have NaN/Inf values (opacity 1, scale 2)', or '... are invalid (...)'
+    when ``extra`` marks some ('' when all are valid)."""
+    masks = _field_masks(gaussians)
+    bad = invalid_mask(gaussians, extra)
+    n_bad = int(bad.sum())
+    if not n_bad:
+        return ""
+    parts = [f"{_FIELD_LABELS[k]} {int(m.sum())}" for k, m in masks.items() if bool(m.any())]
+    verb = "have NaN/Inf values"
+    if extra is not None:
+        n_extra = int((extra.to(bad.device) & gaussians.valid_mask()).sum())
+        if n_extra:
+            parts.append(f"{extra_label} {n_extra}")
+            verb = "are invalid"
+    n_all = int(gaussians.valid_mask().sum())
+    return f"{n_bad} of {n_all} Gaussians {verb} ({', '.join(parts)})"
+
+
+def check_finite(gaussians: Gaussians, source: str = "Gaussians", *, extra: Optional[torch.Tensor] = None,
+                 extra_label: str = "other defect", hint: str = "", error: type = None) -> Gaussians:
+    """The package's one policy for non-finite Gaussians (docs/robustness.md): return
+    ``gaussians`` when every real Gaussian is finite in every field (one reduction), else raise
+    :class:`InvalidGaussiansError` (or ``error``, a ValueError subclass) ``"<source>: 3 of 1000
+    Gaussians have NaN/Inf values (colour 1, scale 2)"``.
+    """
+    bad = invalid_mask(gaussians, extra)
+    if not bool(bad.any()):
+        return gaussians
+    message = f"{source}: {describe_invalid(gaussians, extra, extra_label)}"
+    raise (error or InvalidGaussiansError)(message + (f"; {hint}" if hint else ""))
+
+
+def drop_invalid(gaussians: Gaussians, source: str = "Gaussians", *, extra: Optional[torch.Tensor] = None,
+                 extra_label: str = "other defect") -> Gaussians:
+    """Explicit salvage: drop invalid Gaussians (see :func:`invalid_mask`; the others keep their
+    order, batch items are re-padded) with one warning that names ``source`` and the count.
+    Raises :class:`InvalidGaussiansError` if a batch item that had Gaussians is left with none."""
+    bad = invalid_mask(gaussians, extra)
+    if not bool(bad.any()):
+        return gaussians
+    message = describe_invalid(gaussians, extra, extra_label)
+    per_item = bad.sum(dim=1)
+    total = gaussians.valid_mask().sum(dim=1)
+    if bool(((per_item == total) & (total > 0)).any()):
+        raise InvalidGaussiansError(f"{source}: no valid Gaussian left to keep: {message}")
+    log.warning("%s: dropped %d invalid Gaussians: %s", source, int(bad.sum()), message)
+    return gaussians.select(~bad)
 
 
 # ---------------------------------------------------------------------- quaternion helpers

@@ -51,40 +51,111 @@ def hub_url(repo_id: str = DEFAULT_REPO, filename: str = DEFAULT_FILENAME) -> st
 
 
 # ---------------------------------------------------------------------- reading safetensors safely
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
 def read_safetensors_header(path: Union[str, Path]) -> Tuple[Dict[str, Tuple[str, Tuple[int, ...]]], Dict[str, str]]:
     """Parse a .safetensors header without loading tensors: ({key: (dtype, shape)}, metadata).
 
-    Raises :class:`CheckpointError` for files that are not valid safetensors or are truncated.
+    Checks everything the format defines before any tensor is touched: the header length, JSON
+    object, ``__metadata__`` (a string-to-string map), every entry's dtype, shape (non-negative
+    integers) and data offsets (inside the file, matching dtype x shape, contiguous, no overlap).
+    Raises :class:`CheckpointError` (one line, naming the file) otherwise.
     """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such safetensors file: {path}")
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
             raise CheckpointError(f"{path}: not a safetensors file (only {size} bytes)")
         (n,) = struct.unpack("<Q", head)
-        if n <= 0 or n > min(size - 8, 100 * 1024 * 1024):
+        if n < 2 or n > min(size - 8, MAX_HEADER_BYTES):
             raise CheckpointError(f"{path}: not a safetensors file (bad header length); "
                                   "only .safetensors checkpoints are supported")
         try:
             header = json.loads(f.read(n).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise CheckpointError(f"{path}: corrupt safetensors header") from None
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise CheckpointError(f"{path}: corrupt safetensors header (not valid JSON)") from None
     if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: corrupt safetensors header")
-    metadata = header.pop("__metadata__", None) or {}
+        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise CheckpointError(f"{path}: corrupt safetensors header: __metadata__ must map strings to strings, "
+                              f"got {type(metadata).__name__}")
     entries = {}
-    data_end = 0
+    spans = []
+    data_size = size - 8 - n
     for key, info in header.items():
-        try:
-            entries[key] = (info["dtype"], tuple(int(d) for d in info["shape"]))
-            data_end = max(data_end, int(info["data_offsets"][1]))
-        except (KeyError, TypeError, ValueError, IndexError):
-            raise CheckpointError(f"{path}: corrupt safetensors header entry for {key!r}") from None
-    if 8 + n + data_end > size:
-        raise CheckpointError(f"{path}: truncated: the header describes {8 + n + data_end} bytes but the file "
-                              f"has {size} (an interrupted download? delete it and fetch it again)")
+        entries[key] = _check_entry(path, key, info, data_size, size)
+        spans.append((info["data_offsets"][0], info["data_offsets"][1], key))
+    spans.sort()
+    pos = 0
+    for begin, end, key in spans:
+        if begin != pos:
+            what = "overlaps another tensor" if begin < pos else "leaves a gap before it"
+            raise CheckpointError(f"{path}: corrupt safetensors header: tensor {key!r} {what}")
+        pos = end
+    if pos != data_size:
+        if pos > data_size:  # pragma: no cover - _check_entry bounds every span
+            raise CheckpointError(f"{path}: truncated")
+        raise CheckpointError(f"{path}: {data_size - pos} unexpected bytes after the last tensor "
+                              "(a damaged or concatenated file)")
     return entries, metadata
+
+
+def _check_entry(path: Path, key: str, info, data_size: int, file_size: int) -> Tuple[str, Tuple[int, ...]]:
+    def bad(why: str) -> CheckpointError:
+        shown = key if len(key) <= 80 else key[:77] + "..."
+        return CheckpointError(f"{path}: corrupt safetensors header entry for {shown!r}: {why}")
+
+    if not isinstance(info, dict):
+        raise bad("not a JSON object")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dtype not in _DTYPE_BYTES:
+        raise bad(f"unknown dtype {str(dtype)[:20]!r}")
+    if not isinstance(shape, list) or len(shape) > 16 or not all(type(d) is int and d >= 0 for d in shape):
+        raise bad("the shape must be a list of at most 16 non-negative integers")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]):
+        raise bad("data_offsets must be [begin, end] with 0 <= begin <= end")
+    if offsets[1] > data_size:
+        raise CheckpointError(f"{path}: truncated: the header describes {file_size - data_size + offsets[1]} bytes "
+                              f"but the file has {file_size} (an interrupted download? delete it and fetch it again)")
+    numel = 1
+    for d in shape:
+        numel *= d
+    if numel * _DTYPE_BYTES[dtype] != offsets[1] - offsets[0]:
+        raise bad(f"shape {shape if len(str(shape)) < 60 else str(shape)[:57] + '...'} of {dtype} needs "
+                  f"{numel * _DTYPE_BYTES[dtype]} bytes but data_offsets span {offsets[1] - offsets[0]}")
+    return dtype, tuple(shape)
+
+
+def load_safetensors(path: Union[str, Path], *, header=None) -> Dict[str, torch.Tensor]:
+    """All tensors of a .safetensors file (CPU), after :func:`read_safetensors_header` checked the
+    header (pass its result as ``header`` to skip a second parse). Raises :class:`CheckpointError`
+    for unreadable files and for floating-point tensors holding NaN/Inf (a corrupt or diverged
+    checkpoint would otherwise give NaN Gaussians)."""
+    from safetensors.torch import load_file
+
+    if header is None:
+        read_safetensors_header(path)
+    try:
+        state = load_file(str(path), device="cpu")
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: cannot read tensors ({reason}); the file may be corrupt") from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and v.numel() and not bool(torch.isfinite(v).all())]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise CheckpointError(f"{path}: {len(bad)} tensor(s) hold NaN/Inf values ({shown}): a corrupt or diverged "
+                              "checkpoint")
+    return state
 
 
 def _expected_shapes(config: LGMConfig) -> Dict[str, Tuple[int, ...]]:
@@ -273,12 +344,7 @@ def load_lgm(
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(path), device="cpu")
-    except Exception as exc:
-        raise CheckpointError(f"{path}: cannot read tensors ({exc}); the file may be corrupt") from exc
+    state = load_safetensors(path, header=(entries, metadata))
     with torch.device("meta"):
         model = LGM(config, rotation_mode=mode)
     model = model.to(dtype=dtype).to_empty(device=device)

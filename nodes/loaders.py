@@ -72,7 +72,7 @@ class LGMModelLoader(io.ComfyNode):
     def execute(cls, ckpt_name, precision, allow_download) -> io.NodeOutput:
         from lgm_core.weights import load_lgm
 
-        path = api.lgm_checkpoint_path(ckpt_name)
+        path = api.lgm_checkpoint_path(ckpt_name)  # contained in models/lgm, or UnsafePathError
         if path is None:
             if not allow_download or ckpt_name != LGM_OFFICIAL:
                 raise FileNotFoundError(
@@ -119,7 +119,7 @@ class LGMMultiViewLoader(io.ComfyNode):
     def execute(cls, model_name, precision, allow_download) -> io.NodeOutput:
         from lgm_core.mvdiffusion import MultiViewPipeline
 
-        path = api.diffusers_model_path(model_name)
+        path = api.diffusers_model_path(model_name)  # contained in models/diffusers, or UnsafePathError
         if path is None:
             repo = MV_REPOS.get(model_name)
             if not allow_download or repo is None:

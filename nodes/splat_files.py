@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from lgm_core.paths import split_annotated_name
+
 from . import comfy_api as api
 from .comfy_api import io
 from .types import CATEGORY, Splat, check_choice, first_error, gaussians_to_splat, splat_to_gaussians
@@ -50,8 +52,8 @@ class LGMSaveSplat(io.ComfyNode):
         writers = {"ply": save_ply, "splat": save_splat}
         records = []
         for i in range(gaussians.batch_size):
-            for ext in format.split("+"):
-                path, record = api.output_file_path(filename_prefix, ext)
+            exts = format.split("+")
+            for ext, (path, record) in zip(exts, api.output_file_paths(filename_prefix, exts)):  # one counter
                 writers[ext](gaussians, path, min_opacity=float(min_opacity), index=i)
                 records.append(record)
         first = records[0]
@@ -80,18 +82,30 @@ class LGMLoadSplat(io.ComfyNode):
     def execute(cls, ply_file) -> io.NodeOutput:
         from lgm_core.ply import load_ply
 
-        path = api.input_file_path(ply_file)
+        path = api.input_file_path(ply_file)  # contained in its folder, or UnsafePathError
         if not os.path.isfile(path):
             raise FileNotFoundError(f"splat file not found: {ply_file} (looked in the input folder)")
         return io.NodeOutput(gaussians_to_splat(load_ply(path)))
 
     @classmethod
     def fingerprint_inputs(cls, ply_file):
-        path = api.input_file_path(ply_file)
+        try:
+            path = api.input_file_path(ply_file)
+        except ValueError:  # validate_inputs reports it; never stat a path outside the folders
+            return ply_file
         return os.path.getmtime(path) if os.path.isfile(path) else ply_file
 
     @classmethod
     def validate_inputs(cls, ply_file):
-        if not ply_file.lower().endswith(SPLAT_EXTENSIONS):
+        if not isinstance(ply_file, str):
+            return f"ply_file must be a file name, got {type(ply_file).__name__}"
+        base = split_annotated_name(ply_file)[0]
+        if not base.lower().endswith(SPLAT_EXTENSIONS):
             return f"not a .ply file: {ply_file}"
+        try:
+            path = api.input_file_path(ply_file)
+        except ValueError as exc:
+            return f"ply_file: {exc}"
+        if not os.path.isfile(path):
+            return f"splat file not found: {ply_file} (looked in the {split_annotated_name(ply_file)[1]} folder)"
         return True

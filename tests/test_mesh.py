@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -182,8 +183,9 @@ def test_export_glb_roundtrip(tmp_path, sphere_mesh):
 
 def test_export_obj_roundtrip(tmp_path, sphere_mesh):
     path = sphere_mesh.export(tmp_path / "m.obj")
-    assert sorted(os.listdir(tmp_path)) == ["m.mtl", "m.obj", "m.png"]
-    assert "map_Kd m.png" in (tmp_path / "m.mtl").read_text()
+    names = sorted(os.listdir(tmp_path))  # the texture name is versioned: m.<content hash>.png
+    assert len(names) == 3 and names[1:] == ["m.mtl", "m.obj"] and re.fullmatch(r"m\.[0-9a-f]{12}\.png", names[0])
+    assert f"map_Kd {names[0]}" in (tmp_path / "m.mtl").read_text()
     loaded = Mesh.load(path)
     assert loaded.num_faces == sphere_mesh.num_faces
     assert loaded.texture is not None

@@ -65,8 +65,11 @@ def main(argv: Optional[List[str]] = None, prog: str = "lgm") -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
+    except (CLIError, FileNotFoundError, ValueError, RuntimeError, OSError, MemoryError) as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, MemoryError):
+            message = f"out of memory ({message}): use smaller inputs or settings"
+        print(f"error: {message}", file=sys.stderr)
         return 2

@@ -99,8 +99,14 @@ def _generate(args, prompt: str, image, negative: str) -> int:
 
     from ..mvdiffusion import MultiViewPipeline
 
+    import math
+
     if args.steps < 1:
         raise CLIError("--steps must be >= 1")
+    if not math.isfinite(args.elevation) or not math.isfinite(args.guidance):
+        raise CLIError("--elevation and --guidance must be finite numbers")
+    if not (math.isfinite(args.min_opacity) and 0 <= args.min_opacity <= 1):
+        raise CLIError(f"--min-opacity must be in [0, 1], got {args.min_opacity}")
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     frames = device_default(device, TURNTABLE_FRAMES["cuda"], TURNTABLE_FRAMES["cpu"]) \

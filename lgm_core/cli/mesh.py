@@ -45,7 +45,16 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..gaussians import Gaussians
     from ..mesh import extract_mesh
+    from ..mesh.extract import check_arguments
 
+    try:  # before the (possibly slow) load, in the flags' own words
+        check_arguments(args.resolution, args.target_faces, args.texture_size, args.level, args.min_opacity,
+                        args.keep_components)
+    except ValueError as exc:
+        flag = {"resolution": "--resolution", "target_faces": "--target-faces", "texture_size": "--texture-size",
+                "level": "--level", "min_opacity": "--min-opacity", "component_ratio": "--keep-components"}
+        name = str(exc).split(" ", 1)[0]
+        raise CLIError(f"{flag.get(name, name)}{str(exc)[len(name):]}") from None
     src = Path(args.input)
     if not src.is_file():
         raise FileNotFoundError(f"no such file: {src}")

@@ -21,7 +21,7 @@ def register(sub) -> None:
         formatter_class=HelpFormatter,
     )
     p.add_argument("images", nargs="+", help="4 view images, or 1 grid image with the 4 views in a 2x2 layout")
-    p.add_argument("-o", "--output", required=True, help="output .ply path")
+    p.add_argument("-o", "--output", required=True, help="output .ply path (or .splat for web viewers)")
     p.add_argument("--weights", default=None,
                    help="LGM checkpoint: .safetensors file, folder, or hub repo id (default: ashawkey/LGM, "
                         "model_fp16_fixrot.safetensors, downloaded on first use)")
@@ -41,6 +41,7 @@ def load_views(paths):
     import torch.nn.functional as F
 
     from ..image_io import load_image
+    from ..models.lgm import MIN_VIEW_SIZE
     from ..preprocess import composite, split_grid, views_to_lgm
 
     if len(paths) == 1:
@@ -50,6 +51,9 @@ def load_views(paths):
     else:
         raise CLIError(f"give exactly 4 view images or 1 grid image, got {len(paths)}")
     size = views[0].shape[0]
+    if size < MIN_VIEW_SIZE:
+        raise CLIError(f"views of {views[0].shape[1]}x{size} pixels are too small (at least {MIN_VIEW_SIZE}x"
+                       f"{MIN_VIEW_SIZE}; LGM works at 256x256)")
     rgb = []
     for i, im in enumerate(views):
         if im.shape[0] != im.shape[1]:
@@ -63,10 +67,24 @@ def load_views(paths):
     return views_to_lgm(torch.stack(rgb))
 
 
+def check_output(args) -> None:
+    """Flags that must be right before anything slow happens (one-line errors)."""
+    import math
+    from pathlib import Path
+
+    if Path(args.output).suffix.lower() not in (".ply", ".splat"):
+        raise CLIError(f"-o must end in .ply (or .splat), got {Path(args.output).name!r}")
+    if not math.isfinite(args.elevation):
+        raise CLIError(f"--elevation must be a finite angle in degrees, got {args.elevation}")
+    if not (math.isfinite(args.min_opacity) and 0 <= args.min_opacity <= 1):
+        raise CLIError(f"--min-opacity must be in [0, 1], got {args.min_opacity}")
+
+
 def run(args) -> int:
     from ..hub import HubUnavailable
     from ..weights import load_lgm, resolve_checkpoint
 
+    check_output(args)
     device = resolve_device(args.device)
     views = load_views(args.images)
     dtype = resolve_dtype(args.dtype, device)
@@ -82,6 +100,11 @@ def run(args) -> int:
     t1 = time.perf_counter()
     gaussians = model.reconstruct(views, elevation=args.elevation)
     progress(f"reconstructed {gaussians.num_gaussians} Gaussians in {time.perf_counter() - t1:.2f} s")
-    gaussians.save_ply(args.output, min_opacity=args.min_opacity)
+    if args.output.lower().endswith(".splat"):
+        from ..splat_formats import save_splat
+
+        save_splat(gaussians, args.output, min_opacity=args.min_opacity)
+    else:
+        gaussians.save_ply(args.output, min_opacity=args.min_opacity)
     progress(f"wrote {args.output}")
     return 0

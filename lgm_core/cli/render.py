@@ -74,6 +74,7 @@ def run(args) -> int:
         raise CLIError(f"input not found: {src}")
     if args.size < 8 or args.size > 8192:
         raise CLIError(f"--size must be in [8, 8192], got {args.size}")
+    _check_numbers(args)
     out = Path(args.output)
     background = parse_background(args.background)
     if args.turntable is not None:
@@ -117,6 +118,29 @@ def run(args) -> int:
         print(path)
     progress(f"wrote {len(paths)} image(s) ({res.backend})")
     return 0
+
+
+def _check_numbers(args) -> None:
+    """One-line errors for camera/video flags that would give meaningless or NaN renders."""
+    import math
+
+    def finite(x) -> bool:
+        return math.isfinite(float(x))
+
+    if not (finite(args.radius) and args.radius > 0):
+        raise CLIError(f"--radius must be a positive distance, got {args.radius}")
+    if not (finite(args.fovy) and 0 < args.fovy < 180):
+        raise CLIError(f"--fovy must be in (0, 180) degrees, got {args.fovy}")
+    if not finite(args.elevation):
+        raise CLIError(f"--elevation must be a finite angle in degrees, got {args.elevation}")
+    if not (finite(args.fps) and args.fps > 0):
+        raise CLIError(f"--fps must be positive, got {args.fps}")
+    if not (finite(args.scale_modifier) and args.scale_modifier > 0):
+        raise CLIError(f"--scale-modifier must be positive, got {args.scale_modifier}")
+    if args.views is not None and not all(finite(a) for a in args.views):
+        raise CLIError(f"--views must be finite azimuths in degrees, got {args.views}")
+    if args.turntable is not None and args.turntable > 100_000:
+        raise CLIError(f"--turntable must be at most 100000 frames, got {args.turntable}")
 
 
 def _still_paths(out: Path, azimuths, default_ext: str) -> list:

@@ -3,6 +3,11 @@
 Pipeline (PyTorch on CUDA when present, else CPU; NumPy/SciPy/scikit-image/fast-simplification/
 xatlas on the CPU):
 
+0. bound the object: Gaussians whose centre lies outside fences around the centres (the
+   opacity-weighted quartiles, widened by 6 times the largest inter-quartile range: twice
+   Tukey's far-out fence, so only far strays are cut), and
+   Gaussians wider than the whole allowed box, are ignored with a warning that counts them, so a
+   few stray Gaussians cannot stretch the grid (and collapse the object into a few voxels);
 1. splat the Gaussians' opacity density, colour and centre fields into a voxel grid
    (:mod:`lgm_core.mesh.field`);
 2. mark voxels with density > ``level`` as occupied, flood-fill the outside from the grid border and
@@ -18,18 +23,29 @@ xatlas on the CPU):
 
 from __future__ import annotations
 
+import logging
+import math
+import numbers
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import torch
 
-from ..gaussians import Gaussians
-from .field import VoxelGrid, splat_fields
+from ..gaussians import Gaussians, check_finite
+from .field import VoxelGrid, gaussian_frames, splat_fields
 from .raster import rasterize
 from .types import Mesh, vertex_normals
 
 ProgressFn = Callable[[str, float], None]
+
+log = logging.getLogger("lgm_core")
+
+MAX_RESOLUTION = 1024
+MAX_TEXTURE_SIZE = 16384
+OUTLIER_FENCE = 6.0
+"""Centres more than this many inter-quartile ranges (the largest over the axes) outside the
+opacity-weighted quartiles of the centres are strays (twice Tukey's far-out fence)."""
 
 
 def _resolve_device(device, g: Gaussians) -> torch.device:
@@ -68,7 +84,9 @@ def extract_mesh(
     i.e. turn Gaussians in the y-down 3DGS/COLMAP convention into glTF's y-up frame (LGM's own
     frame is already y-up with the front on +z, as glTF wants, so leave it off for LGM output).
     The mesh is in the Gaussians' frame, faces wind counter-clockwise seen from outside.
-    Raises ValueError for empty or degenerate input.
+    Stray Gaussians far from the object are ignored (step 0 of the module docstring; the count is
+    logged and passed to ``progress``). Raises ValueError for bad arguments, NaN/Inf Gaussians
+    (docs/robustness.md), and empty or degenerate input.
     """
     t0 = time.perf_counter()
 
@@ -81,14 +99,10 @@ def extract_mesh(
     if gaussians.batch_size != 1:
         raise ValueError(f"extract_mesh takes one object (batch size 1), got a batch of "
                          f"{gaussians.batch_size}: pass gaussians[i]")
-    if resolution < 16:
-        raise ValueError(f"resolution must be at least 16, got {resolution}")
-    if target_faces < 4:
-        raise ValueError(f"target_faces must be at least 4, got {target_faces}")
+    check_arguments(resolution, target_faces, texture_size, level, min_opacity, component_ratio)
     dev = _resolve_device(device, gaussians)
-    g = gaussians.to(dev).float()
+    g = check_finite(gaussians.to(dev).float(), "extract_mesh")
     keep = g.valid_mask() & (g.opacities[..., 0] >= min_opacity)
-    keep &= torch.isfinite(g.positions).all(-1) & torch.isfinite(g.scales).all(-1)
     n_vis = int(keep.sum())
     if n_vis == 0:
         raise ValueError("no visible Gaussians: every Gaussian is transparent (opacity < "
@@ -96,6 +110,18 @@ def extract_mesh(
     if n_vis < 4:
         raise ValueError(f"only {n_vis} visible Gaussian(s): too few to define a surface")
     g = g.select(keep)
+
+    # 0. bound the object
+    inside = _within_object(g)
+    n_out = int((~inside).sum())
+    if n_out:
+        message = (f"ignored {n_out} of {n_vis} visible Gaussians far outside the object (strays beyond "
+                   f"{OUTLIER_FENCE:g} inter-quartile ranges of the centres, or wider than that box)")
+        log.warning("extract_mesh: %s", message)
+        report(message, 0.0)
+        if n_vis - n_out < 4:
+            raise ValueError(f"only {n_vis - n_out} Gaussian(s) left after ignoring strays: too few to define a surface")
+        g = g.select(inside)
 
     # 1. fields
     report("splatting Gaussians into the voxel grid", 0.0)
@@ -137,6 +163,8 @@ def extract_mesh(
     colors = _field_color(grid, v)
     mesh_v, mesh_f, mesh_n, mesh_c = v, f, nrm, colors
     uvs = tex = None
+    if not bool(torch.isfinite(v).all()):  # never hand xatlas a broken mesh (it asserts or hangs)
+        raise ValueError("the extracted surface has non-finite vertices (degenerate input)")
     if texture:
         report("UV unwrapping (xatlas)", 0.65)
         vmap, f_uv, uvs = _unwrap(v.cpu().numpy(), f.cpu().numpy(), texture_size)
@@ -155,6 +183,56 @@ def extract_mesh(
 
 
 # ---------------------------------------------------------------------------------- stages
+def check_arguments(resolution=256, target_faces=50_000, texture_size=1024, level=0.7, min_opacity=0.005,
+                    component_ratio=None) -> None:
+    """Raise ValueError (one line, naming the argument) for :func:`extract_mesh` arguments out of range."""
+    def number(x) -> bool:
+        return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+    def integer(x) -> bool:
+        return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+    if not (integer(resolution) and 16 <= resolution <= MAX_RESOLUTION):
+        raise ValueError(f"resolution must be an integer in [16, {MAX_RESOLUTION}], got {resolution}")
+    if not (integer(target_faces) and target_faces >= 4):
+        raise ValueError(f"target_faces must be an integer >= 4, got {target_faces}")
+    if not (integer(texture_size) and 16 <= texture_size <= MAX_TEXTURE_SIZE):
+        raise ValueError(f"texture_size must be an integer in [16, {MAX_TEXTURE_SIZE}] pixels, got {texture_size}")
+    if not (number(level) and level > 0):
+        raise ValueError(f"level must be a positive number (1 = peak of one opaque Gaussian), got {level}")
+    if not (number(min_opacity) and 0.0 <= min_opacity <= 1.0):
+        raise ValueError(f"min_opacity must be in [0, 1], got {min_opacity}")
+    if component_ratio is not None and not (number(component_ratio) and 0.0 <= component_ratio <= 1.0):
+        raise ValueError(f"component_ratio must be None or in [0, 1], got {component_ratio}")
+
+
+def _weighted_quantiles(x: torch.Tensor, w: torch.Tensor, q: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-column weighted quantiles (q, 1 - q) of ``x`` [N, D] with weights ``w`` [N]."""
+    xs, idx = x.sort(dim=0)
+    cw = w[idx].cumsum(0)  # [N, D]
+    total = cw[-1:].clamp_min(1e-30)
+    lo_i = torch.searchsorted((cw / total).T.contiguous(), torch.full((x.shape[1], 1), q, device=x.device))
+    hi_i = torch.searchsorted((cw / total).T.contiguous(), torch.full((x.shape[1], 1), 1 - q, device=x.device))
+    n = x.shape[0] - 1
+    cols = torch.arange(x.shape[1], device=x.device)
+    return xs[lo_i[:, 0].clamp(0, n), cols], xs[hi_i[:, 0].clamp(0, n), cols]
+
+
+def _within_object(g: Gaussians) -> torch.Tensor:
+    """[N] bool: Gaussians of item 0 that belong to the object (step 0 of the module docstring)."""
+    pos = g.positions[0].float()
+    w = g.opacities[0, :, 0].float().clamp_min(0)
+    if not bool(w.sum() > 0):
+        w = torch.ones_like(w)
+    _, sigma_max = gaussian_frames(g)
+    lo, hi = _weighted_quantiles(pos, w, 0.25)
+    margin = OUTLIER_FENCE * float((hi - lo).max()) + 3.0 * float(sigma_max.median())
+    lo, hi = lo - margin, hi + margin
+    inside = ((pos >= lo) & (pos <= hi)).all(-1)
+    return inside & (3.0 * sigma_max <= float((hi - lo).max()))
+
+
+
 def _filled_volume(density: torch.Tensor, occupied: torch.Tensor, level: float, fill: bool) -> np.ndarray:
     vol = density.cpu().numpy().astype(np.float32, copy=True)
     # one voxel of guaranteed-empty border so every surface closes

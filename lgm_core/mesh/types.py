@@ -15,15 +15,18 @@ field               shape         meaning
 ==================  ============  ==========================================================
 
 All tensors live on the CPU. Files are written atomically (a temporary file in the same
-folder renamed over the target). The LGM frame (+y up, front on +z) is already glTF's, so
+folder renamed over the target); a textured OBJ is published as a set (see :meth:`Mesh.export`).
+A mesh with NaN/Inf values is refused by :meth:`Mesh.export` (docs/robustness.md). The LGM frame (+y up, front on +z) is already glTF's, so
 .glb files need no axis change; :meth:`Mesh.flip_yz` turns a y-down (3DGS/COLMAP) mesh upright.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import io
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -31,7 +34,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_paths, atomic_write_bytes
 
 PathLike = Union[str, os.PathLike]
 
@@ -189,13 +192,19 @@ class Mesh:
         """Write the mesh; the format follows the extension:
 
         - ``.glb``: binary glTF with an embedded PNG base-colour texture (or vertex colours);
-        - ``.obj``: Wavefront OBJ, plus ``<stem>.mtl`` and ``<stem>.png`` when textured
-          (vertex colours go into ``v x y z r g b`` lines otherwise);
+        - ``.obj``: Wavefront OBJ, plus ``<stem>.mtl`` and ``<stem>.<hash>.png`` when textured
+          (vertex colours go into ``v x y z r g b`` lines otherwise). The three files are one set:
+          all are written completely before any is renamed into place (png, mtl, then the obj,
+          under a folder lock against concurrent writers); the texture name and the material name
+          carry a hash of the set's content, so an .obj never silently pairs with another
+          export's texture, and the texture the new set replaces is deleted;
         - ``.ply``: binary PLY with vertex colours (a texture is not stored; bake vertex colours).
 
-        ``flip_yz`` applies :meth:`flip_yz` first. Every file is written atomically.
+        ``flip_yz`` applies :meth:`flip_yz` first. Every file is written atomically. Raises
+        ``ValueError`` for a mesh with NaN/Inf values (nothing is written).
         """
         path = Path(path)
+        self.check_finite(path)
         mesh = self.flip_yz() if flip_yz else self
         if mesh.normals is None:
             mesh = mesh.compute_normals()
@@ -214,6 +223,15 @@ class Mesh:
         else:
             raise ValueError(f"unsupported mesh format {ext!r}: use .glb, .obj or .ply")
         return path
+
+    def check_finite(self, name: PathLike = "mesh") -> "Mesh":
+        """Raise ``ValueError`` naming ``name`` when any field holds NaN/Inf (the mesh otherwise)."""
+        bad = [f"{k} {int((~torch.isfinite(t)).any(-1).sum()) if t.dim() == 2 else int((~torch.isfinite(t)).sum())}"
+               for k in ("vertices", "uvs", "vertex_colors", "normals", "texture")
+               if (t := getattr(self, k)) is not None and not bool(torch.isfinite(t).all())]
+        if bad:
+            raise ValueError(f"{name}: the mesh has NaN/Inf values ({', '.join(bad)}); refusing to write it")
+        return self
 
     @classmethod
     def load(cls, path: PathLike) -> "Mesh":
@@ -238,11 +256,14 @@ class Mesh:
     def _write_obj(self, path: Path) -> None:
         from PIL import Image
 
-        lines = ["# written by lgm_core"]
         stem = path.stem
         textured = self.texture is not None
+        png = b""
         if textured:
-            lines.append(f"mtllib {stem}.mtl")
+            buf = io.BytesIO()
+            Image.fromarray(_to_uint8(self.texture)).save(buf, format="PNG")
+            png = buf.getvalue()
+        lines = []
         v = self.vertices.numpy()
         if self.vertex_colors is not None and not textured:
             c = self.vertex_colors[:, :3].numpy()
@@ -252,21 +273,34 @@ class Mesh:
         if textured:
             lines += [f"vt {a:.6f} {b:.6f}" for a, b in self.uvs.numpy()]
         lines += [f"vn {a:.5f} {b:.5f} {d:.5f}" for a, b, d in self.normals.numpy()]
-        if textured:
-            lines.append("usemtl material0")
         f = self.faces.numpy() + 1
         if textured:
             lines += [f"f {a}/{a}/{a} {b}/{b}/{b} {c}/{c}/{c}" for a, b, c in f]
         else:
             lines += [f"f {a}//{a} {b}//{b} {c}//{c}" for a, b, c in f]
-        if textured:
-            buf = io.BytesIO()
-            Image.fromarray(_to_uint8(self.texture)).save(buf, format="PNG")
-            atomic_write_bytes(path.with_suffix(".png"), buf.getvalue())
-            mtl = ("# written by lgm_core\nnewmtl material0\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\n"
-                   f"map_Kd {stem}.png\n")
-            atomic_write_bytes(path.with_suffix(".mtl"), mtl.encode())
-        atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+        body = "\n".join(lines) + "\n"
+        if not textured:
+            atomic_write_bytes(path, ("# written by lgm_core\n" + body).encode())
+            return
+        import hashlib
+
+        tag = hashlib.sha256(body.encode() + png).hexdigest()[:12]
+        material, texture_name = f"material_{tag}", f"{stem}.{tag}.png"
+        obj = f"# written by lgm_core\nmtllib {stem}.mtl\nusemtl {material}\n" + body
+        mtl = (f"# written by lgm_core\nnewmtl {material}\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\n"
+               f"map_Kd {texture_name}\n")
+        targets = [path.with_name(texture_name), path.with_suffix(".mtl"), path]
+        superseded = re.compile(re.escape(stem) + r"\.[0-9a-f]{12}\.png")
+
+        def drop_superseded():  # runs under the folder lock, after the new set is in place
+            for old in path.parent.glob(f"{glob.escape(stem)}.*.png"):
+                if superseded.fullmatch(old.name) and old.name != texture_name:
+                    old.unlink(missing_ok=True)
+
+        with atomic_paths(targets, after_publish=drop_superseded) as (tmp_png, tmp_mtl, tmp_obj):
+            tmp_png.write_bytes(png)
+            tmp_mtl.write_bytes(mtl.encode())
+            tmp_obj.write_bytes(obj.encode())
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -19,6 +19,8 @@ from .unet import NUM_VIEWS, MVUNet, set_attention_backend
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MIN_VIEW_SIZE = 32
+"""Smaller views carry no usable detail (they are upscaled to 256 x 256): reconstruct refuses them."""
 
 ROTATION_MODES = ("per_gaussian", "legacy")
 """``per_gaussian``: each quaternion divided by its own norm ("fixrot" checkpoints, default).
@@ -293,6 +295,8 @@ class LGM(nn.Module):
         if cameras is None:
             cameras = default_input_cameras(elevation, self.config.cam_radius)
         cameras = torch.as_tensor(cameras, dtype=torch.float32)
+        if not bool(torch.isfinite(cameras).all()):
+            raise ValueError("the camera poses contain NaN/Inf values")
         if cameras.shape == (NUM_VIEWS, 4, 4):
             rays = self.rays(cameras)[None].expand(b, -1, -1, -1, -1)
         elif cameras.shape == (b, NUM_VIEWS, 4, 4):
@@ -346,4 +350,9 @@ def _check_views(images: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"views must be square, got {images.shape[-2]}x{images.shape[-1]}")
     if not images.is_floating_point():
         raise ValueError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
+    if images.shape[-1] < MIN_VIEW_SIZE:
+        raise ValueError(f"views of {images.shape[-1]}x{images.shape[-2]} pixels are too small to reconstruct from "
+                         f"(at least {MIN_VIEW_SIZE}x{MIN_VIEW_SIZE}; LGM works at 256x256)")
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError("the views contain NaN/Inf pixel values")
     return images

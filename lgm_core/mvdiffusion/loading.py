@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Dict, Optional, Union
 
 import torch
-from safetensors.torch import load_file
+
+from ..paths import UnsafePathError, contained_path
+from ..weights import load_safetensors as load_file
 
 __all__ = ["resolve_source", "read_model_index", "load_component_state_dict", "load_unet",
            "load_vae", "load_clip_text", "load_clip_vision", "load_tokenizer", "load_scheduler",
@@ -95,10 +97,16 @@ def load_component_state_dict(folder: Path, stem: str) -> Dict[str, torch.Tensor
             return load_file(str(single))
         index = folder / f"{stem}{variant}.safetensors.index.json"
         if index.is_file():
-            shards = sorted(set(_read_json(index)["weight_map"].values()))
+            weight_map = _read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise ComponentError(f"{index}: 'weight_map' must map tensor names to shard file names")
             state: Dict[str, torch.Tensor] = {}
-            for shard in shards:
-                state.update(load_file(str(folder / shard)))
+            for shard in sorted(set(weight_map.values())):
+                try:  # shard names come from the folder's json: never leave the folder
+                    shard_path = contained_path(folder, shard, must_exist=True)
+                except UnsafePathError as exc:
+                    raise ComponentError(f"{index}: {exc}") from None
+                state.update(load_file(shard_path))
             return state
     others = sorted(p.name for p in folder.glob(f"{stem}*")) if folder.is_dir() else []
     hint = f" (found {others}; only .safetensors weights are loaded)" if others else ""

@@ -19,11 +19,15 @@ Output (:class:`RenderResult`, float32, on the Gaussians' device), B batch items
   viewing axis; 0 where alpha is 0). The original's unnormalised depth is ``depth * alpha``.
 
 Row 0 of an image is its top; column 0 its left (the camera's +x is to the right, +y up).
+
+Gaussians with NaN/Inf values are rejected with :class:`~lgm_core.gaussians.InvalidGaussiansError`
+before anything is drawn (docs/robustness.md); cameras and backgrounds must be finite too.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -31,7 +35,7 @@ from typing import Optional
 import torch
 
 from ..cameras import Cameras
-from ..gaussians import Gaussians
+from ..gaussians import Gaussians, check_finite
 from . import gsplat_backend, torch_backend
 from ..gaussians import SH_C0
 from .common import BackgroundLike, camera_matrices, covariance_3d, prepare_gaussians, project, psnr
@@ -105,8 +109,9 @@ def render(
         raise TypeError(f"gaussians must be a Gaussians instance, got {type(gaussians).__name__}")
     if not isinstance(cameras, Cameras):
         raise TypeError(f"cameras must be a Cameras instance, got {type(cameras).__name__}")
-    if not float(scale_modifier) > 0:
-        raise ValueError(f"scale_modifier must be positive, got {scale_modifier}")
+    if not (math.isfinite(float(scale_modifier)) and float(scale_modifier) > 0):
+        raise ValueError(f"scale_modifier must be a positive number, got {scale_modifier}")
+    check_finite(gaussians, "render")  # the NaN policy (docs/robustness.md): never a NaN pixel
     device = gaussians.device
     out_dev = device if out_device is None else torch.device(out_device)
     B, N = gaussians.batch_size, gaussians.num_gaussians

@@ -86,6 +86,8 @@ def camera_matrices(cameras: Cameras, device, background=None, batch: int = 1) -
     device-side matrix inverse and no extra synchronisation is needed.
     """
     c2w = cameras.c2w.detach().to("cpu", torch.float64).numpy()
+    if not np.isfinite(c2w).all():
+        raise ValueError("camera poses (c2w) contain NaN/Inf values")
     V = c2w.shape[0]
     R = c2w[:, :3, :3] * np.array([1.0, -1.0, -1.0])  # OpenGL -> OpenCV camera axes (columns)
     Rt = R.transpose(0, 2, 1)
@@ -114,6 +116,8 @@ def _background_np(background, batch: int, views: int) -> np.ndarray:
         bg = np.broadcast_to(bg, (3,))
     if bg.shape[-1] != 3:
         raise ValueError(f"background must have 3 channels (RGB), got shape {list(bg.shape)}")
+    if not np.isfinite(bg).all():
+        raise ValueError("background colour must be finite (RGB in [0, 1]), got NaN/Inf")
     try:
         return np.broadcast_to(bg, (batch, views, 3))
     except ValueError as exc:
