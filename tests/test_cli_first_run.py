@@ -113,7 +113,7 @@ def test_missing_models_offline_end_in_one_line_quickly(tmp_path):
     seconds (HF_HUB_OFFLINE=1, and an endpoint that refuses connections), never the hub's retry loop."""
     from lgm_core.video import write_image
 
-    image = write_image(torch.rand(32, 32, 3), tmp_path / "photo.png")
+    image = write_image(torch.rand(64, 64, 3), tmp_path / "photo.png")  # a 2x2 grid of 32x32 views for reconstruct
     offline = {"HF_HUB_OFFLINE": "1"}
     refused = {"HF_ENDPOINT": "http://127.0.0.1:9"}
     cases = [
