@@ -115,7 +115,7 @@ def reader_table():
     from lgm_core.image_io import load_image
     from lgm_core.ply import PlyError, load_ply
 
-    sane = sanity_checks()
+    from fuzz_corpus import SANITY_CHECKS as sane  # torch-only checks: they run against any checkout
 
     def read_weights(path):
         w.read_safetensors_header(path)
@@ -133,32 +133,6 @@ def reader_table():
                                                               sane["splat"]),
             "safetensors": (read_weights, w.CheckpointError, sane["safetensors"]),
             "image": (load_image, ValueError, sane["image"])}
-
-
-def sanity_checks():
-    """The sanity checks of tests/fuzz_corpus.readers, without names the baseline lacks."""
-    import torch
-
-    def sane_gaussians(g):
-        for name in ("positions", "scales", "rotations", "opacities", "sh"):
-            if not bool(torch.isfinite(getattr(g, name)).all()):
-                return f"{name} hold NaN/Inf"
-        if not bool(((g.opacities >= 0) & (g.opacities <= 1)).all()):
-            return "opacity outside [0, 1]"
-        if not bool((g.scales >= 0).all()):
-            return "negative scales"
-        return None
-
-    def sane_state(state):
-        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-        return f"NaN tensors {bad}" if bad else None
-
-    def sane_image(t):
-        if not bool(torch.isfinite(t).all()) or float(t.min()) < 0 or float(t.max()) > 1:
-            return "pixels outside [0, 1]"
-        return None
-
-    return {"ply": sane_gaussians, "splat": sane_gaussians, "safetensors": sane_state, "image": sane_image}
 
 
 def category_readers(res: Results, repo: Path, work: Path) -> None:

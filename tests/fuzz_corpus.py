@@ -446,33 +446,47 @@ def _alarm(_signum, _frame):
     raise _Timeout()
 
 
-def readers():
-    """kind -> (read function, the reader's error class, sanity check of a loaded result)."""
+def sane_gaussians(g) -> Optional[str]:
+    """Why loaded Gaussians are garbage (non-finite fields, opacity outside [0, 1], negative scales), or None."""
     import torch
 
+    for name in ("positions", "scales", "rotations", "opacities", "sh"):
+        if not bool(torch.isfinite(getattr(g, name)).all()):
+            return f"{name} hold NaN/Inf"
+    if not bool(((g.opacities >= 0) & (g.opacities <= 1)).all()):
+        return "opacity outside [0, 1]"
+    if not bool((g.scales >= 0).all()):
+        return "negative scales"
+    return None
+
+
+def sane_state(state) -> Optional[str]:
+    """Why a loaded state dict is garbage (non-finite floating tensors), or None."""
+    import torch
+
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    return f"NaN tensors {bad}" if bad else None
+
+
+def sane_image(t) -> Optional[str]:
+    """Why a decoded image is garbage (pixels non-finite or outside [0, 1]), or None."""
+    import torch
+
+    if not bool(torch.isfinite(t).all()) or float(t.min()) < 0 or float(t.max()) > 1:
+        return "pixels outside [0, 1]"
+    return None
+
+
+SANITY_CHECKS = {"ply": sane_gaussians, "splat": sane_gaussians, "safetensors": sane_state, "image": sane_image}
+"""kind -> sanity check of a loaded result (None = plausible); uses torch only, so any checkout can run it."""
+
+
+def readers():
+    """kind -> (read function, the reader's error class, sanity check of a loaded result)."""
     from lgm_core.image_io import load_image
     from lgm_core.ply import PlyError, load_ply
     from lgm_core.splat_formats import SplatError, load_splat
     from lgm_core.weights import CheckpointError, load_safetensors, read_safetensors_header
-
-    def sane_gaussians(g) -> Optional[str]:
-        for name in ("positions", "scales", "rotations", "opacities", "sh"):
-            if not bool(torch.isfinite(getattr(g, name)).all()):
-                return f"{name} hold NaN/Inf"
-        if not bool(((g.opacities >= 0) & (g.opacities <= 1)).all()):
-            return "opacity outside [0, 1]"
-        if not bool((g.scales >= 0).all()):
-            return "negative scales"
-        return None
-
-    def sane_state(state) -> Optional[str]:
-        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-        return f"NaN tensors {bad}" if bad else None
-
-    def sane_image(t) -> Optional[str]:
-        if not bool(torch.isfinite(t).all()) or float(t.min()) < 0 or float(t.max()) > 1:
-            return "pixels outside [0, 1]"
-        return None
 
     def read_weights(path):
         header = read_safetensors_header(path)
