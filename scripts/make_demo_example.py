@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -18,7 +18,8 @@ sys.path.insert(0, str(REPO))
 def main(argv=None) -> int:
     from lgm_core.cameras import Cameras
     from lgm_core.demo import EXAMPLE_DIR, VIEW_FILES
-    from lgm_core.training.prepare import _save_png, load_render_mesh, normalize_mesh, render_mesh_views
+    from lgm_core.training.prepare import load_render_mesh, normalize_mesh, render_mesh_views
+    from lgm_core.video import write_image
 
     argv = sys.argv[1:] if argv is None else argv
     object_id = argv[0] if argv else "Scopia_armchair1"
@@ -28,7 +29,7 @@ def main(argv=None) -> int:
     rgb, alpha = render_mesh_views(mesh, Cameras.orbit(0.0, [0.0, 90.0, 180.0, 270.0], size=256), supersample=2)
     EXAMPLE_DIR.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(VIEW_FILES):
-        _save_png(EXAMPLE_DIR / name, rgb[i].numpy(), alpha[i].numpy())
+        write_image(torch.cat([rgb[i], alpha[i, ..., None]], -1), EXAMPLE_DIR / name)
     (EXAMPLE_DIR / "LICENSE.txt").write_text(
         f"The four views in this folder are renders (by scripts/make_demo_example.py) of the 3D model\n"
         f"\"{entry['name']}\" by {entry['author']}, from the Sweet Home 3D furniture catalogue {entry['catalogue']}\n"

@@ -12,7 +12,7 @@ evaluated views) with their mean colour (alpha-weighted) over white; it tells ho
 white background gives away for free.
 
 PSNR is the mean over images of 10·log10(1/MSE) (RGB in [0, 1]); SSIM is the Gaussian-window SSIM of
-Wang et al. (σ 1.5, scikit-image) averaged over images.
+Wang et al. (σ 1.5) averaged over images; both from :mod:`.metrics`, as the trainer's validation.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ..cameras import Cameras, canonicalize_cameras
 from . import layout
+from .metrics import psnr, ssim
 
 
 @dataclass
@@ -73,20 +74,6 @@ def input_view_ids(ring: int, k: int = 0) -> List[int]:
     return [(k + i * q) % ring for i in range(4)]
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
-    """SSIM of two [3, H, W] images in [0, 1]."""
-    from skimage.metrics import structural_similarity
-
-    return float(structural_similarity(a.permute(1, 2, 0).numpy(), b.permute(1, 2, 0).numpy(), channel_axis=2,
-                                       data_range=1.0, gaussian_weights=True, sigma=1.5,
-                                       use_sample_covariance=False))
-
-
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(torch.mean((a.double() - b.double()) ** 2))
-    return 99.0 if mse <= 1e-10 else 10.0 * math.log10(1.0 / mse)
-
-
 def evaluate_objects(
     model,
     dataset: Path,
@@ -123,8 +110,8 @@ def evaluate_objects(
                 el = obj.views[v].elevation if v < len(obj.views) else float("nan")
                 group = f"elevation {round(el):+d}" if math.isfinite(el) else "other"
             scores.group.append(group)
-            scores.psnr.append(_psnr(pred[i].clamp(0, 1), gt))
-            scores.ssim.append(ssim(pred[i].clamp(0, 1), gt))
+            scores.psnr.append(float(psnr(pred[i].clamp(0, 1), gt)))
+            scores.ssim.append(float(ssim(pred[i].clamp(0, 1), gt)))
         results.append(scores)
         if progress:
             novel = [p for p, g in zip(scores.psnr, scores.group) if g != "inputs"]
@@ -161,8 +148,8 @@ def add_baseline(dataset: Path, objects: Sequence[layout.ObjectEntry], results: 
                 res.baseline_ssim.append(float("nan"))
                 continue
             gt = cache[(obj.id, v)]
-            res.baseline_psnr.append(_psnr(blob, gt))
-            res.baseline_ssim.append(ssim(blob, gt))
+            res.baseline_psnr.append(float(psnr(blob, gt)))
+            res.baseline_ssim.append(float(ssim(blob, gt)))
 
 
 def summarize(results: Sequence[ObjectScores]) -> List[GroupSummary]:

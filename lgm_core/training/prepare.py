@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from ..cameras import LGM_FOVY, LGM_RADIUS, Cameras, orbit_cameras
+from ..video import write_image
 from . import layout
 
 log = logging.getLogger("lgm_core.training.prepare")
@@ -354,13 +355,6 @@ def unique_ids(sources: Sequence[SourceMesh]) -> List[SourceMesh]:
     return out
 
 
-def _save_png(path: Path, rgb: np.ndarray, alpha: np.ndarray) -> None:
-    from PIL import Image
-
-    rgba = np.concatenate([rgb, alpha[..., None]], -1)
-    Image.fromarray((rgba * 255.0 + 0.5).clip(0, 255).astype(np.uint8), "RGBA").save(path, compress_level=6)
-
-
 def _complete(obj_dir: Path, n: int) -> bool:
     return all(layout.rgb_path(obj_dir, i).is_file() and layout.pose_path(obj_dir, i).is_file() for i in range(n))
 
@@ -418,9 +412,9 @@ def prepare_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "rgb").mkdir(parents=True)
         (tmp / "pose").mkdir(parents=True)
-        rgb_np, alpha_np = rgb.cpu().numpy(), alpha.cpu().numpy()
+        rgba = torch.cat([rgb, alpha[..., None]], -1).cpu()
         for i in range(len(cams)):
-            _save_png(layout.rgb_path(tmp, i), rgb_np[i], alpha_np[i])
+            write_image(rgba[i], layout.rgb_path(tmp, i))
             layout.write_pose(layout.pose_path(tmp, i), layout.opengl_to_stored(cams.c2w[i]))
         shutil.rmtree(obj_dir, ignore_errors=True)
         os.replace(tmp, obj_dir)
