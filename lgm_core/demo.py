@@ -36,7 +36,7 @@ def example_views(folder: Optional[Union[str, Path]] = None) -> torch.Tensor:
     """The 4 example views [4, 3, H, W] in [0, 1] on white, from ``folder`` (default: the shipped example).
     The folder holds ``view_000.png``, ``view_090.png``, ``view_180.png``, ``view_270.png`` (RGBA or RGB,
     square, same size)."""
-    from PIL import Image
+    from .image_io import load_image
 
     folder = Path(folder) if folder is not None else EXAMPLE_DIR
     missing = [n for n in VIEW_FILES if not (folder / n).is_file()]
@@ -44,11 +44,11 @@ def example_views(folder: Optional[Union[str, Path]] = None) -> torch.Tensor:
         raise FileNotFoundError(f"{folder}: missing {', '.join(missing)} (4 views of one object: front, then "
                                 "turned by 90, 180, 270 degrees; pass another folder with --views)")
     views = []
-    for name in VIEW_FILES:
-        with Image.open(folder / name) as im:
-            rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
-        a = rgba[..., 3:]
-        views.append(torch.from_numpy(rgba[..., :3] * a + (1.0 - a)).permute(2, 0, 1))
+    for name in VIEW_FILES:  # the project's checked image reader (bad, huge or ambiguous files: one-line errors)
+        img = load_image(folder / name)
+        if img.shape[-1] == 4:
+            img = img[..., :3] * img[..., 3:] + (1.0 - img[..., 3:])
+        views.append(img.permute(2, 0, 1).contiguous())
     shapes = {tuple(v.shape) for v in views}
     if len(shapes) != 1 or views[0].shape[1] != views[0].shape[2]:
         raise ValueError(f"{folder}: the 4 views must be square and of one size, got {sorted(shapes)}")
