@@ -56,10 +56,9 @@ class GroupSummary:
 
 def load_view(obj_dir: Path, view: int, size: int) -> tuple:
     """(rgb on white [3, size, size], alpha [1, size, size]) float32 in [0, 1] of one stored view."""
-    from PIL import Image
+    from .dataset import read_rgba
 
-    with Image.open(layout.rgb_path(obj_dir, view)) as im:
-        rgba = torch.from_numpy(np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+    rgba = read_rgba(layout.rgb_path(obj_dir, view))
     if rgba.shape[-1] != size:
         rgba = F.interpolate(rgba[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
     a = rgba[3:4]
