@@ -85,6 +85,7 @@ def run_demo(
     ``side_by_side.png`` (rows: the input views | renders from the same poses | novel views at elevation 20
     between them). Returns the paths and the PSNR of the input-pose renders against the inputs."""
     from .cameras import Cameras, default_input_cameras
+    from .ply import save_ply
     from .render import render, psnr
     from .video import write_image, write_video
     from .weights import load_lgm
@@ -99,7 +100,7 @@ def run_demo(
              f"{model.config.num_gaussians} Gaussians) on {dev}")
     gaussians = model.reconstruct(images[None].to(dev))
     ply = out / "gaussians.ply"
-    gaussians.save_ply(ply)
+    save_ply(gaussians, ply)
     progress(f"wrote {ply} ({gaussians.num_gaussians} Gaussians, {time.perf_counter() - t0:.1f} s)")
 
     size = int(images.shape[-1])

@@ -30,8 +30,9 @@ def _subparsers():
 def test_device_cuda_without_cuda_is_one_line(tmp_path, capsys):
     ply = tmp_path / "x.ply"
     from lgm_core.mesh.synthetic import make_scene
+    from lgm_core.ply import save_ply
 
-    make_scene("sphere", n=64, seed=0).save_ply(ply)
+    save_ply(make_scene("sphere", n=64, seed=0), ply)
     for argv in (["render", str(ply), "--views", "0", "-o", str(tmp_path / "v.png"), "--device", "cuda"],
                  ["mesh", str(ply), "--device", "cuda:1"],
                  ["reconstruct", "a.png", "b.png", "c.png", "d.png", "-o", "o.ply", "--device", "cuda"],

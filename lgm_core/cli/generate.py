@@ -149,7 +149,9 @@ def _generate(args, prompt: str, image, negative: str) -> int:
     gaussians = model.reconstruct(**lgm_inputs)
     progress(f"reconstructed {gaussians.num_gaussians} Gaussians in {time.perf_counter() - t2:.2f} s")
     ply = out_dir / "gaussians.ply"
-    gaussians.save_ply(ply, min_opacity=args.min_opacity)
+    from ..ply import save_ply
+
+    save_ply(gaussians, ply, min_opacity=args.min_opacity)
     progress(f"wrote {ply}")
 
     if frames > 0:
