@@ -110,7 +110,8 @@ def bench_gpu(args):
             bg = torch.ones(1, 3, device=dev)
             ms = cuda_time(lambda: gsplat_backend.render_views(inp, 0, vm, Ks, 512, 512, near=0.2, backgrounds=bg,
                                                                packed=packed), iters=50)
-            row(f"gsplat_backend.render_views() (one rasterization() call), 65,536 G, 1 view 512² (packed={packed})", f"{ms:.3f} ms")
+            row(f"gsplat_backend.render_views() (one rasterization() call), 65,536 G, 1 view 512² "
+                f"(packed={packed})", f"{ms:.3f} ms")
         ms = cuda_time(lambda: render(blob, one, backend="gsplat"), iters=50)
         row("render(backend='gsplat'), 65,536 G, 1 view 512² (whole API)", f"{ms:.3f} ms", "goal <= 1 ms")
         cams8 = Cameras.orbit(20.0, [i * 45.0 for i in range(8)], size=512)

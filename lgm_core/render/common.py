@@ -105,8 +105,8 @@ def camera_matrices(cameras: Cameras, device, background=None, batch: int = 1) -
     """(viewmats [V,4,4] OpenCV world-to-camera, Ks [V,3,3]) as float32 on ``device``; with
     ``background`` also the [batch, V, 3] background (see :func:`background_tensor`).
 
-    Built on the host in float64 (rigid inverse, :func:`lgm_core.geometry.world_to_camera`) and moved in one transfer, so no
-    device-side matrix inverse and no extra synchronisation is needed.
+    Built on the host in float64 (rigid inverse, :func:`lgm_core.geometry.world_to_camera`) and moved
+    in one transfer, so no device-side matrix inverse and no extra synchronisation is needed.
     """
     c2w = cameras.c2w.detach().to("cpu", torch.float64)
     if not bool(torch.isfinite(c2w).all()):

@@ -1,4 +1,4 @@
-"""The LGM trainer (lgm_spec §11) on accelerate: one CPU, one GPU, or many GPUs/hosts unchanged.
+"""The LGM trainer (docs/conventions.md#training) on accelerate: one CPU, one GPU, or many GPUs/hosts unchanged.
 
 One optimiser step = ``gradient_accumulation_steps`` micro-steps of ``batch_size`` samples per
 process: inputs (4 views, ImageNet-normalised, Plücker rays of the possibly jittered poses,
