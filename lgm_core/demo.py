@@ -85,9 +85,10 @@ def run_demo(
     ``side_by_side.png`` (rows: the input views | renders from the same poses | novel views at elevation 20
     between them). Returns the paths and the PSNR of the input-pose renders against the inputs."""
     from .cameras import Cameras, default_input_cameras
+    from .image_io import write_image
     from .ply import save_ply
     from .render import render, psnr
-    from .video import write_image, write_video
+    from .video import write_video
     from .weights import load_lgm
 
     t0 = time.perf_counter()

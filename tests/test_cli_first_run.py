@@ -112,7 +112,7 @@ _OFFLINE_RUNS = textwrap.dedent("""
 def test_missing_models_offline_end_in_one_line_quickly(tmp_path):
     """No local weights + no network: one line naming the files, the folder, the flag and the demo, within
     seconds (HF_HUB_OFFLINE=1, and an endpoint that refuses connections), never the hub's retry loop."""
-    from lgm_core.video import write_image
+    from lgm_core.image_io import write_image
 
     image = write_image(torch.rand(64, 64, 3), tmp_path / "photo.png")  # a 2x2 grid of 32x32 views for reconstruct
     offline = {"HF_HUB_OFFLINE": "1"}

@@ -133,7 +133,7 @@ def _generate(args, prompt: str, image, negative: str) -> int:
                guidance_scale=args.guidance, elevation=args.elevation,
                generator=torch.Generator().manual_seed(args.seed), callback=lambda step, _t, _x: bar.update(step))
     progress(f"4 views in {time.perf_counter() - t1:.2f} s")
-    from ..video import write_image
+    from ..image_io import write_image
 
     write_image(torch.from_numpy(out.grid(0)), out_dir / "views.png")
     lgm_inputs = out.lgm_inputs()

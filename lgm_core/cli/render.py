@@ -67,7 +67,8 @@ def run(args) -> int:
     from ..cameras import Cameras
     from ..ply import load_ply
     from ..render import render
-    from ..video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, write_image, write_video
+    from ..image_io import IMAGE_EXTENSIONS, write_image
+    from ..video import VIDEO_EXTENSIONS, write_video
 
     src = Path(args.input)
     if not src.is_file():

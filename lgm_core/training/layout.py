@@ -91,7 +91,7 @@ def write_object_views(dataset_dir: Union[str, os.PathLike], object_id: str, rgb
     in the stored convention, view ids from ``first_view``. Each file is written atomically.
     Returns the object's folder. Shared by ``prepare-data`` and the synthetic test datasets."""
     from ..fileio import atomic_path
-    from ..video import write_image
+    from ..image_io import write_image
 
     obj = Path(dataset_dir) / object_id
     (obj / "rgb").mkdir(parents=True, exist_ok=True)

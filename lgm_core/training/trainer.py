@@ -293,7 +293,7 @@ class Trainer:
         return path
 
     def preview(self, batch, images, tag: str) -> None:
-        from ..video import write_image
+        from ..image_io import write_image
 
         s = self.run.model.output_size
         inputs = torch.nn.functional.interpolate(batch["input_images"][0].float(), size=(s, s), mode="bilinear",
