@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .common import ALPHA_MAX, ALPHA_MIN, T_MIN, SplatInputs, ViewRenders, project
+from .common import ALPHA_MAX, ALPHA_MIN, T_MIN, SplatInputs, ViewRenders, render_projected
 from .torch_backend import TILE
 
 SUB = 4
@@ -175,16 +175,10 @@ def _prune(pairs: _Pairs, means2d, conics, opacities, max_alpha, n_blocks) -> _P
 
 def render_views(inputs: SplatInputs, item: int, viewmats: torch.Tensor, Ks: torch.Tensor, width: int,
                  height: int, *, near: float, backgrounds: torch.Tensor, depth: bool = True) -> ViewRenders:
-    """:func:`lgm_core.render.torch_backend.render_views`, differentiable with respect to the inputs'
-    means, scales, quaternions, opacities and colours (out-of-place compositing over the background)."""
-    proj = project(inputs.means[item], inputs.covs[item], viewmats, Ks, width, height, near=near)
-    feats = inputs.colors[item]
-    if depth:
-        feats = torch.cat([feats[None].expand(viewmats.shape[0], -1, -1), proj.depths[..., None]], dim=-1)
-    acc, alpha = rasterize(proj.means2d, proj.conics, proj.depths, proj.radii, inputs.opacities[item], feats,
-                           width, height)
-    image = acc[..., :3] + (1.0 - alpha) * backgrounds[:, None, None, :]
-    return ViewRenders(image, alpha, acc[..., 3:4] / alpha.clamp(min=1e-10) if depth else None)
+    """:func:`lgm_core.render.torch_backend.render_views` with this module's differentiable
+    :func:`rasterize`: gradients reach the inputs' means, scales, quaternions, opacities and colours."""
+    return render_projected(rasterize, inputs, item, viewmats, Ks, width, height, near=near,
+                            backgrounds=backgrounds, depth=depth)
 
 
 def rasterize(

@@ -8,8 +8,9 @@ Every backend (``torch_backend``, ``autograd_backend``, ``gsplat_backend``) impl
 
 for batch item ``item`` of the prepared Gaussians and C cameras. The inputs are built once by
 :func:`prepare_gaussians` (the one preparation step) and the cameras by :func:`camera_matrices`.
-The PyTorch backends run the stages below (:func:`project`, then their ``rasterize``); gsplat runs
-its own fused kernels for the same stages, and the tests compare the backends stage by stage.
+The PyTorch backends run the stages below (:func:`render_projected`: :func:`project`, then their
+``rasterize``); gsplat runs its own fused kernels for the same stages, and the tests compare the
+backends stage by stage.
 
 Conventions:
 
@@ -214,6 +215,23 @@ def project(
     radii = torch.where(ok, radii, torch.zeros_like(radii)).to(torch.int32)
     means2d = pixel_coordinates(p, Ks[:, None], zs)
     return Projected(means2d=means2d, conics=conics, depths=z, radii=radii)
+
+
+def render_projected(rasterize, inputs: SplatInputs, item: int, viewmats: torch.Tensor, Ks: torch.Tensor,
+                     width: int, height: int, *, near: float, backgrounds: torch.Tensor,
+                     depth: bool = True) -> ViewRenders:
+    """The PyTorch backends' ``render_views``: :func:`project` batch item ``item`` into the C cameras,
+    composite with ``rasterize`` (``torch_backend.rasterize`` or ``autograd_backend.rasterize``; the
+    camera depth rides along as an extra blended channel when ``depth``), then put the colour over
+    ``backgrounds`` [C,3] and normalise the depth (expected depth, 0 where alpha is 0)."""
+    proj = project(inputs.means[item], inputs.covs[item], viewmats, Ks, width, height, near=near)
+    feats = inputs.colors[item][None].expand(viewmats.shape[0], -1, -1)
+    if depth:
+        feats = torch.cat([feats, proj.depths[..., None]], dim=-1)
+    acc, alpha = rasterize(proj.means2d, proj.conics, proj.depths, proj.radii, inputs.opacities[item], feats,
+                           width, height)
+    image = torch.addcmul(acc[..., :3], 1.0 - alpha, backgrounds[:, None, None, :])
+    return ViewRenders(image, alpha, acc[..., 3:4] / alpha.clamp(min=1e-10) if depth else None)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -37,7 +37,7 @@ from typing import Optional
 
 import torch
 
-from .common import ALPHA_MAX, ALPHA_MIN, T_MIN, SplatInputs, ViewRenders, project
+from .common import ALPHA_MAX, ALPHA_MIN, T_MIN, SplatInputs, ViewRenders, render_projected
 
 TILE = 16
 _TILE_PIX = TILE * TILE
@@ -61,16 +61,10 @@ def _pixel_basis(device) -> torch.Tensor:
 def render_views(inputs: SplatInputs, item: int, viewmats: torch.Tensor, Ks: torch.Tensor, width: int,
                  height: int, *, near: float, backgrounds: torch.Tensor, depth: bool = True) -> ViewRenders:
     """Render batch item ``item`` of ``inputs`` into C cameras (``viewmats`` [C,4,4] OpenCV
-    world-to-camera, ``Ks`` [C,3,3]) over ``backgrounds`` [C,3]: :func:`~lgm_core.render.common.project`,
-    then :func:`rasterize` with the camera depth as an extra blended channel (the expected depth)."""
-    proj = project(inputs.means[item], inputs.covs[item], viewmats, Ks, width, height, near=near)
-    feats = inputs.colors[item][None].expand(viewmats.shape[0], -1, -1)
-    if depth:
-        feats = torch.cat([feats, proj.depths[..., None]], dim=-1)
-    acc, alpha = rasterize(proj.means2d, proj.conics, proj.depths, proj.radii, inputs.opacities[item], feats,
-                           width, height)
-    image = torch.addcmul(acc[..., :3], 1.0 - alpha, backgrounds[:, None, None, :])
-    return ViewRenders(image, alpha, acc[..., 3:4] / alpha.clamp(min=1e-10) if depth else None)
+    world-to-camera, ``Ks`` [C,3,3]) over ``backgrounds`` [C,3]: the shared stages of
+    :func:`~lgm_core.render.common.render_projected` with this module's :func:`rasterize`."""
+    return render_projected(rasterize, inputs, item, viewmats, Ks, width, height, near=near,
+                            backgrounds=backgrounds, depth=depth)
 
 
 def rasterize(
