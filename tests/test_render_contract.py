@@ -86,3 +86,19 @@ def test_depth_is_optional_and_changes_no_colour():
         with_d = BACKEND_MODULES[name].render_views(inp, 0, vm, Ks, 32, 32, near=0.2, backgrounds=bg)
         without = BACKEND_MODULES[name].render_views(inp, 0, vm, Ks, 32, 32, near=0.2, backgrounds=bg, depth=False)
         assert without.depth is None and torch.equal(with_d.image, without.image), name
+
+
+def test_gsplat_state_lives_in_one_status_object(monkeypatch, caplog):
+    """No hidden module state: asking for gsplat on the CPU is noted once in the status object."""
+    import logging
+
+    from lgm_core.render import gsplat_backend, resolve_backend
+
+    status = gsplat_backend.GsplatStatus()
+    monkeypatch.setattr(gsplat_backend, "STATUS", status)
+    with caplog.at_level(logging.WARNING, logger="lgm_core.render"):
+        assert resolve_backend("gsplat", "cpu") == resolve_backend("gsplat", "cpu") == "torch"
+    assert status.warned_not_cuda and sum("needs CUDA" in r.message for r in caplog.records) == 1
+    assert not gsplat_backend.available("cpu") and not status.checked  # a CPU device never probes
+    status.reset()
+    assert status == gsplat_backend.GsplatStatus()

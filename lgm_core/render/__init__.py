@@ -28,7 +28,6 @@ before anything is drawn (docs/robustness.md); cameras and backgrounds must be f
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -83,16 +82,11 @@ def resolve_backend(backend: str, device) -> str:
     if backend == "torch":
         return "torch"
     if backend == "gsplat" and device.type != "cuda":
-        _warn_once(f"gsplat needs CUDA tensors (got {device}); using the PyTorch renderer")
+        gsplat_backend.STATUS.warn_not_cuda(device)
         return "torch"
     if device.type == "cuda" and gsplat_backend.available(device):
         return "gsplat"
     return "torch"
-
-
-@functools.lru_cache(maxsize=None)
-def _warn_once(message: str) -> None:
-    log.warning("%s", message)
 
 
 def render(

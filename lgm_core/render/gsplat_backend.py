@@ -32,19 +32,27 @@ log = logging.getLogger("lgm_core.render")
 class GsplatStatus:
     """Whether gsplat works in this process: unknown until the first :func:`available` call
     (``checked`` False), then ``ok`` with the ``reason`` when it does not. A failure is final for
-    the process (see :func:`mark_failed`); :meth:`reset` forgets the result (tests)."""
+    the process (see :func:`mark_failed`); :meth:`reset` forgets the result (tests).
+    ``warned_not_cuda``: the "gsplat needs CUDA tensors" note was logged (once per process)."""
 
     checked: bool = False
     ok: bool = False
     reason: str = ""
+    warned_not_cuda: bool = False
 
     def disable(self, reason: str, warn: bool = True) -> None:
         self.checked, self.ok, self.reason = True, False, reason
         if warn:
             log.warning("gsplat backend unavailable (%s); using the PyTorch renderer instead", reason)
 
+    def warn_not_cuda(self, device) -> None:
+        """Log once that gsplat was asked for with tensors on ``device`` (not CUDA)."""
+        if not self.warned_not_cuda:
+            self.warned_not_cuda = True
+            log.warning("gsplat needs CUDA tensors (got %s); using the PyTorch renderer", device)
+
     def reset(self) -> None:
-        self.checked, self.ok, self.reason = False, False, ""
+        self.checked, self.ok, self.reason, self.warned_not_cuda = False, False, "", False
 
 
 STATUS = GsplatStatus()
