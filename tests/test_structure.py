@@ -114,6 +114,19 @@ def test_cli_lists_every_command_module():
     assert imported == commands
 
 
+def test_docstrings_cite_the_repository_docs_not_an_outside_spec():
+    """Facts of the original LGM that docstrings rely on live in docs/conventions.md, and every
+    section a docstring links to exists there."""
+    import re
+
+    text = {p: p.read_text(encoding="utf-8") for p in PKG.rglob("*.py")}
+    assert [p.name for p, t in text.items() if re.search(r"lgm_spec|spec §", t)] == []
+    headings = (REPO / "docs" / "conventions.md").read_text(encoding="utf-8")
+    anchors = {h.strip().lower().replace(" ", "-") for h in re.findall(r"^## (.+)$", headings, re.M)}
+    cited = {a for t in text.values() for a in re.findall(r"conventions\.md#([a-z-]+)", t)}
+    assert cited and cited <= anchors, sorted(cited - anchors)
+
+
 def test_vendored_tokenizer_ships_with_its_licence():
     from lgm_core.testing import TOKENIZER_DIR
 
