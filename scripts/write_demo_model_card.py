@@ -78,7 +78,7 @@ colours are washed towards dark greys and browns (see the numbers below).
 
 ## Architecture
 Same family as LGM (asymmetric U-Net, 4 input views with Plücker rays, cross-view attention at the two
-deepest levels and in the middle block; lgm_spec §4–5), loaded strictly through the official key layout.
+deepest levels and in the middle block; docs/conventions.md#model), loaded strictly through the official key layout.
 
 | field | value |
 |---|---|
@@ -99,7 +99,7 @@ with a seed: {counts['train']} train, {counts['val']} validation, {counts['test'
 training; `examples/demo_test_objects`).
 
 ## Recipe
-`python -m lgm_core train --config docs/demo_model/config.json` (lgm_spec §11 recipe; see
+`python -m lgm_core train --config docs/demo_model/config.json` (the original recipe, docs/conventions.md#training; see
 docs/training.md): orbit input views (4 ring views 90° apart), 12 views per sample, grid distortion and
 camera jitter (p 0.5 each) on input views 1–3, loss MSE(rgb on white) + MSE(alpha) (**λ_LPIPS = 0**: the
 VGG weights cannot be downloaded here), AdamW (wd 0.05, betas 0.9/0.95), grad-norm clip 1.0, bf16,
