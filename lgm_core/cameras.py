@@ -22,7 +22,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .geometry import focal_length, focal_lengths, intrinsics, opengl_to_opencv, world_to_camera
+from .geometry import focal_length, focal_lengths, intrinsics, world_to_camera
 
 LGM_FOVY = 49.1
 """Vertical field of view (degrees) of LGM's training renders and default cameras."""
