@@ -184,9 +184,11 @@ def test_export_glb_roundtrip(tmp_path, sphere_mesh):
 
 def test_export_obj_roundtrip(tmp_path, sphere_mesh):
     path = sphere_mesh.export(tmp_path / "m.obj")
-    names = sorted(os.listdir(tmp_path))  # the texture name is versioned: m.<content hash>.png
-    assert len(names) == 3 and names[1:] == ["m.mtl", "m.obj"] and re.fullmatch(r"m\.[0-9a-f]{12}\.png", names[0])
-    assert f"map_Kd {names[0]}" in (tmp_path / "m.mtl").read_text()
+    names = sorted(os.listdir(tmp_path))  # companions are versioned: m.<content hash>.mtl|png
+    assert len(names) == 3 and names[2] == "m.obj" and re.fullmatch(r"m\.[0-9a-f]{12}\.mtl", names[0])
+    assert names[1] == names[0][:-4] + ".png"
+    assert f"map_Kd {names[1]}" in (tmp_path / names[0]).read_text()
+    assert f"mtllib {names[0]}" in (tmp_path / "m.obj").read_text()
     loaded = Mesh.load(path)
     assert loaded.num_faces == sphere_mesh.num_faces
     assert loaded.texture is not None

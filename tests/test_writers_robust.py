@@ -195,11 +195,12 @@ def _textured_mesh(seed: int):
 def _obj_set(path: Path, obj: str = None):
     """(material used by the obj, material defined by the mtl, texture file named by the mtl)."""
     obj = path.read_text() if obj is None else obj
-    mtl = path.with_suffix(".mtl").read_text()
+    mtl_name = re.search(r"^mtllib (\S+)", obj, re.M).group(1)
+    assert re.fullmatch(re.escape(path.stem) + r"\.[0-9a-f]{12}\.mtl", mtl_name)
+    mtl = path.with_name(mtl_name).read_text()
     used = re.search(r"^usemtl (\S+)", obj, re.M).group(1)
     defined = re.search(r"^newmtl (\S+)", mtl, re.M).group(1)
     texture = re.search(r"^map_Kd (\S+)", mtl, re.M).group(1)
-    assert re.search(r"^mtllib (\S+)", obj, re.M).group(1) == path.with_suffix(".mtl").name
     return used, defined, texture
 
 
@@ -218,7 +219,7 @@ def test_obj_set_is_published_as_a_set(tmp_path):
     _textured_mesh(2).export(target)
     used2, defined2, texture2 = _obj_set(target)
     assert used2 == defined2 and texture2 != texture
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.obj", "m.mtl", texture2])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.obj", texture2[:-4] + ".mtl", texture2])
     from lgm_core.mesh import Mesh
 
     assert Mesh.load(target).texture is not None
@@ -265,7 +266,7 @@ def test_concurrent_obj_writers_end_in_one_consistent_set(tmp_path):
     assert outcomes.count(True) > 0
     assert _set_is_genuine(target) is True
     used, defined, texture = _obj_set(target)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["shared.obj", "shared.mtl", texture])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["shared.obj", texture[:-4] + ".mtl", texture])
 
 
 # ----------------------------------------------------------------------- 13. stale temp files
