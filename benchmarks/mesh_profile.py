@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Stage-by-stage profile of ``extract_mesh`` (textured GLB included), side by side with ComfyUI
+core 0.33's ``SplatToMesh`` on the same splats; prints one table.
+
+Scene: ``lgm_core.render.scenes.blob_scene(N)`` (LGM-like: 65,536 Gaussians by default). Stages are
+timed through ``extract_mesh``'s progress callback (wall clock between reports; on CUDA each report
+happens after the stage's last GPU work was consumed on the host, so the split is faithful enough
+for a profile). Core's mesher is imported from a ComfyUI 0.33 tree (``--comfyui``) and run in this
+process on the same Gaussians (its ``_gaussian_to_mesh``, defaults of the node: resolution 384,
+kernel 5, level 0.4, min_component 500, min_opacity 0.02, colour_sharpen 2); its heavy ComfyUI
+imports happen before timing. Wall time, process CPU time and the load average are printed, since
+the 2-core CPU here is shared.
+
+    python benchmarks/mesh_profile.py                                   # CPU, ours only
+    python benchmarks/mesh_profile.py --comfyui .comfyui/0.33.0/ComfyUI  # + core (run with its venv's python)
+    python benchmarks/mesh_profile.py --device cuda --repeats 3 --comfyui path/to/ComfyUI   # the H200 run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def import_core(comfyui: Path, device: str):
+    """comfy_extras.nodes_gaussian_splat from a ComfyUI tree, set up for ``device``."""
+    sys.path.insert(0, str(comfyui))
+    argv = sys.argv
+    sys.argv = [argv[0]] + (["--cpu"] if device == "cpu" else [])
+    try:
+        import comfy.options
+
+        comfy.options.enable_args_parsing()
+        import comfy_extras.nodes_gaussian_splat as core
+    finally:
+        sys.argv = argv
+    return core
+
+
+class CoreSplat:
+    """The fields of core's SPLAT that ``_gaussian_to_mesh`` reads, from lgm_core Gaussians."""
+
+    def __init__(self, g):
+        C0 = 0.28209479177387814
+        self.positions, self.scales, self.rotations = g.positions, g.scales, g.rotations
+        self.opacities = g.opacities
+        self.sh = ((g.rgb - 0.5) / C0)[:, :, None, :]
+        self.counts = None
+
+
+def run_core(core, g, device):
+    """Core SplatToMesh at its node defaults -> (seconds, vertices, faces)."""
+    import torch
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
+    t = time.perf_counter()
+    v, f, c = core._gaussian_to_mesh(CoreSplat(g), 0, 384, 5, 0, 0.4, 500, 0.02, 2.0, torch.device(device))
+    sync()
+    return time.perf_counter() - t, v, f, c
+
+
+def profile_ours(g, device, **kw):
+    """(stage rows [(name, seconds)], total seconds, cpu seconds, mesh)."""
+    import torch
+
+    from lgm_core.mesh import extract_mesh
+
+    rows = []
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
+    c0, t0 = time.process_time(), time.perf_counter()
+    last = [t0, "checks, stray filter (to the device)"]
+    names = {"splatting": "splat density + colour fields", "filling": "fill enclosed space",
+             "marching cubes:": "components + quadric decimation", "marching cubes": "marching cubes",
+             "decimated": "repair, orient, normals, vertex colours", "UV": "UV atlas (xatlas)",
+             "baking": "texture bake", "done": "to CPU"}
+
+    def progress(message, frac):
+        now = time.perf_counter()
+        rows.append((last[1], now - last[0]))
+        label = next((v for k, v in names.items() if message.startswith(k)), message.split(" (")[0])
+        last[0], last[1] = now, label
+
+    mesh = extract_mesh(g, device=device, progress=progress, **kw)
+    sync()
+    now = time.perf_counter()
+    rows.append((last[1], now - last[0]))
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        mesh.export(Path(tmp) / "m.glb")
+        rows.append(("GLB export", time.perf_counter() - t))
+    return rows, time.perf_counter() - t0, time.process_time() - c0, mesh
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=65536, help="Gaussians in the blob scene")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--repeats", type=int, default=1, help="timed runs of ours (after one warm-up on CUDA)")
+    ap.add_argument("--comfyui", type=Path, default=None, help="a ComfyUI 0.33 tree: also time core's SplatToMesh")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from lgm_core.mesh.extract import default_resolution
+    from lgm_core.render.scenes import blob_scene
+
+    core = import_core(args.comfyui, args.device) if args.comfyui else None
+    g = blob_scene(args.n, device=args.device)
+    if args.device == "cuda":
+        profile_ours(g, "cuda")  # warm-up: CUDA context, kernels, xatlas import
+        torch.cuda.reset_peak_memory_stats()
+    runs = [profile_ours(g, args.device) for _ in range(args.repeats)]
+    rows, total, cpu, mesh = min(runs, key=lambda r: r[1])
+    peak = (f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB GPU" if args.device == "cuda" else
+            f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB RSS")
+    dev = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"# {dev}; torch {torch.__version__}; blob_scene({args.n}); load average "
+          f"{os.getloadavg()[0]:.1f}; ours at defaults (resolution {default_resolution(args.device)}, textured GLB)")
+    print("| stage | ours (s) |\n|---|---|")
+    for name, sec in rows:
+        print(f"| {name} | {sec:.2f} |")
+    print(f"| **total (best of {len(runs)})** | **{total:.2f}** (process CPU {cpu:.1f} s) |")
+    print(f"\n| mesher | time (s) | vertices | faces | peak memory |\n|---|---|---|---|---|")
+    print(f"| lgm_core extract_mesh + GLB | {total:.2f} | {mesh.num_vertices} | {mesh.num_faces} | {peak} |")
+    if core is not None:
+        if args.device == "cuda":
+            run_core(core, g, "cuda")
+        sec, v, f, _ = run_core(core, g, args.device)
+        print(f"| core 0.33 SplatToMesh (vertex colours, no file) | {sec:.2f} | {v.shape[0]} | {f.shape[0]} | |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
