@@ -270,3 +270,21 @@ def test_cuda_matches_cpu():
     b = extract_mesh(g, texture=False, **{**FAST, "device": "cuda"})
     assert abs(a.num_faces - b.num_faces) <= 0.02 * a.num_faces
     assert abs(a.signed_volume() - b.signed_volume()) < 1e-3
+
+
+def test_refine_texture_fits_the_splat_renders(sphere_mesh):
+    from lgm_core.mesh.refine import refine_texture, refinement_cameras
+    from lgm_core.render import render
+
+    g = uniform_color(tiny("sphere"), (0.8, 0.3, 0.2))  # the Gaussians sphere_mesh came from
+    grey = Mesh(sphere_mesh.vertices, sphere_mesh.faces, uvs=sphere_mesh.uvs,
+                texture=torch.full_like(sphere_mesh.texture, 0.5), normals=sphere_mesh.normals)
+    cams = refinement_cameras(views=4, size=48)
+    refined = refine_texture(grey, g, steps=3, cameras=cams)  # back-projection + 3 Adam steps
+    target = render(g, cams).image[0]
+    before = render_mesh(grey, cams)
+    covered = before.alpha > 0
+    err_before = (before.image - target).abs()[covered].mean()
+    err_after = (render_mesh(refined, cams).image - target).abs()[covered].mean()
+    assert err_after < 0.5 * err_before
+    assert refined.texture.shape == grey.texture.shape and torch.equal(refined.faces, grey.faces)

@@ -13,8 +13,8 @@ def register(sub) -> None:
         "mesh",
         help="Gaussians .ply -> textured mesh (.glb/.obj/.ply)",
         description=(
-            "Extract a textured triangle mesh from 3D Gaussians: density field -> marching cubes -> main "
-            "component -> decimation -> xatlas UVs -> texture baked from the Gaussians' colours. "
+            "Extract a textured triangle mesh from 3D Gaussians: density field -> marching cubes -> significant "
+            "parts -> decimation -> xatlas UVs -> texture baked from the Gaussians' colours. "
             "Runs on CUDA when available, else on the CPU. The mesh stays in the Gaussians' frame (LGM's frame "
             "is already glTF's: +y up, front on +z)."
         ),
@@ -24,15 +24,18 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", default=None,
                    help="output mesh: .glb, .obj (writes .mtl + .png beside it) or .ply (vertex colours); "
                         "default: the input's name with .glb")
-    p.add_argument("--resolution", type=int, default=256, help="voxels along the longest side of the object")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="voxels along the longest side of the object (default: 256 on CUDA, 192 on the CPU)")
     p.add_argument("--target-faces", type=int, default=50_000, help="upper bound on the face count")
     p.add_argument("--texture-size", type=int, default=1024, help="side of the square texture in pixels")
     p.add_argument("--no-texture", action="store_true", help="vertex colours only (no UVs, no texture image)")
     p.add_argument("--level", type=float, default=0.7,
                    help="iso-level of the opacity density (1 = peak of one opaque Gaussian); lower = fatter")
-    p.add_argument("--keep-components", type=float, default=None, metavar="RATIO",
-                   help="keep every connected component with at least RATIO x the largest one's area "
-                        "(0 keeps all); default: only the largest")
+    p.add_argument("--keep-components", type=float, default=0.02, metavar="RATIO",
+                   help="keep every connected part with at least RATIO x the largest one's area (0 keeps all)")
+    p.add_argument("--largest-only", action="store_true", help="keep only the largest connected part")
+    p.add_argument("--unlit", action="store_true",
+                   help=".glb: mark the material KHR_materials_unlit (viewers show the colours flat, like the splat)")
     p.add_argument("--snap", action="store_true",
                    help="move the surface onto the Gaussian centres (truer geometry, thinner look)")
     p.add_argument("--flip-yz", action="store_true",
@@ -48,7 +51,7 @@ def run(args) -> int:
     from ..mesh.extract import check_arguments
 
     try:  # before the (possibly slow) load, in the flags' own words
-        check_arguments(args.resolution, args.target_faces, args.texture_size, args.level, args.min_opacity,
+        check_arguments(256 if args.resolution is None else args.resolution, args.target_faces, args.texture_size, args.level, args.min_opacity,
                         args.keep_components)
     except ValueError as exc:
         flag = {"resolution": "--resolution", "target_faces": "--target-faces", "texture_size": "--texture-size",
@@ -77,10 +80,10 @@ def run(args) -> int:
         progress=lambda msg, frac: bar.update(round(100 * frac), msg),
         level=args.level,
         min_opacity=args.min_opacity,
-        component_ratio=args.keep_components,
+        component_ratio=None if args.largest_only else args.keep_components,
         snap=args.snap,
         flip_yz=args.flip_yz,
     )
-    mesh.export(out)
+    mesh.export(out, unlit=args.unlit)
     progress(f"wrote {out} ({mesh.num_vertices} vertices, {mesh.num_faces} faces)")
     return 0

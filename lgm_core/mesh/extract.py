@@ -13,8 +13,9 @@ xatlas on the CPU):
 2. mark voxels with density > ``level`` as occupied, flood-fill the outside from the grid border and
    fill every enclosed cavity (so the shell of surface Gaussians becomes a solid, and marching
    cubes sees one outer surface instead of an outer and an inner one);
-3. marching cubes at ``level``; keep the main connected component; quadric decimation to
-   ``target_faces``; drop degenerate faces;
+3. marching cubes at ``level``; keep every significant connected part; one pass of quadric
+   decimation to ``target_faces``; repair (faces on non-manifold edges removed, stray islands
+   dropped, the small holes closed); drop degenerate faces;
 4. snap: move each vertex along its normal onto the locally weighted mean of the Gaussian
    centres (the iso-surface of a blurred shell sits about two sigma outside the centres);
 5. colours: vertex colours and (with ``texture``) an xatlas UV atlas whose texels are baked from
