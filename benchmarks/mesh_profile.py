@@ -13,7 +13,11 @@ the 2-core CPU here is shared.
 
     python benchmarks/mesh_profile.py                                   # CPU, ours only
     python benchmarks/mesh_profile.py --comfyui .comfyui/0.33.0/ComfyUI  # + core (run with its venv's python)
-    python benchmarks/mesh_profile.py --device cuda --repeats 3 --comfyui path/to/ComfyUI   # the H200 run
+    # the H200 run (core's one file carried in an ignored folder; the tarball is ../shared/comfyui/):
+    mkdir -p .device/core && tar -xzf ../shared/comfyui/comfyui-0.33.0.tar.gz -C .device/core --strip-components=2 \
+        ComfyUI-0.33.0/comfy_extras/nodes_gaussian_splat.py
+    run(carry=[".device/core"]): python benchmarks/mesh_profile.py --device cuda --repeats 3 \
+        --comfyui .device/core/nodes_gaussian_splat.py
 """
 
 from __future__ import annotations
@@ -30,8 +34,52 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+def import_core_file(path: Path, device: str):
+    """Core's ``nodes_gaussian_splat.py`` alone (no ComfyUI install, e.g. on the device machine):
+    loaded with inert stand-ins for the ComfyUI modules it imports; only its mesher is used."""
+    import importlib.util
+    import types
+
+    import torch
+
+    class Anything:
+        def __getattr__(self, name):
+            return Anything()
+
+        def __call__(self, *a, **k):
+            return Anything()
+
+    mm = types.ModuleType("comfy.model_management")
+    mm.get_torch_device = lambda: torch.device(device)
+    mm.is_device_cpu = lambda d: torch.device(d).type == "cpu"
+    mm.get_free_memory = lambda d=None: (torch.cuda.mem_get_info()[0] if torch.device(d or device).type == "cuda"
+                                         else 1 << 40)
+    api = types.ModuleType("comfy_api.latest")
+    api.ComfyExtension = type("ComfyExtension", (), {})
+    api.IO, api.Types = Anything(), Anything()
+    api.IO.ComfyNode = type("ComfyNode", (), {})  # a real class: core's nodes subclass it
+    save3d = types.ModuleType("comfy_extras.nodes_save_3d")
+    save3d.pack_variable_mesh_batch = lambda *a, **k: None
+    server = types.ModuleType("server")
+    server.PromptServer = Anything()
+    comfy = types.ModuleType("comfy")
+    comfy.model_management, comfy.utils = mm, types.ModuleType("comfy.utils")
+    for name, mod in {"comfy": comfy, "comfy.model_management": mm, "comfy.utils": comfy.utils,
+                      "comfy_api": types.ModuleType("comfy_api"), "comfy_api.latest": api,
+                      "comfy_extras": types.ModuleType("comfy_extras"), "comfy_extras.nodes_save_3d": save3d,
+                      "server": server}.items():
+        sys.modules.setdefault(name, mod)
+    spec = importlib.util.spec_from_file_location("core_nodes_gaussian_splat", path)
+    core = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(core)
+    return core
+
+
 def import_core(comfyui: Path, device: str):
-    """comfy_extras.nodes_gaussian_splat from a ComfyUI tree, set up for ``device``."""
+    """comfy_extras.nodes_gaussian_splat from a ComfyUI tree (or, given the .py file itself,
+    :func:`import_core_file`), set up for ``device``."""
+    if comfyui.suffix == ".py":
+        return import_core_file(comfyui, device)
     sys.path.insert(0, str(comfyui))
     argv = sys.argv
     sys.argv = [argv[0]] + (["--cpu"] if device == "cpu" else [])
@@ -106,7 +154,9 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=65536, help="Gaussians in the blob scene")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--repeats", type=int, default=1, help="timed runs of ours (after one warm-up on CUDA)")
-    ap.add_argument("--comfyui", type=Path, default=None, help="a ComfyUI 0.33 tree: also time core's SplatToMesh")
+    ap.add_argument("--comfyui", type=Path, default=None,
+                    help="a ComfyUI 0.33 tree, or its comfy_extras/nodes_gaussian_splat.py alone: also time core's "
+                         "SplatToMesh")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = ap.parse_args(argv)
 
