@@ -8,6 +8,7 @@ import torch
 
 from . import comfy_api as api
 from .comfy_api import io
+from .model_management import ManagedModel
 from .types import CATEGORY, PRECISIONS, LGMModel, MultiViewPipelineType, check_choice, first_error
 
 LGM_REPO = "ashawkey/LGM"
@@ -81,7 +82,7 @@ class LGMModelLoader(io.ComfyNode):
             path = _hub_download(LGM_REPO, api.lgm_folder(), LGM_OFFICIAL)
         dtype = api.pick_dtype(precision)
         model = load_lgm(path, dtype=dtype, device="cpu")
-        managed = api.ManagedModel(model, dtype, kind="lgm", preset=model.preset or "custom",
+        managed = ManagedModel(model, dtype, kind="lgm", preset=model.preset or "custom",
                                    rotation=model.rotation_mode, file=os.path.basename(path))
         return io.NodeOutput(managed)
 
@@ -129,14 +130,6 @@ class LGMMultiViewLoader(io.ComfyNode):
             path = _hub_download(repo, os.path.join(api.diffusers_folder(), model_name))
         dtype = api.pick_dtype(precision)
         pipe = MultiViewPipeline.from_pretrained(path, dtype=dtype, device="cpu")
-        managed = api.ManagedModel(_PipelineModules(pipe), dtype, on_reload=pipe.to,
-                                   kind="imagedream" if pipe.is_imagedream else "mvdream", name=model_name)
-        managed.pipeline = pipe
+        managed = ManagedModel(pipe, dtype, modules=pipe.torch_modules(),
+                               kind="imagedream" if pipe.is_imagedream else "mvdream", name=model_name)
         return io.NodeOutput(managed)
-
-
-class _PipelineModules(torch.nn.ModuleList):
-    """The pipeline's torch modules in one container, so ComfyUI moves them together."""
-
-    def __init__(self, pipe):
-        super().__init__([m for m in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.image_encoder) if m is not None])

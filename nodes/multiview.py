@@ -41,8 +41,7 @@ def _generate(managed, prompt, negative_prompt, seed, steps, guidance, elevation
     from lgm_core.cameras import Cameras
     from lgm_core.mvdiffusion.cameras import LGM_VIEW_ORDER
 
-    managed.get()
-    pipe = managed.pipeline
+    pipe = managed.get()
     progress = api.Progress(steps)
     order = list(LGM_VIEW_ORDER)
     nf = pipe.num_frames
@@ -80,7 +79,7 @@ class LGMTextToMultiView(io.ComfyNode):
 
     @classmethod
     def execute(cls, mv_pipeline, prompt, negative_prompt, seed, steps, guidance, elevation) -> io.NodeOutput:
-        if mv_pipeline.pipeline.is_imagedream:
+        if mv_pipeline.model.is_imagedream:
             raise ValueError("this is an ImageDream model, which needs an image: use LGM Image to Multi-View, "
                              "or load mvdream-sd2.1-diffusers for text prompts")
         return io.NodeOutput(*_generate(mv_pipeline, prompt, negative_prompt, seed, steps, guidance, elevation))
@@ -112,7 +111,7 @@ class LGMImageToMultiView(io.ComfyNode):
                 mask=None) -> io.NodeOutput:
         from lgm_core.preprocess import prepare_image
 
-        if not mv_pipeline.pipeline.is_imagedream:
+        if not mv_pipeline.model.is_imagedream:
             raise ValueError("this is an MVDream model, which takes text only: load imagedream-ipmv-diffusers "
                              "for image input, or use LGM Text to Multi-View")
         img = image[0]

@@ -1,8 +1,8 @@
 """Socket types of the pack and conversions between ComfyUI values and ``lgm_core`` objects.
 
 Socket types:
-- ``LGM_MODEL``: a ``ManagedModel`` holding an ``lgm_core.LGM``.
-- ``LGM_MV_PIPELINE``: a ``ManagedModel`` holding an ``lgm_core.mvdiffusion.MultiViewPipeline``.
+- ``LGM_MODEL``: a ``model_management.ManagedModel`` holding an ``lgm_core.LGM``.
+- ``LGM_MV_PIPELINE``: a ``model_management.ManagedModel`` holding an ``lgm_core.mvdiffusion.MultiViewPipeline``.
 - ``LGM_CAMERAS``: an ``lgm_core.cameras.Cameras`` (OpenGL camera-to-world poses, LGM world frame:
   +y up, object front facing +z; elevation positive = camera above).
 - ``SPLAT``: core's SPLAT class when the running ComfyUI has one, else an equivalent object with the

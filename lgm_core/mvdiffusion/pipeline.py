@@ -191,6 +191,12 @@ class MultiViewPipeline:
         self._graph_pool = None
         return self
 
+    def torch_modules(self) -> torch.nn.ModuleList:
+        """The pipeline's torch modules (UNet, VAE, text and image encoders) in one container, for
+        memory managers that move them together."""
+        return torch.nn.ModuleList([m for m in (self.unet, self.vae, self.text_encoder, self.image_encoder)
+                                    if m is not None])
+
     @property
     def device(self) -> torch.device:
         return self.unet.device
