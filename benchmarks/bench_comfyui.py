@@ -325,9 +325,8 @@ def direct_text_to_3d(env, steps, frames, size, iters):
         gen = torch.Generator("cpu").manual_seed(5000 + i)
         out = pipe("a cute owl, 3d asset", negative_prompt="ugly", num_inference_steps=steps, guidance_scale=7.5,
                    generator=gen, output_type="pt")
-        inp = out.lgm_inputs()
         with torch.inference_mode():
-            g = lgm.reconstruct(inp["images"].to(dev), inp["cameras"].to(dev))
+            g = lgm.reconstruct(out.views.to(dev))
             r = render(g, cams)
             r.image.cpu()
         if dev.type == "cuda":

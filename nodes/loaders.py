@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 
-import torch
-
 from . import comfy_api as api
 from .comfy_api import io
 from .model_management import ManagedModel

@@ -6,7 +6,7 @@ without executing any code from the model repositories. See ``docs/mvdiffusion.m
     from lgm_core.mvdiffusion import MultiViewPipeline
     pipe = MultiViewPipeline.from_pretrained("ashawkey/mvdream-sd2.1-diffusers", device="cuda")
     out = pipe("a ceramic owl", generator=torch.Generator().manual_seed(0))
-    gaussians = lgm.reconstruct(**out.lgm_inputs())
+    gaussians = lgm.reconstruct(out.views)
 
 Submodules load lazily (diffusers/transformers are imported only when a pipeline is built).
 """
@@ -21,8 +21,6 @@ _LAZY = {
     "MultiViewOutput": ("lgm_core.mvdiffusion.pipeline", "MultiViewOutput"),
     "mv_camera_matrices": ("lgm_core.mvdiffusion.cameras", "mv_camera_matrices"),
     "mv_view_poses": ("lgm_core.mvdiffusion.cameras", "mv_view_poses"),
-    "to_lgm_views": ("lgm_core.mvdiffusion.cameras", "to_lgm_views"),
-    "LGM_VIEW_ORDER": ("lgm_core.mvdiffusion.cameras", "LGM_VIEW_ORDER"),
     "HUB_REPOS": ("lgm_core.mvdiffusion.loading", "HUB_REPOS"),
     "ComponentError": ("lgm_core.mvdiffusion.loading", "ComponentError"),
     "make_tiny_pipeline_folder": ("lgm_core.mvdiffusion.testing", "make_tiny_pipeline_folder"),
