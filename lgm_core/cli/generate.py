@@ -14,6 +14,7 @@ import argparse
 import time
 from pathlib import Path
 
+from .. import hub
 from . import CLIError, progress
 from .common import (HelpFormatter, StageProgress, add_device_argument, add_dtype_argument, device_default,
                      resolve_device, resolve_dtype, unavailable_models_error)
@@ -55,7 +56,7 @@ def register(sub) -> None:
     t = sub.add_parser("text-to-3d", help="text prompt -> 4 views (MVDream) -> 3D Gaussians (LGM)",
                        description="Text -> 4 views with MVDream -> 3D Gaussians with LGM.", formatter_class=fmt)
     t.add_argument("prompt", help="text prompt, e.g. 'a ceramic owl'")
-    _common(t, "ashawkey/mvdream-sd2.1-diffusers", 7.5)
+    _common(t, hub.MVDREAM.repo_id, 7.5)
     t.set_defaults(func=run_text)
 
     i = sub.add_parser("image-to-3d", help="object image -> 4 views (ImageDream) -> 3D Gaussians (LGM)",
@@ -66,7 +67,7 @@ def register(sub) -> None:
     i.add_argument("image", help="input image (PNG with alpha preferred)")
     i.add_argument("--prompt", default="", help="optional text prompt")
     i.add_argument("--border-ratio", type=float, default=0.2, help="free border around the recentred object")
-    _common(i, "ashawkey/imagedream-ipmv-diffusers", 5.0)
+    _common(i, hub.IMAGEDREAM.repo_id, 5.0)
     i.set_defaults(func=run_image)
 
 

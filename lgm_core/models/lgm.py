@@ -172,6 +172,23 @@ class LGM(nn.Module):
         self._graph_runner = None
 
     @classmethod
+    def from_pretrained(cls, source=None, **kwargs) -> "LGM":
+        """Load a checkpoint (file, folder, hub repo id, ``"demo"``; default the official
+        ``ashawkey/LGM``), as ``MultiViewPipeline.from_pretrained`` loads the multi-view stage: same
+        resolver (:mod:`lgm_core.hub`), same device/dtype defaults (:mod:`lgm_core.runtime`). Keyword
+        arguments: those of :func:`lgm_core.weights.load_lgm`."""
+        from ..weights import load_lgm
+
+        return load_lgm(source, **kwargs)
+
+    def save_pretrained(self, path, dtype: Optional[torch.dtype] = None):
+        """Write the weights as .safetensors in the official key layout, with the config and rotation
+        mode in the metadata (:func:`lgm_core.weights.save_lgm`); ``from_pretrained(path)`` reads it back."""
+        from ..weights import save_lgm
+
+        return save_lgm(self, path, dtype=dtype)
+
+    @classmethod
     def from_preset(cls, name: str, **kwargs) -> "LGM":
         """Build an (untrained) LGM of a named preset: "big", "small", "lrm" or "tiny"."""
         return cls(LGMConfig.preset(name), **kwargs)
