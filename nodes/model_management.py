@@ -6,9 +6,10 @@ object the nodes call (an ``lgm_core.LGM`` or an ``lgm_core.mvdiffusion.MultiVie
 when a node needs it, evicts other models when VRAM is short, honours --lowvram/--novram/--cpu and may
 move it back to the offload device between uses.
 
-Device-bound caches (captured CUDA graphs) are not this module's business: the runtime policy's graph
-runner (``lgm_core.runtime.CUDAGraphRunner``) notices by itself when ComfyUI moved the weights and
-captures again.
+Captured CUDA graphs: the runtime policy's graph runner (``lgm_core.runtime.CUDAGraphRunner``) notices
+by itself when ComfyUI moved the weights and captures again. What this module adds is freeing their
+memory as soon as ComfyUI unloads the model (``release_cuda_graphs()`` of the model, on the patcher's
+detach callback), so offloading really gives the VRAM back.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 import comfy.model_management as model_management
 import comfy.model_patcher
+from comfy.patcher_extension import CallbacksMP
 
 from .comfy_api import torch_device
 
@@ -51,6 +53,9 @@ class ManagedModel:
         self.info = dict(info)
         self.patcher = comfy.model_patcher.ModelPatcher(
             _Holder(modules), load_device=torch_device(), offload_device=model_management.unet_offload_device())
+        release = getattr(model, "release_cuda_graphs", None)
+        if release is not None:
+            self.patcher.add_callback(CallbacksMP.ON_DETACH, lambda _patcher, _unpatch_all: release())
 
     @property
     def device(self) -> torch.device:

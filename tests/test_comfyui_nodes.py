@@ -165,6 +165,20 @@ def test_models_are_managed_by_comfyui(harness):
     assert not mm.current_loaded_models
 
 
+def test_lgm_loader_gives_the_graph_path_and_frees_it_on_unload(harness):
+    """LGM Model Loader turns the CUDA-graph path on (inert on this CPU) and ComfyUI's unload frees the
+    captured graphs (ManagedModel's detach callback)."""
+    import comfy.model_management as mm
+
+    managed = harness.node_classes["LGMModelLoader"].execute("model_fp16_fixrot.safetensors", "fp32", False).result[0]
+    runner = managed.model._graph_runner
+    assert runner is not None and runner.enabled
+    assert managed.get() is managed.model and any(m.model is managed.patcher for m in mm.current_loaded_models)
+    runner.graphs["stale"] = object()  # stands in for a graph captured on a GPU
+    mm.unload_all_models()
+    assert not runner.graphs
+
+
 def test_core_style_splat_objects_are_accepted(harness, tmp_path):
     """Any object with SPLAT's attributes (e.g. core's SPLAT) works with the pack's SPLAT inputs."""
     from lgm_core.mesh.synthetic import make_scene

@@ -228,6 +228,12 @@ class LGM(nn.Module):
             if enabled else None
         return self
 
+    def release_cuda_graphs(self) -> None:
+        """Free the captured graphs' memory now (e.g. when a memory manager unloads the model); the
+        next CUDA call captures again."""
+        if self._graph_runner is not None:
+            self._graph_runner.reset()
+
     def optimize_for_inference(self, compile: bool = False) -> "LGM":
         """The fast CUDA path: CUDA graphs (inert on other devices, so it may be called before the
         model is moved to the GPU), and with ``compile=True`` on a CUDA model also channels-last +

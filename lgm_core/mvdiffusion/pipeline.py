@@ -146,8 +146,13 @@ class MultiViewPipeline:
         for m in (self.unet, self.vae, self.text_encoder, self.image_encoder):
             if m is not None:
                 m.to(device=device, dtype=dtype)
-        self._unet_graphs.reset()  # free the graphs' memory now (moved weights would be noticed anyway)
+        self.release_cuda_graphs()  # free the graphs' memory now (moved weights would be noticed anyway)
         return self
+
+    def release_cuda_graphs(self) -> None:
+        """Free the captured UNet graphs' memory now (e.g. when a memory manager unloads the pipeline);
+        the next CUDA call captures again."""
+        self._unet_graphs.reset()
 
     def torch_modules(self) -> torch.nn.ModuleList:
         """The pipeline's torch modules (UNet, VAE, text and image encoders) in one container, for
