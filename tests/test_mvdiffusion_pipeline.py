@@ -267,6 +267,26 @@ def test_pipe_to_lgm_one_line(text_pipe):
     assert gaussians.positions.shape[0] == 1 and torch.isfinite(gaussians.positions).all()
 
 
+def test_pipeline_layer_chains_the_stages(text_pipe, image_pipe):
+    """lgm_core.pipelines: the same views as calling the pipeline by hand, Gaussians from them."""
+    from lgm_core.models.lgm import LGM
+    from lgm_core.pipelines import DEFAULT_NEGATIVE_PROMPT, image_to_3d, text_to_3d
+
+    torch.manual_seed(0)
+    lgm = LGM(tiny_lgm_config()).eval()
+    result = text_to_3d(text_pipe, lgm, "owl", steps=1, seed=3, elevation=5.0)
+    by_hand = text_pipe("owl", negative_prompt=DEFAULT_NEGATIVE_PROMPT, num_inference_steps=1, generator=_gen(3),
+                        elevation=5.0, output_type="pt")
+    assert torch.equal(result.views.images, by_hand.views.images) and result.views.elevation == 5.0
+    assert result.gaussians.num_gaussians == lgm.config.num_gaussians
+    rgba = torch.zeros(48, 64, 4)
+    rgba[10:30, 20:40] = torch.tensor([1.0, 0.0, 0.0, 1.0])  # an object with an alpha mask: recentred
+    steps = []
+    result = image_to_3d(image_pipe, lgm, rgba, steps=2, seed=1, callback=lambda i, n, _lat: steps.append((i, n)))
+    assert result.views.images.shape == (1, 4, 3, 256, 256) and steps == [(1, 2), (2, 2)]
+    assert torch.isfinite(result.gaussians.positions).all()
+
+
 def test_clip_preprocessing_matches_transformers(image_pipe, spec_dir):
     from transformers import CLIPImageProcessor
 
