@@ -69,11 +69,14 @@ _VIEWS_HINTS = {
 
 def image_to_views(images: torch.Tensor, cameras=None, elevation: float = 0.0):
     """ComfyUI IMAGE batch of 4 [4,H,W,C] in LGM order (+ optional ``Cameras`` of the 4 views) ->
-    ``lgm_core.views.Views`` (alpha composited on white; validated there, with a ComfyUI hint added)."""
+    ``lgm_core.views.Views`` (alpha composited on white; validated there, with a ComfyUI hint added).
+    Float images are clamped to IMAGE's [0, 1] first: resampling nodes (bicubic) overshoot it slightly."""
     from lgm_core.views import Views, ViewsError
 
     if not torch.is_tensor(images) or images.dim() != 4:
         raise ValueError(f"expected an IMAGE batch [B,H,W,C], got {getattr(images, 'shape', type(images))}")
+    if images.is_floating_point():
+        images = images.clamp(0, 1)  # NaN stays NaN (refused by Views)
     try:
         return Views.from_channels_last(images, None if cameras is None else cameras.c2w, elevation)
     except ViewsError as exc:

@@ -174,6 +174,12 @@ def test_lgm_loader_gives_the_graph_path_and_frees_it_on_unload(harness):
     runner = managed.model._graph_runner
     assert runner is not None and runner.enabled
     assert managed.get() is managed.model and any(m.model is managed.patcher for m in mm.current_loaded_models)
+    reconstruct = harness.node_classes["LGMReconstruct"]
+    overshoot = torch.rand(4, 64, 64, 3, generator=torch.Generator().manual_seed(0)) * 1.04 - 0.02  # as bicubic
+    splat = reconstruct.execute(managed, overshoot, 0.0).result[0]
+    assert torch.isfinite(splat.positions).all()
+    with pytest.raises(ValueError, match="NaN"):
+        reconstruct.execute(managed, torch.full((4, 64, 64, 3), float("nan")), 0.0)
     runner.graphs["stale"] = object()  # stands in for a graph captured on a GPU
     mm.unload_all_models()
     assert not runner.graphs
