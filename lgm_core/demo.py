@@ -86,10 +86,12 @@ def run_demo(
     ``side_by_side.png`` (rows: the input views | renders from the same poses | novel views at elevation 20
     between them). Returns the paths and the PSNR of the input-pose renders against the inputs."""
     from .cameras import Cameras, default_input_cameras
+    from .image_io import write_image
     from .pipelines import views_to_gaussians
+    from .ply import save_ply
     from .render import render, psnr
     from .runtime import default_device
-    from .video import write_image, write_video
+    from .video import write_video
     from .views import Views
     from .weights import load_lgm
 
@@ -103,7 +105,7 @@ def run_demo(
              f"{model.config.num_gaussians} Gaussians) on {dev}")
     gaussians = views_to_gaussians(model, Views(images[None]).to(dev))
     ply = out / "gaussians.ply"
-    gaussians.save_ply(ply)
+    save_ply(gaussians, ply)
     progress(f"wrote {ply} ({gaussians.num_gaussians} Gaussians, {time.perf_counter() - t0:.1f} s)")
 
     size = int(images.shape[-1])

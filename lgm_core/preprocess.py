@@ -57,7 +57,7 @@ def _resize(img: torch.Tensor, h: int, w: int) -> torch.Tensor:
 def recenter(rgba: torch.Tensor, mask: torch.Tensor, border_ratio: float = 0.2) -> torch.Tensor:
     """Crop ``rgba`` [H, W, 4] to the mask's box and paste it centred on a transparent square canvas
     of side max(H, W), scaled so its longer side is int((1 - border_ratio) * side).
-    Returns [side, side, 4] (lgm_spec §9.1 step 3)."""
+    Returns [side, side, 4] (docs/conventions.md#image-preprocessing)."""
     if not 0.0 <= border_ratio < 1.0:
         raise ValueError(f"border_ratio must be in [0, 1), got {border_ratio}")
     h, w = rgba.shape[:2]

@@ -2,7 +2,7 @@
 
 Only safetensors are read (no pickle, nothing from a model repo is executed); loading is strict
 (every key, every shape); the architecture preset is detected from the keys and shapes; the
-rotation activation (fixrot vs legacy, lgm_spec §2.2) is chosen from the official file names.
+rotation activation (fixrot vs legacy, docs/conventions.md#legacy-rotations) is chosen from the official file names.
 The network is touched only when a hub repo id is given, through ``huggingface_hub`` (``HF_HOME`` /
 ``cache_dir``); offline (``HF_HUB_OFFLINE`` or no network, see ``lgm_core.hub``) the hub cache is used
 or a one-line :class:`lgm_core.hub.HubUnavailable` is raised at once.

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lgm_core.mvdiffusion import MultiViewPipeline, make_tiny_pipeline_folder
+from lgm_core.mvdiffusion import MultiViewPipeline
+from lgm_core.testing import make_tiny_pipeline_folder
 
 pytestmark = pytest.mark.gpu
 

@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lgm_core.cameras import default_input_cameras
-from lgm_core.testing import tiny_lgm_config
-from lgm_core.mvdiffusion import MultiViewPipeline, make_tiny_pipeline_folder
+from lgm_core.mvdiffusion import MultiViewPipeline
 from lgm_core.mvdiffusion.cameras import mv_camera_matrices
+from lgm_core.testing import make_tiny_pipeline_folder, tiny_lgm_config
 from lgm_core.mvdiffusion.loading import ComponentError
 
 STEPS = 2

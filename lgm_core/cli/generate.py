@@ -135,7 +135,7 @@ def _generate(args, stage, **options) -> int:
     views = stage(pipe, steps=args.steps, guidance=args.guidance, elevation=args.elevation, seed=args.seed,
                   callback=lambda step, _t, _x: bar.update(step), **options)
     progress(f"4 views in {time.perf_counter() - t1:.2f} s")
-    from ..video import write_image
+    from ..image_io import write_image
 
     write_image(views.grid(0), out_dir / "views.png")
     del pipe
@@ -150,7 +150,9 @@ def _generate(args, stage, **options) -> int:
     gaussians = views_to_gaussians(model, views)
     progress(f"reconstructed {gaussians.num_gaussians} Gaussians in {time.perf_counter() - t2:.2f} s")
     ply = out_dir / "gaussians.ply"
-    gaussians.save_ply(ply, min_opacity=args.min_opacity)
+    from ..ply import save_ply
+
+    save_ply(gaussians, ply, min_opacity=args.min_opacity)
     progress(f"wrote {ply}")
 
     if frames > 0:

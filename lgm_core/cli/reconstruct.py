@@ -104,6 +104,8 @@ def run(args) -> int:
 
         save_splat(gaussians, args.output, min_opacity=args.min_opacity)
     else:
-        gaussians.save_ply(args.output, min_opacity=args.min_opacity)
+        from ..ply import save_ply
+
+        save_ply(gaussians, args.output, min_opacity=args.min_opacity)
     progress(f"wrote {args.output}")
     return 0

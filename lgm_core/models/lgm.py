@@ -1,4 +1,4 @@
-"""LGM: 4 posed views -> 3D Gaussians (lgm_spec §3-5).
+"""LGM: 4 posed views -> 3D Gaussians (docs/conventions.md#model).
 
 The module's ``state_dict()`` is key-for-key and shape-for-shape the official checkpoints'
 (``unet.*`` then ``conv.*``); :func:`lgm_core.load_lgm` loads them strictly.
@@ -24,7 +24,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 ROTATION_MODES = ("per_gaussian", "legacy")
 """``per_gaussian``: each quaternion divided by its own norm ("fixrot" checkpoints, default).
 ``legacy``: the pre-fix behaviour, each quaternion component divided by its norm over all N
-Gaussians of the sample (lgm_spec §2.2); only for ``model.safetensors``/``model_fp16.safetensors``."""
+Gaussians of the sample (docs/conventions.md#legacy-rotations); only for ``model.safetensors`` /
+``model_fp16.safetensors``."""
 
 
 @dataclass(frozen=True)

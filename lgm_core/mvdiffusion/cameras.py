@@ -1,7 +1,7 @@
 """Camera conditioning of MVDream / ImageDream and the hand-off to LGM.
 
 Sign convention: **elevation positive = cameras above the object**, as everywhere in
-:mod:`lgm_core.cameras`. The two original copies of ``get_camera`` differ (spec §3):
+:mod:`lgm_core.cameras`. The two original copies of ``get_camera`` differ (docs/conventions.md#multi-view-cameras):
 
 * LGM's copy (``mvdream/mv_unet.py`` of LGM, used by LGM's app.py/infer.py) passes the elevation to
   kiui unchanged, i.e. positive = BELOW.  ``LGM-copy get_camera(e) == mv_camera_matrices(-e)``.

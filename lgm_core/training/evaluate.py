@@ -2,8 +2,8 @@
 
 For every object: the 4 input views are ring views ``k, k + ring/4, k + ring/2, k + 3ring/4`` (k = 0:
 azimuths a, a+90, a+180, a+270 at elevation 0, exactly how the model is used at inference), their poses
-canonicalised so view k is LGM's front camera (lgm_spec §7.5). The predicted Gaussians are rendered on
-white at the model's ``output_size`` from every *other* view and compared with the ground truth
+canonicalised so view k is LGM's front camera (docs/conventions.md#canonical-frame). The predicted
+Gaussians are rendered on white at the model's ``output_size`` from every *other* view and compared with the ground truth
 composited on white (bilinear, antialiased resize when the dataset size differs). Views are grouped by
 elevation (rounded to whole degrees), plus "inputs" (the 4 input poses) and "novel" (all other views).
 

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 
 from ..cameras import LGM_FOVY, LGM_RADIUS, Cameras, orbit_cameras
+from ..image_io import write_image
 from ..runtime import default_device
-from ..video import write_image
 from . import layout
 
 log = logging.getLogger("lgm_core.training.prepare")

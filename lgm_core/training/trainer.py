@@ -1,4 +1,4 @@
-"""The LGM trainer (lgm_spec §11) on accelerate: one CPU, one GPU, or many GPUs/hosts unchanged.
+"""The LGM trainer (docs/conventions.md#training) on accelerate: one CPU, one GPU, or many GPUs/hosts unchanged.
 
 One optimiser step = ``gradient_accumulation_steps`` micro-steps of ``batch_size`` samples per
 process: inputs (4 views, ImageNet-normalised, Plücker rays of the possibly jittered poses,
@@ -294,7 +294,7 @@ class Trainer:
         return path
 
     def preview(self, batch, images, tag: str) -> None:
-        from ..video import write_image
+        from ..image_io import write_image
 
         s = self.run.model.output_size
         inputs = torch.nn.functional.interpolate(batch["input_images"][0].float(), size=(s, s), mode="bilinear",
