@@ -31,6 +31,7 @@ import torch  # noqa: E402
 
 from lgm_core.cameras import Cameras  # noqa: E402
 from lgm_core.gaussians import Gaussians  # noqa: E402
+from lgm_core.runtime import default_device  # noqa: E402
 
 ROWS = []
 
@@ -209,7 +210,7 @@ def bench_cpu(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default=default_device().type)
     ap.add_argument("--gsplat-so", default=None)
     ap.add_argument("--ref", default=str(REPO.parent / "shared/ref/lgm_tiny/output.safetensors"))
     ap.add_argument("--repeats", type=int, default=3)

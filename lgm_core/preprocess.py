@@ -137,14 +137,3 @@ def make_grid(views: torch.Tensor) -> torch.Tensor:
     bottom = torch.cat([views[2], views[3]], dim=1)
     return torch.cat([top, bottom], dim=0)
 
-
-def views_to_lgm(views: torch.Tensor, background: Sequence[float] = WHITE) -> torch.Tensor:
-    """Channels-last views [4, H, W, 3|4] (RGBA composited over ``background``) -> LGM's
-    channels-first input [1, 4, 3, H, W]."""
-    if views.dim() != 4 or views.shape[-1] not in (3, 4):
-        raise ValueError(f"views must be [4, H, W, 3|4], got {list(views.shape)}")
-    if views.shape[0] != 4:
-        raise ValueError(f"LGM needs exactly 4 views, got {views.shape[0]}")
-    views = views.float() if views.is_floating_point() else views.float() / 255.0
-    rgb = composite(views[..., :3], views[..., 3], background) if views.shape[-1] == 4 else views
-    return rgb.permute(0, 3, 1, 2)[None].contiguous()

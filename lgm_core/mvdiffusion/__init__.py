@@ -6,7 +6,7 @@ without executing any code from the model repositories. See ``docs/mvdiffusion.m
     from lgm_core.mvdiffusion import MultiViewPipeline
     pipe = MultiViewPipeline.from_pretrained("ashawkey/mvdream-sd2.1-diffusers", device="cuda")
     out = pipe("a ceramic owl", generator=torch.Generator().manual_seed(0))
-    gaussians = lgm.reconstruct(**out.lgm_inputs())
+    gaussians = lgm.reconstruct(out.views)
 
 Importing this package is cheap: diffusers/transformers are imported inside the functions that
 build a pipeline. Stand-in pipelines for tests: :func:`lgm_core.testing.make_tiny_pipeline_folder`.
@@ -14,10 +14,10 @@ build a pipeline. Stand-in pipelines for tests: :func:`lgm_core.testing.make_tin
 
 from __future__ import annotations
 
-from .cameras import LGM_VIEW_ORDER, mv_camera_matrices, mv_view_poses, to_lgm_views
+from .cameras import mv_camera_matrices, mv_view_poses
 from .loading import HUB_REPOS, ComponentError
 from .pipeline import MultiViewOutput, MultiViewPipeline
 from .unet import MultiViewUNet
 
-__all__ = ["ComponentError", "HUB_REPOS", "LGM_VIEW_ORDER", "MultiViewOutput", "MultiViewPipeline", "MultiViewUNet",
-           "mv_camera_matrices", "mv_view_poses", "to_lgm_views"]
+__all__ = ["ComponentError", "HUB_REPOS", "MultiViewOutput", "MultiViewPipeline", "MultiViewUNet",
+           "mv_camera_matrices", "mv_view_poses"]

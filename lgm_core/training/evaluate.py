@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from ..cameras import Cameras, canonicalize_cameras
+from ..pipelines import views_to_gaussians
+from ..views import Views
 from . import layout
 from .metrics import psnr, ssim
 
@@ -97,7 +99,7 @@ def evaluate_objects(
         order = inputs + [v for v in range(obj.num_views) if v not in inputs]
         canon = canonicalize_cameras(poses[order], radius=cfg.cam_radius)
         images = torch.stack([load_view(obj_dir, v, cfg.input_size)[0] for v in inputs])
-        gaussians = model.reconstruct(images[None], cameras=canon[:4].to(model.device))
+        gaussians = views_to_gaussians(model, Views(images[None], canon[:4].to(model.device)))
         cams = Cameras(canon.to(gaussians.device), fovy, out_size, out_size)
         pred = render(gaussians, cams).image[0].permute(0, 3, 1, 2).float().cpu()
         scores = ObjectScores(obj.id, order, [], [], [])

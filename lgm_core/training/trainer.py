@@ -35,6 +35,7 @@ import torch
 
 from ..cameras import plucker_rays_batched
 from ..models.lgm import IMAGENET_MEAN, IMAGENET_STD, LGM
+from ..runtime import default_device
 from . import checkpoint as ckpt
 from .config import RunConfig
 from .dataset import MultiViewDataset, SampleStream, collate, load_objects, split_objects
@@ -129,7 +130,7 @@ class Trainer:
         cfg = self.run.train
         self.out = Path(opts.output)
         mp = cfg.mixed_precision
-        use_cuda = torch.cuda.is_available() and not opts.cpu
+        use_cuda = default_device().type == "cuda" and not opts.cpu
         if mp == "auto":
             mp = "bf16" if use_cuda and torch.cuda.is_bf16_supported() else "no"
         log_with = None
