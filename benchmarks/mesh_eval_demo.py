@@ -39,17 +39,6 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
-def sample_points(corners: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """``n`` area-uniform points on a triangle soup [F, 3, 3]."""
-    a, b, c = corners[:, 0], corners[:, 1], corners[:, 2]
-    area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
-    rng = np.random.default_rng(seed)
-    idx = rng.choice(len(corners), size=n, p=area / area.sum())
-    r1, r2 = rng.random(n), rng.random(n)
-    s = np.sqrt(r1)
-    return (1 - s)[:, None] * a[idx] + (s * (1 - r2))[:, None] * b[idx] + (s * r2)[:, None] * c[idx]
-
-
 def geometry(pred: np.ndarray, ref: np.ndarray, diag: float) -> dict:
     from scipy.spatial import cKDTree
 
@@ -110,6 +99,7 @@ def main(argv=None) -> int:
     import torch
 
     from eval_demo import TEST_OBJECTS, prepare_test_views
+    from mesh_quality import sample_mesh_points, sample_points
     from lgm_core.cameras import Cameras, canonicalize_cameras
     from lgm_core.mesh import Mesh, extract_mesh
     from lgm_core.mesh.texturing import linear_to_srgb
@@ -160,7 +150,7 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         ours = extract_mesh(g, device=args.device)
         row["ours_s"] = time.perf_counter() - t
-        row["ours"] = geometry(sample_points(ours.vertices.double().numpy()[ours.faces.numpy()], args.points, 1), ref, diag)
+        row["ours"] = geometry(sample_mesh_points(ours, args.points, 1), ref, diag)
         row["ours"]["psnr"], row["ours"]["ssim"], row["ours"]["psnr_gt"] = appearance(ours, novel, splat_img, gt_img)
         row["ours"].update(topology(welded_faces(ours)), faces=ours.num_faces)
         if not args.no_refine:
@@ -177,8 +167,7 @@ def main(argv=None) -> int:
             if len(f):
                 cm = Mesh(v * torch.tensor([1.0, -1.0, -1.0]), f, vertex_colors=linear_to_srgb(c))
                 row["core_s"] = sec
-                row["core"] = geometry(sample_points(cm.vertices.double().numpy()[cm.faces.numpy()], args.points, 2),
-                                       ref, diag)
+                row["core"] = geometry(sample_mesh_points(cm, args.points, 2), ref, diag)
                 row["core"]["psnr"], row["core"]["ssim"], row["core"]["psnr_gt"] = appearance(cm, novel, splat_img, gt_img)
                 row["core"].update(topology(welded_faces(cm)), faces=cm.num_faces)
         rows.append(row)

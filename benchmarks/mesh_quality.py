@@ -43,12 +43,16 @@ from lgm_core.runtime import default_device  # noqa: E402
 
 
 def sample_mesh_points(mesh, n: int, seed: int = 0) -> np.ndarray:
-    v = mesh.vertices.double().numpy()
-    f = mesh.faces.numpy()
-    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
+    """``n`` area-uniform points on ``mesh``."""
+    return sample_points(mesh.vertices.double().numpy()[mesh.faces.numpy()], n, seed)
+
+
+def sample_points(corners: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` area-uniform points on a triangle soup [F, 3, 3]."""
+    a, b, c = corners[:, 0], corners[:, 1], corners[:, 2]
     area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
     rng = np.random.default_rng(seed)
-    idx = rng.choice(len(f), size=n, p=area / area.sum())
+    idx = rng.choice(len(corners), size=n, p=area / area.sum())
     r1, r2 = rng.random(n), rng.random(n)
     s = np.sqrt(r1)
     return (1 - s)[:, None] * a[idx] + (s * (1 - r2))[:, None] * b[idx] + (s * r2)[:, None] * c[idx]
