@@ -17,7 +17,7 @@ import json
 import re
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING, Tuple
+from typing import Tuple
 
 import numpy as np
 import torch
@@ -25,8 +25,7 @@ import torch
 from ..fileio import atomic_paths, atomic_write_bytes
 from .texturing import linear_to_srgb, sample_texture, srgb_to_linear, to_uint8
 
-if TYPE_CHECKING:
-    from .types import Mesh
+# "Mesh" in the annotations is lgm_core.mesh.types.Mesh (not imported: types delegates to this module)
 
 MESH_SUFFIXES = (".glb", ".obj", ".ply")
 OBJ_HEADER = "# written by lgm_core\n"
@@ -145,10 +144,8 @@ def weld(mesh: "Mesh") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def ply_bytes(mesh: "Mesh") -> bytes:
     """Binary little-endian PLY: welded positions, normals, uint8 display-RGB colours, faces."""
-    from .types import vertex_normals
-
     v, f, col = weld(mesh)
-    nrm = vertex_normals(v, f).numpy().astype("<f4")
+    nrm = type(mesh)(v, f).compute_normals().normals.numpy().astype("<f4")
     rgb = to_uint8(col)
     vertex = np.empty(len(v), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("nx", "<f4"), ("ny", "<f4"),
                                      ("nz", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
@@ -233,12 +230,11 @@ def to_trimesh(mesh: "Mesh"):
     return tm
 
 
-def from_trimesh(tm, *, linear_colors: bool = False) -> "Mesh":
-    """From a ``trimesh.Trimesh`` (or a Scene, whose geometry is concatenated). ``linear_colors``:
-    the file stored vertex colours in linear light (glTF ``COLOR_0``); they are converted to sRGB."""
+def from_trimesh(tm, mesh_class, *, linear_colors: bool = False) -> "Mesh":
+    """A ``mesh_class`` (:class:`~lgm_core.mesh.Mesh`) from a ``trimesh.Trimesh`` (or a Scene, whose
+    geometry is concatenated). ``linear_colors``: the file stored vertex colours in linear light
+    (glTF ``COLOR_0``); they are converted to sRGB."""
     import trimesh
-
-    from .types import Mesh
 
     attrs = {}
     if isinstance(tm, trimesh.Scene):
@@ -276,16 +272,17 @@ def from_trimesh(tm, *, linear_colors: bool = False) -> "Mesh":
     if colors is not None and linear_colors:
         colors = linear_to_srgb(torch.from_numpy(np.ascontiguousarray(colors[:, :3]))).numpy()
     normals = np.asarray(tm.vertex_normals, dtype=np.float32) if "vertex_normals" in tm._cache.cache else None
-    return Mesh(np.asarray(tm.vertices, dtype=np.float32), np.asarray(tm.faces, dtype=np.int64),
-                uvs=uvs, texture=texture, vertex_colors=colors, normals=normals)
+    return mesh_class(np.asarray(tm.vertices, dtype=np.float32), np.asarray(tm.faces, dtype=np.int64),
+                      uvs=uvs, texture=texture, vertex_colors=colors, normals=normals)
 
 
-def load_mesh(path) -> "Mesh":
-    """Read a .glb/.gltf/.obj/.ply file through trimesh (glTF vertex colours are linear -> sRGB)."""
+def load_mesh(path, mesh_class) -> "Mesh":
+    """Read a .glb/.gltf/.obj/.ply file through trimesh into a ``mesh_class`` (glTF vertex colours are
+    linear -> sRGB)."""
     import trimesh
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such mesh file: {path}")
-    return from_trimesh(trimesh.load(str(path), process=False),
+    return from_trimesh(trimesh.load(str(path), process=False), mesh_class,
                         linear_colors=path.suffix.lower() in (".glb", ".gltf"))

@@ -141,7 +141,7 @@ class Mesh:
         """From a ``trimesh.Trimesh`` (or a Scene, whose geometry is concatenated)."""
         from .files import from_trimesh
 
-        return from_trimesh(tm)
+        return from_trimesh(tm, cls)
 
     def export(self, path: PathLike, *, flip_yz: bool = False, unlit: bool = False) -> Path:
         """Write the mesh; the format follows the extension:
@@ -176,7 +176,7 @@ class Mesh:
         """Read a .glb/.gltf/.obj/.ply file through trimesh."""
         from .files import load_mesh
 
-        return load_mesh(path)
+        return load_mesh(path, cls)
 
     def sample_texture(self, uv: torch.Tensor) -> torch.Tensor:
         """Bilinear texture lookup at ``uv`` [N, 2] (OBJ convention) -> RGB [N, 3]."""
