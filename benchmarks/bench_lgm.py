@@ -31,9 +31,10 @@ from lgm_core.models.lgm import LGM  # noqa: E402
 from lgm_core.models.unet import GroupNorm32  # noqa: E402
 
 
-def build(preset: str, device: str, dtype: torch.dtype) -> LGM:
+def build(preset, device: str, dtype: torch.dtype) -> LGM:
+    """Random-weight LGM of a preset name or an ``LGMConfig`` (the same weights in every process)."""
     with torch.device("meta"):
-        model = LGM.from_preset(preset)
+        model = LGM(preset)
     model = model.to(dtype=torch.float32).to_empty(device=device)
     gen = torch.Generator(device="cpu").manual_seed(0)
     with torch.no_grad():
