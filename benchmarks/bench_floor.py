@@ -1,6 +1,6 @@
 """Toward the hardware floor (issue 15): every mode of LGM and multi-view diffusion side by side in one run.
 
-    python benchmarks/bench_floor.py --configs DIR [--budget 270] [--out DIR]   # GPU (CUDA), real sizes
+    python benchmarks/bench_floor.py --configs DIR [--budget 255] [--out DIR]   # GPU (CUDA), real sizes
     python benchmarks/bench_floor.py --quick                                     # CPU smoke run, tiny models
 
 Random weights in the official layouts (compute does not depend on values), fp16 on CUDA. Sections, one
@@ -743,7 +743,7 @@ def section_compiled(args, budget, device, builders: Builders, specs, lgm_table,
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default=str(DEFAULT_CONFIGS), help="hub config folder (ImageDream layout)")
-    ap.add_argument("--budget", type=float, default=None, help="seconds for the whole run (GPU 270, --quick 900)")
+    ap.add_argument("--budget", type=float, default=None, help="seconds for the whole run (GPU 255, --quick 900)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for bench_floor.json / .md")
     ap.add_argument("--quick", action="store_true", help="CPU smoke run: tiny models, 2 steps, compile backend 'eager'")
     ap.add_argument("--sections", default="profile,lgm,mv,throughput,compile")
@@ -766,7 +766,7 @@ def parse(argv=None):
         args.budget = 900 if args.budget is None else args.budget
         args.compile_slots = 0 if args.compile_slots is None else args.compile_slots
     args.compile_slots = 2 if args.compile_slots is None else args.compile_slots
-    args.budget = 270 if args.budget is None else args.budget
+    args.budget = 255 if args.budget is None else args.budget
     args.sections = [s for s in args.sections.split(",") if s]
     args.kinds = [k for k in args.kinds.split(",") if k]
     args.lgm_batches = (1, 4) if not args.quick else (1,)
