@@ -28,7 +28,6 @@ from lgm_core.paths import (UnsafePathError, contained_path, first_contained, is
                             walk_contained)
 
 import comfy.model_management as model_management
-import comfy.model_patcher
 import comfy.utils
 import folder_paths
 from comfy_api.latest import ComfyExtension, Types, io, ui  # noqa: F401  (re-exported)
@@ -39,7 +38,7 @@ __all__ = [
     "ComfyExtension", "io", "ui", "MESH", "SPLAT", "SplatSocket", "make_splat", "make_mesh",
     "register_model_folders", "lgm_checkpoint_names", "lgm_checkpoint_path", "lgm_folder",
     "diffusers_model_names", "diffusers_model_path", "diffusers_folder",
-    "ManagedModel", "torch_device", "intermediate_device", "pick_dtype", "check_interrupted", "Progress",
+    "torch_device", "intermediate_device", "pick_dtype", "check_interrupted", "Progress",
     "output_file_path", "output_file_paths", "input_file_path", "input_file_names", "temp_directory", "log",
     "log_accelerators", "UnsafePathError",
 ]
@@ -300,55 +299,6 @@ def pick_dtype(precision: str, device: torch.device | None = None) -> torch.dtyp
     if model_management.should_use_bf16(device):
         return torch.bfloat16
     return torch.float32
-
-
-class _Holder(torch.nn.Module):
-    """Container so ComfyUI's ModelPatcher can set its bookkeeping attributes without touching ours."""
-
-    def __init__(self, inner: torch.nn.Module):
-        super().__init__()
-        self.inner = inner
-
-
-class ManagedModel:
-    """A model under ComfyUI's memory manager (``comfy.model_patcher.ModelPatcher``).
-
-    ``get()`` asks ComfyUI to load it on the compute device (evicting other models if VRAM is short,
-    honouring --lowvram/--novram/--cpu) and returns the module; between uses ComfyUI may move it back
-    to the offload device. ``info`` carries metadata for display (kind, preset, dtype, ...).
-    """
-
-    def __init__(self, module: torch.nn.Module, dtype: torch.dtype,
-                 on_reload: Callable[[torch.device], Any] | None = None, **info: Any):
-        self.dtype = dtype
-        self.info = dict(info)
-        self.on_reload = on_reload
-        self._placement = None
-        self.patcher = comfy.model_patcher.ModelPatcher(
-            _Holder(module), load_device=torch_device(), offload_device=model_management.unet_offload_device())
-
-    @property
-    def device(self) -> torch.device:
-        return self.patcher.load_device
-
-    def get(self) -> torch.nn.Module:
-        """Load on the compute device (if not there already) and return the wrapped module."""
-        # Modules here have no comfy.ops cast hooks, so they are always loaded whole.
-        model_management.load_models_gpu([self.patcher], force_full_load=True)
-        module = self.patcher.model.inner
-        first = next(module.parameters(), None)
-        placement = (first.device, first.data_ptr()) if first is not None else None
-        if placement != self._placement:
-            # weights moved since the last use (first load, or ComfyUI offloaded and reloaded them):
-            # let the owner drop device-bound caches (e.g. captured CUDA graphs)
-            if self.on_reload is not None and self._placement is not None:
-                self.on_reload(self.device)
-            self._placement = placement
-        return module
-
-    def __repr__(self) -> str:
-        desc = ", ".join(f"{k}={v}" for k, v in self.info.items())
-        return f"ManagedModel({desc}, dtype={self.dtype})"
 
 
 def check_interrupted() -> None:

@@ -12,9 +12,10 @@ Input files the graphs reference (put them in ComfyUI's input folder, or pick yo
 
 from __future__ import annotations
 
-LGM_CKPT = "model_fp16_fixrot.safetensors"
-NEGATIVE = ("ugly, blurry, pixelated obscure, unnatural colors, poor lighting, dull, unclear, cropped, lowres, "
-            "low quality, artifacts, duplicate")
+from lgm_core.hub import LGM_WEIGHTS
+from lgm_core.pipelines import DEFAULT_NEGATIVE_PROMPT as NEGATIVE
+
+LGM_CKPT = LGM_WEIGHTS.filename
 
 
 def _lgm_loader():
