@@ -228,7 +228,7 @@ def build_lgm(config: LGMConfig, device, dtype) -> LGM:
 
 
 def tiny_folder(kind: str) -> Path:
-    from lgm_core.mvdiffusion.testing import make_tiny_pipeline_folder
+    from lgm_core.testing import make_tiny_pipeline_folder
 
     root = Path(tempfile.gettempdir()) / f"lgm_floor_tiny_{os.getpid()}"
     return make_tiny_pipeline_folder(root / kind, kind=kind)
