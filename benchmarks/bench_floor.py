@@ -62,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lgm_core.compile_cache import PersistentCompile, compile_cached  # noqa: E402
 from lgm_core.models.lgm import LGM, LGMConfig  # noqa: E402
 from lgm_core.models.unet import GroupNorm32  # noqa: E402
+from bench_lgm import build, timed  # noqa: E402  (random init and CUDA-event timing of the LGM benchmark)
 
 DEFAULT_CONFIGS = ROOT.parent / "shared" / "spec" / "mvdream_configs" / "imagedream-ipmv-diffusers"
 QUICK_LGM = LGMConfig(down_channels=(32, 64), down_attention=(False, True), up_channels=(64,),
@@ -167,32 +168,6 @@ def allocated(device) -> int:
     return torch.cuda.memory_allocated() if torch.device(device).type == "cuda" else 0
 
 
-def timed(fn: Callable[[], Any], iters: int, warmup: int, device, base_bytes: int = 0):
-    """(median ms, peak GB above ``base_bytes`` during the timed calls, last output)."""
-    out = None
-    for _ in range(warmup):
-        out = fn()
-    cuda = torch.device(device).type == "cuda"
-    _sync(device)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(iters):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            out = fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t = time.perf_counter()
-            out = fn()
-            times.append((time.perf_counter() - t) * 1000)
-    peak = (torch.cuda.max_memory_allocated() - base_bytes) / 2**30 if cuda else float("nan")
-    return statistics.median(times), peak, out
-
-
 def wall(fn: Callable[[], Any], device):
     _sync(device)
     t = time.perf_counter()
@@ -222,8 +197,7 @@ def lgm_input(config: LGMConfig, batch: int, device) -> torch.Tensor:
 
 
 def build_lgm(config: LGMConfig, device, dtype) -> LGM:
-    from bench_lgm import build  # the committed benchmark's random init (same weights in every process)
-
+    """Random-weight LGM (bench_lgm's init: the same weights in every process)."""
     return build(config, device, dtype)
 
 

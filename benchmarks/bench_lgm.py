@@ -47,7 +47,8 @@ def build(preset, device: str, dtype: torch.dtype) -> LGM:
     return model.to(dtype).eval().requires_grad_(False)
 
 
-def timed(fn, iters: int, warmup: int, device: str):
+def timed(fn, iters: int, warmup: int, device: str, base_bytes: int = 0):
+    """(median ms, peak GB allocated above ``base_bytes`` during the timed calls (NaN on CPU), last output)."""
     for _ in range(warmup):
         fn()
     if device == "cuda":
@@ -61,7 +62,7 @@ def timed(fn, iters: int, warmup: int, device: str):
             end.record()
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end))
-        peak = torch.cuda.max_memory_allocated() / 2**30
+        peak = (torch.cuda.max_memory_allocated() - base_bytes) / 2**30
     else:
         times = []
         for _ in range(iters):
