@@ -240,13 +240,11 @@ class CacheEntry:
 
 
 def _counts() -> Tuple[int, int]:
+    """(FX graphs Inductor found in its cache, FX graphs it had to compile) so far in this process."""
     from torch._dynamo.utils import counters
 
-    ind, aot = counters["inductor"], counters["aot_autograd"]
-    hits = ind["fxgraph_cache_hit"]
-    misses = ind["fxgraph_cache_miss"] + ind["fxgraph_cache_bypass"] + aot["autograd_cache_miss"] \
-        + aot["autograd_cache_bypass"]
-    return hits, misses
+    ind = counters["inductor"]
+    return ind["fxgraph_cache_hit"], ind["fxgraph_cache_miss"] + ind["fxgraph_cache_bypass"]
 
 
 def _fresh_artifact_record():
