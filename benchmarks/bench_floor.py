@@ -373,6 +373,9 @@ def launch_worker(spec: Dict[str, Any], budget: Budget, threads: Optional[int] =
     if not result_path.is_file():
         return dict(error=f"worker exited {proc.returncode}: {' / '.join(tail)[-300:]}")
     res = json.loads(result_path.read_text())
+    if res.get("error"):  # the traceback stays in the run's log
+        log(f"  [worker {spec['name']} {spec['phase']}] failed; last lines of its log:\n    " + "\n    ".join(
+            log_path.read_text(errors="replace").strip().splitlines()[-15:]))
     if "ready_time" in res:
         res["start_s"] = res["ready_time"] - launched
     return res

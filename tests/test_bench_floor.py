@@ -67,3 +67,13 @@ def test_quick_run_every_section(tmp_path):
     prof = next(v for k, v in tables.items() if k.startswith("1."))
     stages = {r[2] for r in prof["rows"]}
     assert {"text encoder", "VAE decode", "denoising loop (UNet + CFG + scheduler)", "CLIP vision"} <= stages
+
+
+def test_worker_killed_at_the_deadline(tmp_path):
+    bench = _bench()
+    spec = dict(name="lgm_b1", phase="cold", kind="lgm", device="cpu", quick=True, configs="", batch=1,
+                cache_dir=str(tmp_path / "c"), scratch=str(tmp_path / "s"), backend="eager", iters=1, warmup=0, steps=1)
+    t0 = bench.time.monotonic()
+    res = bench.launch_worker(spec, bench.Budget(1.5))
+    assert res["error"].startswith("killed at the budget deadline")
+    assert bench.time.monotonic() - t0 < 30
