@@ -350,6 +350,17 @@ def _worker_env(cache_dir: Path, scratch: Path, threads: Optional[int]) -> Dict[
     return env
 
 
+_RUNNING: set = set()
+"""Worker processes alive now (each leads its own process group, with Inductor's compile workers)."""
+
+
+def kill_workers() -> None:
+    """End every worker still running (they run in their own sessions, so nothing else would)."""
+    for proc in list(_RUNNING):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def launch_worker(spec: Dict[str, Any], budget: Budget, threads: Optional[int] = None) -> Dict[str, Any]:
     """Run one worker process (a fresh interpreter) to completion or the deadline; its result dict."""
     scratch = Path(spec["scratch"])
@@ -362,6 +373,7 @@ def launch_worker(spec: Dict[str, Any], budget: Budget, threads: Optional[int] =
         proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
                                 env=_worker_env(Path(spec["cache_dir"]), scratch, threads), cwd=str(ROOT),
                                 stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        _RUNNING.add(proc)
         try:
             proc.wait(timeout=max(budget.left(), 1))
         except subprocess.TimeoutExpired:
@@ -369,6 +381,10 @@ def launch_worker(spec: Dict[str, Any], budget: Budget, threads: Optional[int] =
                 os.killpg(proc.pid, signal.SIGKILL)  # the worker and its compile subprocesses
             proc.wait()
             return dict(error=f"killed at the budget deadline after {time.time() - launched:.0f} s")
+        finally:
+            _RUNNING.discard(proc)
+        if proc.returncode and proc.returncode < 0:
+            return dict(error=f"worker ended by signal {-proc.returncode}")
     tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
     if not result_path.is_file():
         return dict(error=f"worker exited {proc.returncode}: {' / '.join(tail)[-300:]}")
@@ -755,6 +771,13 @@ def main(argv=None) -> int:
     args = parse(argv)
     if args.worker:
         return worker_main(json.loads(args.worker))
+    try:
+        return run(args)
+    finally:
+        kill_workers()  # cold compiles whose warm rows did not fit
+
+
+def run(args) -> int:
     budget = Budget(args.budget)
     t_start = time.monotonic()
     device = "cuda" if torch.cuda.is_available() and not args.quick else "cpu"
@@ -822,6 +845,7 @@ def main(argv=None) -> int:
             {t.title: {"header": t.header, "rows": t.rows, "notes": t.notes} for t in tables}, indent=1))
     except OSError as exc:
         log(f"could not write results to {out}: {exc}")
+    kill_workers()
     shutil.rmtree(run_dir, ignore_errors=True)
     return 0
 
