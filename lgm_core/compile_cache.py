@@ -20,7 +20,10 @@ ISA), torch/Triton/Python versions and the compile options. Any change gives ano
 **Safety**: the file is written atomically (:func:`lgm_core.fileio.atomic_path`); a file that is
 truncated, corrupt, made for another key or another torch build is ignored with one warning line
 and replaced by a fresh build. The payload is torch's own serialisation of its cache entries (the
-same format its cache folders hold), read only from the user's own cache folder.
+pickle-based format of Inductor's cache folders, which torch itself loads from ``/tmp``), so it is
+only ever written by this module, never downloaded, and read only when the file belongs to the
+current user and neither it nor its folder can be written by others (POSIX; the folder is created
+0700, files 0600).
 
 Usage (the runtime policy decides *whether* to compile and falls back to eager on failure)::
 
@@ -184,9 +187,23 @@ class CacheFileError(ValueError):
     """A cache file that cannot be used (the message says why, in a few words)."""
 
 
+def _check_private(path: Path) -> None:
+    """Refuse a file another user could have written (it is loaded with torch's pickle-based reader)."""
+    if os.name != "posix":
+        return
+    st, folder = path.stat(), path.parent.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise CacheFileError("not owned by this user or writable by others")
+    if folder.st_uid != os.getuid() and folder.st_mode & 0o022:
+        raise CacheFileError("in a folder that others can write")
+
+
 def write_entry(path: Union[str, os.PathLike], key: CompileKey, payload: bytes) -> Path:
-    """Write one cache file atomically (see :data:`MAGIC` for the layout)."""
+    """Write one cache file atomically (see :data:`MAGIC` for the layout), mode 0600 in a folder
+    created 0700."""
     path = Path(path)
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
     header = json.dumps({"key": key.as_dict(), "size": len(payload),
                          "sha256": hashlib.sha256(payload).hexdigest(), "created": time.time()},
                         sort_keys=True).encode("utf-8")
@@ -196,13 +213,16 @@ def write_entry(path: Union[str, os.PathLike], key: CompileKey, payload: bytes) 
             f.write(struct.pack("<I", len(header)))
             f.write(header)
             f.write(payload)
+        os.chmod(tmp, 0o600)
     return path
 
 
 def read_entry(path: Union[str, os.PathLike], key: CompileKey) -> bytes:
     """The payload of a cache file made for ``key``; raises :class:`CacheFileError` otherwise
     (``FileNotFoundError`` when there is none)."""
-    data = Path(path).read_bytes()
+    path = Path(path)
+    _check_private(path)
+    data = path.read_bytes()
     if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 4:
         raise CacheFileError("not a compile-cache file")
     (n,) = struct.unpack("<I", data[len(MAGIC):len(MAGIC) + 4])

@@ -131,6 +131,12 @@ def test_entry_roundtrip_and_rejections(tmp_path):
         cc.read_entry(path, key)
     with pytest.raises(FileNotFoundError):
         cc.read_entry(tmp_path / "missing.lgmcc", key)
+    cc.write_entry(path, key, b"payload bytes")
+    assert path.stat().st_mode & 0o777 == 0o600
+    if os.name == "posix":  # loaded with torch's pickle-based reader: only files nobody else could write
+        path.chmod(0o666)
+        with pytest.raises(cc.CacheFileError, match="writable by others"):
+            cc.read_entry(path, key)
     assert not [p for p in tmp_path.iterdir() if ".lgm-tmp" in p.name]  # atomic write left nothing
 
 
