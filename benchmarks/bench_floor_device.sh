@@ -5,7 +5,7 @@
 #       -> .device/floor/ (ignored): the diffusers wheel the device image lacks (pure Python, no deps
 #          missing there) and the hub config files of ../shared/spec/mvdream_configs (../shared does
 #          not travel). About 8 MB.
-#   device run (carry [".device/floor"], timeout_s 330; ~5 min wall in all):
+#   device run (carry [".device/floor"], timeout_s 300; about 4.5 min wall in all):
 #       bash benchmarks/bench_floor_device.sh run
 #
 # The run installs the wheel into /tmp/site, then runs bench_floor.py with its default budget (255 s for
