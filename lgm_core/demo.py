@@ -16,20 +16,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 import torch
 
-ASSETS_DIR = Path(__file__).resolve().parent / "assets" / "demo"
-WEIGHTS_FILE = "lgm_demo.safetensors"
-EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "demo"
-VIEW_FILES = ("view_000.png", "view_090.png", "view_180.png", "view_270.png")
-"""The example's views in LGM order: front, then the object turned by 90, 180 and 270 degrees."""
-
-
-def demo_weights_path() -> Path:
-    """Path of the shipped demo checkpoint; FileNotFoundError naming it when this install lacks it."""
-    path = ASSETS_DIR / WEIGHTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"the demo model is missing from this install: {path} (it ships in the git "
-                                "repository; reinstall from a full checkout)")
-    return path
+from .demo_assets import ASSETS_DIR, EXAMPLE_DIR, VIEW_FILES, WEIGHTS_FILE, demo_weights_path  # noqa: F401
 
 
 def example_views(folder: Optional[Union[str, Path]] = None) -> torch.Tensor:

@@ -268,7 +268,7 @@ def resolve_checkpoint(
     """
     source = DEFAULT_REPO if source is None else os.fspath(source)
     if source == DEMO_NAME:  # the small model shipped inside the package (no network)
-        from .demo import demo_weights_path
+        from .demo_assets import demo_weights_path
 
         return demo_weights_path()
     path = Path(source).expanduser()

@@ -24,9 +24,9 @@ class CLIError(Exception):
 def command_modules() -> Tuple[ModuleType, ...]:
     """The command modules, in the order ``--help`` lists them. (Imported here, not at the top:
     they import :class:`CLIError` and :func:`progress` from this package.)"""
-    from . import demo, generate, mesh, prepare_data, reconstruct, render, train
+    from . import batch, demo, generate, mesh, prepare_data, reconstruct, render, train
 
-    return (reconstruct, render, generate, mesh, prepare_data, train, demo)
+    return (reconstruct, render, generate, batch, mesh, prepare_data, train, demo)
 
 
 def build_parser(prog: str = "lgm") -> argparse.ArgumentParser:

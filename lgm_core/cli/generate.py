@@ -24,31 +24,40 @@ TURNTABLE_SIZE = {"cuda": 512, "cpu": 256}
 """Turntable defaults: the GPU value, and a bounded one for CPU (and MPS) runs."""
 
 
-def _common(p: argparse.ArgumentParser, default_model: str, default_guidance: float) -> None:
+def add_generation_arguments(p: argparse.ArgumentParser, default_model, default_guidance, *,
+                             turntable: bool = True) -> None:
+    """The options text-to-3d, image-to-3d and batch share. ``default_model``/``default_guidance`` None:
+    chosen by the command from its input (MVDream 7.5 for text, ImageDream 5.0 for images)."""
     p.add_argument("-o", "--output", required=True, help="output folder (created)")
     p.add_argument("--negative-prompt", default=None,
                    help="negative prompt (default: LGM app's list for text-to-3d, empty for image-to-3d)")
     p.add_argument("--seed", type=int, default=0, help="random seed (all randomness comes from it)")
     p.add_argument("--steps", type=int, default=30, help="diffusion steps")
-    p.add_argument("--guidance", type=float, default=default_guidance, help="classifier-free guidance scale (<= 1: off)")
+    p.add_argument("--guidance", type=float, default=default_guidance,
+                   help="classifier-free guidance scale (<= 1: off)" + (
+                       "" if default_guidance is not None else "; default 7.5 for text, 5.0 for images"))
     p.add_argument("--elevation", type=float, default=0.0,
                    help="camera elevation in degrees, positive = cameras above the object (LGM's app used the "
                         "opposite sign: its e is our -e)")
     p.add_argument("--mv-model", default=default_model,
-                   help="multi-view diffusion model: hub-layout folder or hub repo id")
+                   help="multi-view diffusion model: hub-layout folder or hub repo id" + (
+                       "" if default_model is not None else
+                       f"; default {hub.MVDREAM.repo_id} for text, {hub.IMAGEDREAM.repo_id} for images"))
     p.add_argument("--lgm-weights", default=None,
                    help="LGM checkpoint: .safetensors file, folder or hub repo id (default: ashawkey/LGM from the hub)")
     p.add_argument("--lgm-preset", choices=["big", "small", "lrm", "tiny"], default=None,
                    help="LGM architecture (default: detected from the checkpoint)")
     add_device_argument(p)
     add_dtype_argument(p)
+    p.add_argument("--min-opacity", type=float, default=0.005, help="drop Gaussians below this opacity in the .ply")
+    if not turntable:
+        return
     p.add_argument("--turntable-frames", type=int, default=None,
                    help=f"turntable video frames, 0: no video (default: {TURNTABLE_FRAMES['cuda']} on CUDA, "
                         f"{TURNTABLE_FRAMES['cpu']} on CPU)")
     p.add_argument("--turntable-size", type=int, default=None,
                    help=f"turntable video size in pixels (default: {TURNTABLE_SIZE['cuda']} on CUDA, "
                         f"{TURNTABLE_SIZE['cpu']} on CPU)")
-    p.add_argument("--min-opacity", type=float, default=0.005, help="drop Gaussians below this opacity in the .ply")
 
 
 def register(sub) -> None:
@@ -56,7 +65,7 @@ def register(sub) -> None:
     t = sub.add_parser("text-to-3d", help="text prompt -> 4 views (MVDream) -> 3D Gaussians (LGM)",
                        description="Text -> 4 views with MVDream -> 3D Gaussians with LGM.", formatter_class=fmt)
     t.add_argument("prompt", help="text prompt, e.g. 'a ceramic owl'")
-    _common(t, hub.MVDREAM.repo_id, 7.5)
+    add_generation_arguments(t, hub.MVDREAM.repo_id, 7.5)
     t.set_defaults(func=run_text)
 
     i = sub.add_parser("image-to-3d", help="object image -> 4 views (ImageDream) -> 3D Gaussians (LGM)",
@@ -67,11 +76,11 @@ def register(sub) -> None:
     i.add_argument("image", help="input image (PNG with alpha preferred)")
     i.add_argument("--prompt", default="", help="optional text prompt")
     i.add_argument("--border-ratio", type=float, default=0.2, help="free border around the recentred object")
-    _common(i, hub.IMAGEDREAM.repo_id, 5.0)
+    add_generation_arguments(i, hub.IMAGEDREAM.repo_id, 5.0)
     i.set_defaults(func=run_image)
 
 
-def _resolve_models(args):
+def resolve_models(args):
     """Local paths of the multi-view model and the LGM checkpoint, fetched from the hub when needed. Both
     are checked before any work, and what cannot be had (offline, nothing cached) is one error line."""
     from ..hub import HubUnavailable
@@ -93,15 +102,9 @@ def _resolve_models(args):
     return mv_path, lgm_path
 
 
-def _generate(args, stage, **options) -> int:
-    """``stage`` (``pipelines.text_to_views`` / ``image_to_views``) with ``options``, then LGM: the
-    multi-view model is freed before LGM is loaded (one model in memory at a time)."""
+def check_generation_arguments(args) -> None:
+    """One-line errors for sampling options out of range (before any model is loaded)."""
     import math
-
-    import torch
-
-    from ..mvdiffusion import MultiViewPipeline
-    from ..pipelines import image_to_views, views_to_gaussians
 
     if args.steps < 1:
         raise CLIError("--steps must be >= 1")
@@ -109,6 +112,17 @@ def _generate(args, stage, **options) -> int:
         raise CLIError("--elevation and --guidance must be finite numbers")
     if not (math.isfinite(args.min_opacity) and 0 <= args.min_opacity <= 1):
         raise CLIError(f"--min-opacity must be in [0, 1], got {args.min_opacity}")
+
+
+def _generate(args, stage, **options) -> int:
+    """``stage`` (``pipelines.text_to_views`` / ``image_to_views``) with ``options``, then LGM: the
+    multi-view model is freed before LGM is loaded (one model in memory at a time)."""
+    import torch
+
+    from ..mvdiffusion import MultiViewPipeline
+    from ..pipelines import image_to_views, views_to_gaussians
+
+    check_generation_arguments(args)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     frames = device_default(device, TURNTABLE_FRAMES["cuda"], TURNTABLE_FRAMES["cpu"]) \
@@ -117,7 +131,7 @@ def _generate(args, stage, **options) -> int:
         if args.turntable_size is None else args.turntable_size
     if frames < 0 or not 8 <= size <= 8192:
         raise CLIError(f"--turntable-frames must be >= 0 and --turntable-size in [8, 8192], got {frames}, {size}")
-    mv_path, lgm_path = _resolve_models(args)
+    mv_path, lgm_path = resolve_models(args)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
