@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import comfy_api as api
+from . import comfy_api as api, devices, files
 from . import dependencies
 from .loaders import LGMModelLoader, LGMMultiViewLoader
 from .mesh import LGMSaveMesh, LGMSplatToMesh
@@ -27,8 +27,8 @@ for _node in NODES:
 class LGMExtension(api.ComfyExtension):
     def __init__(self):
         # ComfyUI 0.3.x never awaits on_load, so start-up work happens here (once, at load time)
-        api.register_model_folders()
-        api.log_accelerators()
+        files.register_model_folders()
+        devices.log_accelerators()
         deps = dependencies.report()
         if not deps.ok:  # the nodes still load (workflows open); each affected node fails with this message
             api.log.error(deps.message())

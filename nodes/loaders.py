@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from . import comfy_api as api
+from . import comfy_api as api, devices, files
 from .comfy_api import io
 from .types import CATEGORY, PRECISIONS, LGMModel, MultiViewPipelineType, check_choice, first_error
 
@@ -42,7 +42,7 @@ def _hub_download(repo_id: str, dest: str, filename: str | None = None) -> str:
 class LGMModelLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        names = api.lgm_checkpoint_names()
+        names = files.lgm_checkpoint_names()
         options = names + [n for n in [LGM_OFFICIAL] if n not in names]
         return io.Schema(
             node_id="LGMModelLoader",
@@ -64,7 +64,7 @@ class LGMModelLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, ckpt_name, precision):
-        names = api.lgm_checkpoint_names()
+        names = files.lgm_checkpoint_names()
         return first_error(check_choice("precision", precision, PRECISIONS),
                            check_choice("ckpt_name", ckpt_name, names + [n for n in [LGM_OFFICIAL] if n not in names]))
 
@@ -72,14 +72,14 @@ class LGMModelLoader(io.ComfyNode):
     def execute(cls, ckpt_name, precision, allow_download) -> io.NodeOutput:
         from lgm_core.weights import load_lgm
 
-        path = api.lgm_checkpoint_path(ckpt_name)  # contained in models/lgm, or UnsafePathError
+        path = files.lgm_checkpoint_path(ckpt_name)  # contained in models/lgm, or UnsafePathError
         if path is None:
             if not allow_download or ckpt_name != LGM_OFFICIAL:
                 raise FileNotFoundError(
-                    f"{ckpt_name} is not in {api.lgm_folder()}. Download "
+                    f"{ckpt_name} is not in {files.lgm_folder()}. Download "
                     f"https://huggingface.co/{LGM_REPO}/resolve/main/{LGM_OFFICIAL} there, or enable allow_download.")
-            path = _hub_download(LGM_REPO, api.lgm_folder(), LGM_OFFICIAL)
-        dtype = api.pick_dtype(precision)
+            path = _hub_download(LGM_REPO, files.lgm_folder(), LGM_OFFICIAL)
+        dtype = devices.pick_dtype(precision)
         model = load_lgm(path, dtype=dtype, device="cpu")
         managed = api.ManagedModel(model, dtype, kind="lgm", preset=model.preset or "custom",
                                    rotation=model.rotation_mode, file=os.path.basename(path))
@@ -89,7 +89,7 @@ class LGMModelLoader(io.ComfyNode):
 class LGMMultiViewLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        names = api.diffusers_model_names()
+        names = files.diffusers_model_names()
         options = names + [n for n in MV_REPOS if n not in names]
         return io.Schema(
             node_id="LGMMultiViewLoader",
@@ -111,7 +111,7 @@ class LGMMultiViewLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, model_name, precision):
-        names = api.diffusers_model_names()
+        names = files.diffusers_model_names()
         return first_error(check_choice("precision", precision, PRECISIONS),
                            check_choice("model_name", model_name, names + [n for n in MV_REPOS if n not in names]))
 
@@ -119,15 +119,15 @@ class LGMMultiViewLoader(io.ComfyNode):
     def execute(cls, model_name, precision, allow_download) -> io.NodeOutput:
         from lgm_core.mvdiffusion import MultiViewPipeline
 
-        path = api.diffusers_model_path(model_name)  # contained in models/diffusers, or UnsafePathError
+        path = files.diffusers_model_path(model_name)  # contained in models/diffusers, or UnsafePathError
         if path is None:
             repo = MV_REPOS.get(model_name)
             if not allow_download or repo is None:
                 hint = f"huggingface.co/{repo}" if repo else "its diffusers-format repository"
-                raise FileNotFoundError(f"{model_name} is not in {api.diffusers_folder()}. Download {hint} into "
-                                        f"{os.path.join(api.diffusers_folder(), model_name)}, or enable allow_download.")
-            path = _hub_download(repo, os.path.join(api.diffusers_folder(), model_name))
-        dtype = api.pick_dtype(precision)
+                raise FileNotFoundError(f"{model_name} is not in {files.diffusers_folder()}. Download {hint} into "
+                                        f"{os.path.join(files.diffusers_folder(), model_name)}, or enable allow_download.")
+            path = _hub_download(repo, os.path.join(files.diffusers_folder(), model_name))
+        dtype = devices.pick_dtype(precision)
         pipe = MultiViewPipeline.from_pretrained(path, dtype=dtype, device="cpu")
         managed = api.ManagedModel(_PipelineModules(pipe), dtype, on_reload=pipe.to,
                                    kind="imagedream" if pipe.is_imagedream else "mvdream", name=model_name)

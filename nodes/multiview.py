@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from . import comfy_api as api
 from .comfy_api import io
+from .progress import Progress
 from .types import CATEGORY, CamerasType, MultiViewPipelineType, views_to_image
 
 _VIEWS_TIP = ("The 4 generated views [4,256,256,3] in LGM order: front (azimuth 0), then the object turned by "
@@ -43,7 +43,7 @@ def _generate(managed, prompt, negative_prompt, seed, steps, guidance, elevation
 
     managed.get()
     pipe = managed.pipeline
-    progress = api.Progress(steps)
+    progress = Progress(steps)
     order = list(LGM_VIEW_ORDER)
     nf = pipe.num_frames
 

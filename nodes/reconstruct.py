@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from . import comfy_api as api
+from . import devices
+from .bridge import gaussians_to_splat
 from .comfy_api import io
-from .types import CATEGORY, CamerasType, LGMModel, Splat, gaussians_to_splat, image_to_views
+from .progress import check_interrupted
+from .types import CATEGORY, CamerasType, LGMModel, Splat, image_to_views
 
 
 class LGMReconstruct(io.ComfyNode):
@@ -42,9 +44,9 @@ class LGMReconstruct(io.ComfyNode):
             if c2w.shape[0] != 4:
                 raise ValueError(f"LGM Reconstruct needs the 4 cameras of its 4 views, got {c2w.shape[0]} cameras")
         model = lgm_model.get()
-        api.check_interrupted()
+        check_interrupted()
         device = lgm_model.device
         with torch.inference_mode():
             gaussians = model.reconstruct(images.to(device), None if c2w is None else c2w.to(device),
                                           elevation=float(elevation))
-        return io.NodeOutput(gaussians_to_splat(gaussians.to(api.intermediate_device())))
+        return io.NodeOutput(gaussians_to_splat(gaussians.to(devices.intermediate_device())))

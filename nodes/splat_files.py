@@ -6,9 +6,10 @@ import os
 
 from lgm_core.paths import split_annotated_name
 
-from . import comfy_api as api
+from . import files
+from .bridge import gaussians_to_splat, splat_to_gaussians
 from .comfy_api import io
-from .types import CATEGORY, Splat, check_choice, first_error, gaussians_to_splat, splat_to_gaussians
+from .types import CATEGORY, Splat, check_choice, first_error
 
 SPLAT_EXTENSIONS = (".ply",)
 SAVE_FORMATS = ["ply", "splat", "ply+splat"]
@@ -53,7 +54,7 @@ class LGMSaveSplat(io.ComfyNode):
         records = []
         for i in range(gaussians.batch_size):
             exts = format.split("+")
-            for ext, (path, record) in zip(exts, api.output_file_paths(filename_prefix, exts)):  # one counter
+            for ext, (path, record) in zip(exts, files.output_file_paths(filename_prefix, exts)):  # one counter
                 writers[ext](gaussians, path, min_opacity=float(min_opacity), index=i)
                 records.append(record)
         first = records[0]
@@ -71,7 +72,7 @@ class LGMLoadSplat(io.ComfyNode):
             description="Loads a 3D Gaussian splatting .ply file (from LGM or any standard 3DGS tool) from the input "
                         "folder. Files are read as they are: 3DGS scenes from COLMAP pipelines are y-down.",
             inputs=[
-                io.Combo.Input("ply_file", options=api.input_file_names(SPLAT_EXTENSIONS),
+                io.Combo.Input("ply_file", options=files.input_file_names(SPLAT_EXTENSIONS),
                                upload=io.UploadType.model,
                                tooltip="A .ply file in ComfyUI's input folder (upload one with the button)."),
             ],
@@ -82,7 +83,7 @@ class LGMLoadSplat(io.ComfyNode):
     def execute(cls, ply_file) -> io.NodeOutput:
         from lgm_core.ply import load_ply
 
-        path = api.input_file_path(ply_file)  # contained in its folder, or UnsafePathError
+        path = files.input_file_path(ply_file)  # contained in its folder, or UnsafePathError
         if not os.path.isfile(path):
             raise FileNotFoundError(f"splat file not found: {ply_file} (looked in the input folder)")
         return io.NodeOutput(gaussians_to_splat(load_ply(path)))
@@ -90,7 +91,7 @@ class LGMLoadSplat(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, ply_file):
         try:
-            path = api.input_file_path(ply_file)
+            path = files.input_file_path(ply_file)
         except ValueError:  # validate_inputs reports it; never stat a path outside the folders
             return ply_file
         return os.path.getmtime(path) if os.path.isfile(path) else ply_file
@@ -103,7 +104,7 @@ class LGMLoadSplat(io.ComfyNode):
         if not base.lower().endswith(SPLAT_EXTENSIONS):
             return f"not a .ply file: {ply_file}"
         try:
-            path = api.input_file_path(ply_file)
+            path = files.input_file_path(ply_file)
         except ValueError as exc:
             return f"ply_file: {exc}"
         if not os.path.isfile(path):

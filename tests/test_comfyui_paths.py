@@ -140,9 +140,9 @@ def _comfy_api():
     import sys
 
     for name, mod in sys.modules.items():
-        if name.endswith("nodes.comfy_api") and hasattr(mod, "diffusers_model_names"):
+        if name.endswith("nodes.files") and hasattr(mod, "diffusers_model_names"):
             return mod
-    raise RuntimeError("the pack's comfy_api module is not loaded")
+    raise RuntimeError("the pack's nodes.files module is not loaded")
 
 
 def test_symlink_loop_in_model_folders_does_not_hang(harness):
