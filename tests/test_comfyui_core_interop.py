@@ -138,3 +138,64 @@ def test_core_transform_splat_moves_the_same_way_in_both_renderers(harness):
                                   camera_info=info).result[0][0] for s in (splat, moved)]
     assert red_y(ours[1]) > red_y(ours[0]) + 5, "pack: SPLAT +y did not move the object down"
     assert red_y(theirs[1]) > red_y(theirs[0]) + 5, "core: SPLAT +y did not move the object down"
+
+
+def _glb_vertex_colours(path) -> np.ndarray:
+    """Per-vertex display colours of a .glb (texture sampled at each vertex's UV, else COLOR_0), as
+    trimesh reads glTF: one reader for every file compared."""
+    import trimesh
+
+    mesh = trimesh.load(path, force="mesh", process=False)
+    return np.asarray(mesh.visual.to_color().vertex_colors, dtype=np.float64)[:, :3] / 255.0, \
+        np.asarray(mesh.vertices)
+
+
+def test_pack_mesh_in_core_save_glb_looks_like_the_pack_glb(harness):
+    """A textured LGM mesh through core's SaveGLB and MeshToFile3D -> SaveGLB reads back like the pack's
+    own GLB (same texture colour at every vertex, >= 40 dB): UVs cross with core's top-left origin."""
+    require_core_node(harness, "MeshToFile3D")
+    from lgm_core.mesh.synthetic import make_scene
+    from lgm_core.ply import save_ply
+
+    g = make_scene("composite", n=6000, seed=4)
+    save_ply(g, harness.input_dir / "mesh_interop.ply")
+    graph = {
+        "1": {"class_type": "LGMLoadSplat", "inputs": {"ply_file": "mesh_interop.ply"}},
+        "2": {"class_type": "LGMSplatToMesh", "inputs": {"splat": ["1", 0], "resolution": 48, "target_faces": 4000,
+                                                         "texture": True, "texture_size": 256, "level": 0.7}},
+        "3": {"class_type": "LGMSaveMesh", "inputs": {"mesh": ["2", 0], "filename_prefix": "interop/pack",
+                                                      "format": "glb"}},
+        "4": {"class_type": "SaveGLB", "inputs": {"mesh": ["2", 0], "filename_prefix": "interop/core"}},
+        "5": {"class_type": "MeshToFile3D", "inputs": {"mesh": ["2", 0]}},
+        "6": {"class_type": "SaveGLB", "inputs": {"mesh": ["5", 0], "filename_prefix": "interop/file3d"}},
+    }
+    result = harness.run(graph)
+    ref, ref_v = _glb_vertex_colours(harness.output_path(result.files("3")[0]))
+    for node, label in (("4", "SaveGLB"), ("6", "MeshToFile3D -> SaveGLB")):
+        got, got_v = _glb_vertex_colours(harness.output_path(result.files(node, "3d")[0]))
+        assert got_v.shape == ref_v.shape and np.allclose(got_v, ref_v, atol=1e-5), "geometry changed"
+        value = psnr(torch.from_numpy(got), torch.from_numpy(ref))
+        print(f"pack MESH via core {label}: {value:.1f} dB against the pack's GLB")
+        assert value >= 40.0, f"{label}: {value:.1f} dB"
+
+
+def test_core_mesh_in_lgm_save_mesh_keeps_core_colours(harness):
+    """Core SplatToMesh's MESH (linear vertex colours, padded batch fields) saves with LGM Save Mesh;
+    the file holds the display (sRGB) colours of core's linear ones, the geometry as given."""
+    require_core_node(harness, "SplatToMesh")
+    import trimesh
+
+    from lgm_core.mesh.synthetic import make_scene
+
+    splat = pack_module("bridge").gaussians_to_splat(make_scene("sphere", n=4000, seed=1))
+    core_mesh = harness.node_classes["SplatToMesh"].execute(splat, 64, 5, 0, 0.4, 100, 0.02, 2.0).result[0]
+    out = harness.node_classes["LGMSaveMesh"].execute(core_mesh, "interop/from_core", "ply")
+    path = harness.output_dir / out.result[0]
+    mesh = trimesh.load(path, force="mesh", process=False)
+    n = int(core_mesh.vertex_counts[0]) if core_mesh.vertex_counts is not None else core_mesh.vertices.shape[1]
+    assert len(mesh.vertices) == n
+    assert np.allclose(mesh.vertices, core_mesh.vertices[0, :n].numpy(), atol=1e-5)
+    lin = core_mesh.vertex_colors[0, :n, :3].double().clamp(0, 1)
+    srgb = torch.where(lin <= 0.0031308, lin * 12.92, 1.055 * lin ** (1 / 2.4) - 0.055)
+    got = torch.from_numpy(np.asarray(mesh.visual.vertex_colors, dtype=np.float64)[:, :3] / 255.0)
+    assert float((got - srgb).abs().max()) <= 1.0 / 255 + 1e-6
