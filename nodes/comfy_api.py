@@ -21,6 +21,7 @@ from typing import Any, Callable
 import torch
 
 import comfy.model_management as model_management
+from comfy.cli_args import args as cli_args
 import comfy.model_patcher as model_patcher
 import comfy.utils as comfy_utils
 import folder_paths
@@ -28,7 +29,7 @@ from comfy_api.latest import ComfyExtension, Types, io, ui
 
 log = logging.getLogger("comfyui-lgm")
 
-__all__ = ["ComfyExtension", "Types", "io", "ui", "model_management", "model_patcher", "comfy_utils",
+__all__ = ["ComfyExtension", "Types", "io", "ui", "cli_args", "model_management", "model_patcher", "comfy_utils",
            "folder_paths", "log", "ManagedModel", "latent_previewer", "core_mesh_batch_helpers"]
 
 

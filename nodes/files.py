@@ -15,12 +15,13 @@ import os
 from lgm_core.paths import (UnsafePathError, contained_path, first_contained, is_contained, split_annotated_name,
                             walk_contained)
 
-from .comfy_api import folder_paths
+from .comfy_api import cli_args, folder_paths
 
 __all__ = [
     "register_model_folders", "lgm_checkpoint_names", "lgm_checkpoint_path", "lgm_folder",
     "diffusers_model_names", "diffusers_model_path", "diffusers_folder",
     "output_file_path", "output_file_paths", "input_file_path", "input_file_names", "temp_directory",
+    "workflow_metadata",
     "UnsafePathError",
 ]
 
@@ -165,3 +166,18 @@ def input_file_path(name: str) -> str:
 
 def temp_directory() -> str:
     return folder_paths.get_temp_directory()
+
+
+def workflow_metadata(hidden) -> dict:
+    """What a save node embeds in files that can hold it: ``{"prompt": ..., <extra_pnginfo keys
+    (e.g. "workflow")>: ...}`` from the node's hidden inputs, or ``{}`` under ``--disable-metadata``
+    (the same rule as core's SaveImage/SaveGLB)."""
+    if getattr(cli_args, "disable_metadata", False) or hidden is None:
+        return {}
+    meta = {}
+    if getattr(hidden, "prompt", None) is not None:
+        meta["prompt"] = hidden.prompt
+    extra = getattr(hidden, "extra_pnginfo", None)
+    if isinstance(extra, dict):
+        meta.update(extra)
+    return meta
