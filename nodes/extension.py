@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from . import comfy_api as api, devices, files
 from . import dependencies
+from .examples import LGMExampleViews
 from .loaders import LGMModelLoader, LGMMultiViewLoader
 from .mesh import LGMSaveMesh, LGMSplatToMesh
 from .multiview import LGMImageToMultiView, LGMPrepareImage, LGMTextToMultiView
@@ -13,7 +14,7 @@ from .splat_files import LGMLoadSplat, LGMSaveSplat
 
 NODES = [
     LGMModelLoader, LGMMultiViewLoader,
-    LGMTextToMultiView, LGMImageToMultiView, LGMPrepareImage,
+    LGMTextToMultiView, LGMImageToMultiView, LGMPrepareImage, LGMExampleViews,
     LGMReconstruct,
     LGMOrbitCameras, LGMRenderSplat,
     LGMSaveSplat, LGMLoadSplat,

@@ -21,7 +21,7 @@ __all__ = [
     "register_model_folders", "lgm_checkpoint_names", "lgm_checkpoint_path", "lgm_folder",
     "diffusers_model_names", "diffusers_model_path", "diffusers_folder",
     "output_file_path", "output_file_paths", "input_file_path", "input_file_names", "temp_directory",
-    "workflow_metadata",
+    "workflow_metadata", "example_view_sets",
     "UnsafePathError",
 ]
 
@@ -181,3 +181,18 @@ def workflow_metadata(hidden) -> dict:
     if isinstance(extra, dict):
         meta.update(extra)
     return meta
+
+
+def example_view_sets() -> dict[str, str]:
+    """The example view sets bundled with the pack: ``{name: folder}`` for every sub-folder of the pack's
+    ``examples/`` holding the 4 views ``view_000/090/180/270.png`` (read in place: nothing is copied into
+    ComfyUI's input folder)."""
+    from lgm_core.demo import EXAMPLE_DIR, VIEW_FILES
+
+    root = EXAMPLE_DIR.parent
+    found = {}
+    if root.is_dir():
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if all((folder / n).is_file() and is_contained(root, folder / n) for n in VIEW_FILES):
+                found[folder.name] = str(folder)
+    return found

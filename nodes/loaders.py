@@ -12,6 +12,8 @@ from .types import CATEGORY, PRECISIONS, LGMModel, MultiViewPipelineType, check_
 
 LGM_REPO = "ashawkey/LGM"
 LGM_OFFICIAL = "model_fp16_fixrot.safetensors"
+LGM_DEMO = "demo (bundled, lgm_demo.safetensors)"
+"""The small LGM shipped inside the pack (lgm_core/assets/demo), listed first: works offline, no copying."""
 MV_REPOS = {
     "mvdream-sd2.1-diffusers": "ashawkey/mvdream-sd2.1-diffusers",
     "imagedream-ipmv-diffusers": "ashawkey/imagedream-ipmv-diffusers",
@@ -42,8 +44,7 @@ def _hub_download(repo_id: str, dest: str, filename: str | None = None) -> str:
 class LGMModelLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        names = files.lgm_checkpoint_names()
-        options = names + [n for n in [LGM_OFFICIAL] if n not in names]
+        options = _lgm_options()
         return io.Schema(
             node_id="LGMModelLoader",
             display_name="LGM Model Loader",
@@ -53,7 +54,8 @@ class LGMModelLoader(io.ComfyNode):
                         "ComfyUI's memory manager moves the model between devices.",
             inputs=[
                 io.Combo.Input("ckpt_name", options=options, default=LGM_OFFICIAL,
-                               tooltip="Checkpoint file in models/lgm. The official one is "
+                               tooltip="Checkpoint file in models/lgm, or the small demo model bundled with the pack "
+                                       "(offline, CPU-sized, for trying it out). The official one is "
                                        f"{LGM_OFFICIAL} from huggingface.co/{LGM_REPO}."),
                 io.Combo.Input("precision", options=PRECISIONS, default="auto",
                                tooltip="Weights dtype. auto: fp16 on GPUs that support it, fp32 on the CPU."),
@@ -64,15 +66,19 @@ class LGMModelLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, ckpt_name, precision):
-        names = files.lgm_checkpoint_names()
         return first_error(check_choice("precision", precision, PRECISIONS),
-                           check_choice("ckpt_name", ckpt_name, names + [n for n in [LGM_OFFICIAL] if n not in names]))
+                           check_choice("ckpt_name", ckpt_name, _lgm_options()))
 
     @classmethod
     def execute(cls, ckpt_name, precision, allow_download) -> io.NodeOutput:
         from lgm_core.weights import load_lgm
 
-        path = files.lgm_checkpoint_path(ckpt_name)  # contained in models/lgm, or UnsafePathError
+        if ckpt_name == LGM_DEMO:
+            from lgm_core.demo import demo_weights_path
+
+            path = str(demo_weights_path())
+        else:
+            path = files.lgm_checkpoint_path(ckpt_name)  # contained in models/lgm, or UnsafePathError
         if path is None:
             if not allow_download or ckpt_name != LGM_OFFICIAL:
                 raise FileNotFoundError(
@@ -84,6 +90,12 @@ class LGMModelLoader(io.ComfyNode):
         managed = api.ManagedModel(model, dtype, kind="lgm", preset=model.preset or "custom",
                                    rotation=model.rotation_mode, file=os.path.basename(path))
         return io.NodeOutput(managed)
+
+
+def _lgm_options() -> list[str]:
+    """The bundled demo model first, then models/lgm's files, then the official file (downloadable)."""
+    names = files.lgm_checkpoint_names()
+    return [LGM_DEMO] + names + [n for n in [LGM_OFFICIAL] if n not in names]
 
 
 class LGMMultiViewLoader(io.ComfyNode):

@@ -7,19 +7,24 @@ lay them out and saves what the frontend serialises as the UI-format files ``wor
 
 Input files the graphs reference (put them in ComfyUI's input folder, or pick your own in the UI):
 ``lgm_example_object.png`` (an RGBA object photo), ``lgm_view_0..3.png`` (your 4 views) and
-``lgm_example.ply`` (a 3DGS .ply).
+``lgm_example.ply`` (a 3DGS .ply). The ``lgm_demo_*`` graphs need nothing: they read the example views
+bundled with the pack (LGM Example Views) and the bundled demo model (LGM Model Loader's first entry).
+
+``CORES`` names the ComfyUI cores a graph needs (default: every tested core): the ``*_core3d`` graphs use
+core's 3D nodes (SplatToFile3D, PreviewGaussianSplat, SaveGLB, MeshToFile3D), which ComfyUI 0.3.75 lacks.
 """
 
 from __future__ import annotations
 
 LGM_CKPT = "model_fp16_fixrot.safetensors"
+LGM_DEMO = "demo (bundled, lgm_demo.safetensors)"
 NEGATIVE = ("ugly, blurry, pixelated obscure, unnatural colors, poor lighting, dull, unclear, cropped, lowres, "
             "low quality, artifacts, duplicate")
 
 
-def _lgm_loader():
+def _lgm_loader(ckpt: str = LGM_CKPT):
     return {"class_type": "LGMModelLoader",
-            "inputs": {"ckpt_name": LGM_CKPT, "precision": "auto", "allow_download": False}}
+            "inputs": {"ckpt_name": ckpt, "precision": "auto", "allow_download": False}}
 
 
 def _outputs(splat: list, first_id: int, prefix: str) -> dict:
@@ -115,9 +120,67 @@ def ply_to_mesh() -> dict:
     }
 
 
+def demo_views_to_3d() -> dict:
+    """Runs out of the box: bundled example views -> bundled demo model -> splat, turntable, mesh."""
+    g = {
+        "1": {"class_type": "LGMExampleViews", "inputs": {"example": "demo"}},
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+        "3": _lgm_loader(LGM_DEMO),
+        "4": {"class_type": "LGMReconstruct", "inputs": {"lgm_model": ["3", 0], "views": ["1", 0], "elevation": 0.0}},
+    }
+    g.update(_outputs(["4", 0], 5, "demo"))
+    return g
+
+
+def _core_3d_outputs(splat: list, first_id: int, prefix: str) -> dict:
+    """Core's 3D nodes on the pack's objects: the splat in core's splat viewer, the mesh saved by core's
+    SaveGLB and shown by Preview 3D, plus the pack's .ply (with the workflow in its header)."""
+    ids = [str(first_id + k) for k in range(6)]
+    return {
+        ids[0]: {"class_type": "SplatToFile3D", "inputs": {"splat": splat, "format": "spz"}},
+        ids[1]: {"class_type": "PreviewGaussianSplat",
+                 "inputs": {"model_3d": [ids[0], 0], "viewport_state": "", "width": 1024, "height": 1024}},
+        ids[2]: {"class_type": "LGMSplatToMesh",
+                 "inputs": {"splat": splat, "resolution": 128, "target_faces": 30000, "texture": True,
+                            "texture_size": 512, "level": 1.0}},
+        ids[3]: {"class_type": "SaveGLB", "inputs": {"mesh": [ids[2], 0], "filename_prefix": f"lgm/{prefix}_mesh"}},
+        ids[4]: {"class_type": "MeshToFile3D", "inputs": {"mesh": [ids[2], 0]}},
+        ids[5]: {"class_type": "Preview3D", "inputs": {"model_file": [ids[4], 0]}},
+    }
+
+
+def demo_core3d() -> dict:
+    """Out of the box, with core's 3D viewers (ComfyUI >= 0.33)."""
+    g = {
+        "1": {"class_type": "LGMExampleViews", "inputs": {"example": "demo"}},
+        "2": _lgm_loader(LGM_DEMO),
+        "3": {"class_type": "LGMReconstruct", "inputs": {"lgm_model": ["2", 0], "views": ["1", 0], "elevation": 0.0}},
+        "4": {"class_type": "LGMSaveSplat",
+              "inputs": {"splat": ["3", 0], "filename_prefix": "lgm/demo_core3d", "min_opacity": 0.005,
+                         "format": "ply"}},
+    }
+    g.update(_core_3d_outputs(["3", 0], 5, "demo_core3d"))
+    return g
+
+
+def image_to_3d_core3d() -> dict:
+    """Image -> 3D (official models) shown and saved by core's 3D nodes (ComfyUI >= 0.33)."""
+    g = {k: v for k, v in image_to_3d().items() if int(k) <= 6}
+    g.update(_core_3d_outputs(["6", 0], 7, "image_to_3d_core3d"))
+    return g
+
+
 WORKFLOWS = {
+    "lgm_demo_views_to_3d": demo_views_to_3d,
     "lgm_text_to_3d": text_to_3d,
     "lgm_image_to_3d": image_to_3d,
     "lgm_views_to_3d": views_to_3d,
     "lgm_ply_to_mesh": ply_to_mesh,
+    "lgm_demo_core3d": demo_core3d,
+    "lgm_image_to_3d_core3d": image_to_3d_core3d,
 }
+
+ALL_CORES = ("0.3.75", "0.33.0")
+CORES = {name: ALL_CORES for name in WORKFLOWS}
+CORES.update({"lgm_demo_core3d": ("0.33.0",), "lgm_image_to_3d_core3d": ("0.33.0",)})
+"""The ComfyUI cores each graph runs on (and whose frontend builds it: the oldest listed)."""

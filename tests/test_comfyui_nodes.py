@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.comfyui, pytest.mark.usefixtures("comfy_core")]  # onc
 LGM_NODES = [
     "LGMModelLoader", "LGMMultiViewLoader", "LGMTextToMultiView", "LGMImageToMultiView", "LGMPrepareImage",
     "LGMReconstruct", "LGMOrbitCameras", "LGMRenderSplat", "LGMSaveSplat", "LGMLoadSplat", "LGMSplatToMesh",
-    "LGMSaveMesh",
+    "LGMSaveMesh", "LGMExampleViews",
 ]
 
 

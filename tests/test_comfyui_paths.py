@@ -70,7 +70,7 @@ def test_load_splat_accepts_inside_and_annotated_names(harness, secret):
     assert node.validate_inputs("inside.ply") is True
     assert node.validate_inputs("made.ply [output]") is True  # ComfyUI's annotation for output files
     assert "not found" in node.validate_inputs("nope.ply")
-    assert "not a .ply" in node.validate_inputs("inside.png")
+    assert "not a splat file" in node.validate_inputs("inside.png")
     result = harness.run(_load_graph("made.ply [output]"))
     (record,) = result.files("2")
     from lgm_core.ply import load_ply
