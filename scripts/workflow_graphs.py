@@ -103,7 +103,7 @@ def views_to_3d() -> dict:
 
 def ply_to_mesh() -> dict:
     return {
-        "1": {"class_type": "LGMLoadSplat", "inputs": {"ply_file": "lgm_example.ply"}},
+        "1": {"class_type": "LGMLoadSplat", "inputs": {"ply_file": "lgm_example.ply", "frame": "auto"}},
         "2": {"class_type": "LGMOrbitCameras",
               "inputs": {"num_frames": 4, "elevation": 10.0, "radius": 1.5, "fovy": 49.1, "width": 256,
                          "height": 256, "start_azimuth": 0.0}},
@@ -132,6 +132,18 @@ def demo_views_to_3d() -> dict:
     return g
 
 
+def _viewport_state() -> dict:
+    """The viewer state 0.33's frontend serialises for a fresh PreviewGaussianSplat (its default camera)."""
+    return {"image": "", "mask": "", "normal": "",
+            "camera_info": {"position": {"x": 10, "y": 10, "z": 10.000000000000002}, "target": {"x": 0, "y": 0, "z": 0},
+                            "zoom": 1, "cameraType": "perspective",
+                            "quaternion": {"x": -0.2798481423331213, "y": 0.3647051996310008, "z": 0.11591689595929511,
+                                           "w": 0.8804762392171493},
+                            "fov": 35, "aspect": 1, "near": 0.01, "far": 10000,
+                            "frustum": {"left": -5, "right": 5, "top": 5, "bottom": -5}},
+            "recording": "", "model_3d_info": []}
+
+
 def _core_3d_outputs(splat: list, first_id: int, prefix: str) -> dict:
     """Core's 3D nodes on the pack's objects: the splat in core's splat viewer, the mesh saved by core's
     SaveGLB and shown by Preview 3D, plus the pack's .ply (with the workflow in its header)."""
@@ -139,13 +151,15 @@ def _core_3d_outputs(splat: list, first_id: int, prefix: str) -> dict:
     return {
         ids[0]: {"class_type": "SplatToFile3D", "inputs": {"splat": splat, "format": "spz"}},
         ids[1]: {"class_type": "PreviewGaussianSplat",
-                 "inputs": {"model_3d": [ids[0], 0], "viewport_state": "", "width": 1024, "height": 1024}},
+                 "inputs": {"model_3d": [ids[0], 0], "viewport_state": _viewport_state(), "width": 1024,
+                            "height": 1024}},
         ids[2]: {"class_type": "LGMSplatToMesh",
                  "inputs": {"splat": splat, "resolution": 128, "target_faces": 30000, "texture": True,
                             "texture_size": 512, "level": 1.0}},
-        ids[3]: {"class_type": "SaveGLB", "inputs": {"mesh": [ids[2], 0], "filename_prefix": f"lgm/{prefix}_mesh"}},
+        ids[3]: {"class_type": "SaveGLB",
+                 "inputs": {"mesh": [ids[2], 0], "filename_prefix": f"lgm/{prefix}_mesh", "image": ""}},
         ids[4]: {"class_type": "MeshToFile3D", "inputs": {"mesh": [ids[2], 0]}},
-        ids[5]: {"class_type": "Preview3D", "inputs": {"model_file": [ids[4], 0]}},
+        ids[5]: {"class_type": "Preview3D", "inputs": {"model_file": [ids[4], 0], "image": ""}},
     }
 
 
