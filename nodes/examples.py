@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from . import files
 from .comfy_api import io
-from .types import CATEGORY, check_choice, first_error, views_to_image
+from .types import CATEGORY, check_choice, first_error
 
 
 class LGMExampleViews(io.ComfyNode):
@@ -41,4 +41,5 @@ class LGMExampleViews(io.ComfyNode):
         folder = files.example_view_sets().get(example)
         if folder is None:
             raise FileNotFoundError(f"no example view set {example!r} in the pack's examples/ folder")
-        return io.NodeOutput(views_to_image(example_views(folder)))
+        views = example_views(folder)  # [4,3,H,W] in [0,1] on white, LGM order
+        return io.NodeOutput(views.permute(0, 2, 3, 1).float().cpu().contiguous())
