@@ -313,9 +313,8 @@ def direct_text_to_3d(env, steps, frames, size, iters):
     classes = env.nodes.NODE_CLASS_MAPPINGS
     managed_pipe = classes["LGMMultiViewLoader"].execute("mvdream-sd2.1-diffusers", "auto", False).result[0]
     managed_lgm = classes["LGMModelLoader"].execute("model_fp16_fixrot.safetensors", "auto", False).result[0]
-    managed_pipe.get()
+    pipe = managed_pipe.get()
     lgm = managed_lgm.get()
-    pipe = managed_pipe.pipeline
     dev = managed_lgm.device
     cams = Cameras.turntable(frames, 10.0, 1.5, 49.1, size).to(dev)
     times = []
@@ -326,9 +325,8 @@ def direct_text_to_3d(env, steps, frames, size, iters):
         gen = torch.Generator("cpu").manual_seed(5000 + i)
         out = pipe("a cute owl, 3d asset", negative_prompt="ugly", num_inference_steps=steps, guidance_scale=7.5,
                    generator=gen, output_type="pt")
-        inp = out.lgm_inputs()
         with torch.inference_mode():
-            g = lgm.reconstruct(inp["images"].to(dev), inp["cameras"].to(dev))
+            g = lgm.reconstruct(out.views.to(dev))
             r = render(g, cams)
             r.image.cpu()
         if dev.type == "cuda":

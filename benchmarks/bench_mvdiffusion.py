@@ -81,19 +81,20 @@ def unet_step_ms(pipe, graphs: bool, n: int = 20) -> float:
     ip = torch.randn(rows, 257, 1280, device=dev, dtype=dtype) if pipe.is_imagedream else None
     ip_img = torch.randn(2, 4, 32, 32, device=dev, dtype=dtype) if pipe.is_imagedream else None
     cam_emb, c = pipe.unet.prepare_conditions(ctx, cam, ip)
-    pipe.use_cuda_graphs = graphs
-    key = ("bench", rows)
-    pipe._graphs.pop(key, None)
+    runner = pipe._unet_graphs
+    runner.enabled = graphs
+    runner.reset()
     times = []
     for i in range(n + 3):
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         s.record()
-        pipe._run_unet(key, x, t, cam_emb, c, ip_img, nf, i == 0)
+        with torch.no_grad():
+            runner(x, t, cam_emb, c, ip_img)
         e.record()
         torch.cuda.synchronize()
         if i >= 3:
             times.append(s.elapsed_time(e))
-    pipe._graphs.pop(key, None)
+    runner.reset()
     return statistics.median(times)
 
 
@@ -110,7 +111,7 @@ def bench_kind(kind: str, cfg_dir: Path, args, rows, details):
     results = {}
     for mode in ("eager", "graph"):
         pipe.use_cuda_graphs = mode == "graph"
-        pipe._graphs.clear()
+        pipe._unet_graphs.reset()
         for _ in range(args.warmup):
             timed_call(pipe, dict(kwargs, generator=torch.Generator().manual_seed(0)))
         torch.cuda.synchronize()

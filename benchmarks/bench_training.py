@@ -8,15 +8,21 @@ comes from a small synthetic dataset rendered first (not timed); loading is not 
                                                      # 4 inputs at 256, 8 views at 512) and tiny-128
     python benchmarks/bench_training.py --quick      # CPU smoke run: tiny-test
     python benchmarks/bench_training.py --configs big small --batch 8 4 --steps 5
+    torchrun --nproc_per_node 2 benchmarks/bench_training.py --json r.json   # DDP (NCCL on GPUs, gloo on CPU);
+                                                     # benchmarks/bench_training_scaling.py drives 1/2/4 processes
 
 Columns: median step time, training images per second (supervision views rendered and compared
-per second: batch x views / step time), samples per second, peak GPU memory (allocated).
+per second: batch x views x processes / step time), samples per second (all processes), peak GPU
+memory (allocated; the largest over the processes). Under torchrun / accelerate launch every process
+runs the same steps (DDP: gradients all-reduced in backward); process 0 prints and writes ``--json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -69,15 +75,28 @@ def bench(name: str, batch: int, data: Path, steps: int, warmup: int, lpips_weig
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t)
-        ms = statistics.median(times) * 1000
+        world = trainer.world
+        # every process's median; the step of the slowest process is the step of the run
+        ms = _reduce(statistics.median(times) * 1000, "max", trainer)
+        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+        peak = _reduce(peak, "max", trainer) if cuda else peak
         views = run.train.num_views
-        return {
+        return {"processes": world,
             "config": name, "batch": batch, "in": run.model.input_size, "out": run.model.output_size, "views": views,
-            "gaussians": run.model.num_gaussians, "ms": ms, "img_s": batch * views / (ms / 1000),
-            "samples_s": batch / (ms / 1000), "peak_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
+            "gaussians": run.model.num_gaussians, "ms": ms, "img_s": world * batch * views / (ms / 1000),
+            "samples_s": world * batch / (ms / 1000), "peak_gb": peak,
             "first_s": first, "render": trainer.backend, "precision": trainer.mixed_precision,
             "lpips": "yes" if lam > 0 else "no (λ=0)",
         }
+
+
+def _reduce(value: float, op: str, trainer) -> float:
+    """``value`` reduced over the processes of the run (itself when there is one)."""
+    if trainer.world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=trainer.device)
+    return float(trainer.acc.reduce(t, reduction="sum").item()) if op == "sum" else float(
+        trainer.acc.gather(t).max().item())
 
 
 def main() -> int:
@@ -90,7 +109,9 @@ def main() -> int:
     ap.add_argument("--lpips-weights", default=None, help="LPIPS weights (default: torchvision cache / lpips package)")
     ap.add_argument("--backend", default="auto", choices=["auto", "gsplat", "torch"], help="render backend")
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows here (process 0)")
     args = ap.parse_args()
+    rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     cuda = torch.cuda.is_available() and not args.quick
     configs = args.configs or (["big", "tiny-128"] if cuda else ["tiny-test"])
@@ -111,14 +132,21 @@ def main() -> int:
         for name, b in zip(configs, batches):
             rows.append(bench(name, b, data, args.steps, args.warmup, args.lpips_weights, args.backend,
                               args.channels_last))
-            print(f"{name}: {rows[-1]['ms']:.1f} ms/step", file=sys.stderr)
+            if rank == 0:
+                print(f"{name}: {rows[-1]['ms']:.1f} ms/step", file=sys.stderr)
+    if rank != 0:
+        return 0
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
     dev = torch.cuda.get_device_name() if cuda else "CPU (1 thread)"
-    print(f"\nOne training step on {dev}, torch {torch.__version__}, median of {args.steps} after {args.warmup} warm-up\n")
-    print("| config | batch/GPU | input | renders | views | Gaussians | precision | render | LPIPS | step ms | "
+    world = rows[0]["processes"] if rows else 1
+    print(f"\nOne training step on {world} x {dev}, torch {torch.__version__}, median of {args.steps} after "
+          f"{args.warmup} warm-up\n")
+    print("| config | processes | batch/GPU | input | renders | views | Gaussians | precision | render | LPIPS | step ms | "
           "images/s | samples/s | peak GB | first step s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['config']} | {r['batch']} | {r['in']}² | {r['out']}² | {r['views']} | {r['gaussians']:,} | "
+        print(f"| {r['config']} | {r['processes']} | {r['batch']} | {r['in']}² | {r['out']}² | {r['views']} | {r['gaussians']:,} | "
               f"{r['precision']} | {r['render']} | {r['lpips']} | {r['ms']:.1f} | {r['img_s']:.1f} | "
               f"{r['samples_s']:.2f} | {r['peak_gb']:.2f} | {r['first_s']:.1f} |")
     return 0

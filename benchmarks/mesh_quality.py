@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lgm_core.cameras import Cameras  # noqa: E402
 from lgm_core.mesh import extract_mesh, render_mesh  # noqa: E402
 from lgm_core.mesh.synthetic import SCENES, make_scene, sample_surface  # noqa: E402
+from lgm_core.runtime import default_device  # noqa: E402
 
 
 def sample_mesh_points(mesh, n: int, seed: int = 0) -> np.ndarray:
@@ -133,7 +134,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(args.device) if args.device else default_device()
     kw = {}
     if args.resolution is not None:
         kw["resolution"] = args.resolution

@@ -329,7 +329,7 @@ WRITER_LOOP = """
         elif kind in ("mp4", "webp"):
             from lgm_core.video import write_video; write_video(frames[s], target)
         elif kind == "png":
-            from lgm_core.video import write_image; write_image(torch.rand(2048, 2048, 3), target)
+            from lgm_core.image_io import write_image; write_image(torch.rand(2048, 2048, 3), target)
         elif kind in ("glb", "obj"):
             from lgm_core.mesh import Mesh
             v = torch.rand(60000, 3); f = torch.randint(0, 60000, (100000, 3))
@@ -441,8 +441,8 @@ FULL_DISK_WRITERS = {
     "write_video odd-size mp4": "from lgm_core.video import write_video; write_video(frames(30, 301), T)",
     "write_video webp": "from lgm_core.video import write_video; write_video(frames(12, 256), T)",
     "write_video gif": "from lgm_core.video import write_video; write_video(frames(12, 256), T)",
-    "write_image png": "from lgm_core.video import write_image; write_image(torch.rand(512, 512, 3), T)",
-    "write_image jpg": "from lgm_core.video import write_image; write_image(torch.rand(1024, 1024, 3), T)",
+    "write_image png": "from lgm_core.image_io import write_image; write_image(torch.rand(512, 512, 3), T)",
+    "write_image jpg": "from lgm_core.image_io import write_image; write_image(torch.rand(1024, 1024, 3), T)",
     "mesh glb": "mesh().export(T)",
     "mesh ply": "mesh().export(T)",
     "mesh obj (set)": "mesh().export(T)",
@@ -479,7 +479,7 @@ def category_fulldisk(res: Results, repo: Path, work: Path) -> None:
         from lgm_core.mesh.synthetic import make_scene
         from lgm_core.ply import save_ply
         from lgm_core.testing import make_standin_lgm
-        from lgm_core.video import write_image
+        from lgm_core.image_io import write_image
         import torch
         save_ply(make_scene("sphere", n=3000, seed=0), {str(source / 's.ply')!r})
         make_standin_lgm({str(source / 'model_fp16_fixrot.safetensors')!r})
@@ -728,7 +728,7 @@ def category_cli(res: Results, repo: Path, work: Path) -> None:
         from lgm_core.mesh.synthetic import make_scene
         from lgm_core.ply import save_ply
         from lgm_core.testing import make_standin_lgm
-        from lgm_core.video import write_image
+        from lgm_core.image_io import write_image
         from safetensors.torch import load_file, save_file
         d = {str(src)!r}
         g = make_scene("sphere", n=3000, seed=0)

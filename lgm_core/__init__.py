@@ -1,49 +1,29 @@
 """lgm_core: a plain-PyTorch implementation of LGM (Large Multi-View Gaussian Model).
 
-No ComfyUI import anywhere in this package. Heavy submodules are imported lazily, so
-``import lgm_core`` is cheap and never touches the network.
+No ComfyUI import anywhere in this package, and no network at import. ``import lgm_core`` loads
+torch and the package's own small modules; heavy libraries (diffusers, transformers, trimesh,
+xatlas, scikit-image, imageio, gsplat, huggingface_hub) are imported inside the functions that
+need them.
 
 Main entry points::
 
-    from lgm_core import load_lgm, Gaussians, Cameras
+    from lgm_core import load_lgm, save_ply
     model = load_lgm("model_fp16_fixrot.safetensors")          # or a hub repo id / folder
     gaussians = model.reconstruct(views)                        # [B,4,3,H,W] in [0,1] -> Gaussians
-    gaussians.save_ply("object.ply")
+    save_ply(gaussians, "object.ply")
 """
 
 from __future__ import annotations
 
-import importlib
+from .cameras import Cameras, default_input_cameras, orbit_camera, plucker_rays
+from .gaussians import Gaussians
+from .mesh import Mesh, extract_mesh
+from .models.lgm import LGM, LGMConfig
+from .ply import load_ply, save_ply
+from .render import render
+from .weights import load_lgm
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "Gaussians": ("lgm_core.gaussians", "Gaussians"),
-    "Cameras": ("lgm_core.cameras", "Cameras"),
-    "orbit_camera": ("lgm_core.cameras", "orbit_camera"),
-    "default_input_cameras": ("lgm_core.cameras", "default_input_cameras"),
-    "plucker_rays": ("lgm_core.cameras", "plucker_rays"),
-    "LGM": ("lgm_core.models.lgm", "LGM"),
-    "LGMConfig": ("lgm_core.models.lgm", "LGMConfig"),
-    "load_lgm": ("lgm_core.weights", "load_lgm"),
-    "load_ply": ("lgm_core.ply", "load_ply"),
-    "save_ply": ("lgm_core.ply", "save_ply"),
-    "Mesh": ("lgm_core.mesh", "Mesh"),
-    "extract_mesh": ("lgm_core.mesh", "extract_mesh"),
-    "render": ("lgm_core.render", "render"),
-}
-
-__all__ = sorted(_LAZY) + ["__version__"]
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'lgm_core' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__all__ = ["Cameras", "Gaussians", "LGM", "LGMConfig", "Mesh", "default_input_cameras", "extract_mesh", "load_lgm",
+           "load_ply", "orbit_camera", "plucker_rays", "render", "save_ply", "__version__"]

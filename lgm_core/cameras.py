@@ -22,6 +22,8 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .geometry import focal_length, focal_lengths, intrinsics, world_to_camera
+
 LGM_FOVY = 49.1
 """Vertical field of view (degrees) of LGM's training renders and default cameras."""
 LGM_RADIUS = 1.5
@@ -93,16 +95,11 @@ def default_input_cameras(elevation: float = 0.0, radius: float = LGM_RADIUS) ->
     return orbit_cameras(elevation, list(LGM_AZIMUTHS), radius)
 
 
-def focal_length(size: int, fovy_deg: float) -> float:
-    """Focal length in pixels for an image of ``size`` rows and vertical fov ``fovy_deg``."""
-    return size * 0.5 / math.tan(0.5 * math.radians(fovy_deg))
-
-
 def plucker_rays(c2w: torch.Tensor, size: int = 256, fovy_deg: float = LGM_FOVY) -> torch.Tensor:
     """Plücker ray embedding [V, 6, size, size] (float32) of square images seen by ``c2w`` [V, 4, 4].
 
     Per pixel (row 0 = top): channels 0-2 are the moment o x d, channels 3-5 the unit direction d
-    (world frame), with rays through pixel centres, as LGM computes them (lgm_spec §7.3-7.4).
+    (world frame), with rays through pixel centres, as LGM computes them (docs/conventions.md#rays).
     """
     if c2w.dim() == 2:
         c2w = c2w[None]
@@ -113,7 +110,7 @@ def plucker_rays(c2w: torch.Tensor, size: int = 256, fovy_deg: float = LGM_FOVY)
     x, y = torch.meshgrid(torch.arange(w), torch.arange(h), indexing="xy")
     x, y = x.flatten(), y.flatten()
     cx, cy = w * 0.5, h * 0.5
-    focal = float(h * 0.5 / np.tan(0.5 * np.deg2rad(fovy_deg)))
+    focal = focal_length(h, fovy_deg)
     dirs_cam = torch.stack([(x - cx + 0.5) / focal, (y - cy + 0.5) / focal * -1.0], dim=-1)
     dirs_cam = torch.nn.functional.pad(dirs_cam, (0, 1), value=-1.0)  # [hw, 3], looking down -z
     out = []
@@ -135,7 +132,7 @@ def plucker_rays_batched(c2w: torch.Tensor, size: int = 256, fovy_deg: float = L
     batch = c2w.shape[:-2]
     poses = c2w.reshape(-1, 4, 4).float()
     h = w = int(size)
-    focal = float(h * 0.5 / np.tan(0.5 * np.deg2rad(fovy_deg)))
+    focal = focal_length(h, fovy_deg)
     ar = torch.arange(w, device=poses.device, dtype=torch.float32)
     y, x = torch.meshgrid(ar, ar, indexing="ij")
     dirs_cam = torch.stack([(x.flatten() - w * 0.5 + 0.5) / focal, (y.flatten() - h * 0.5 + 0.5) / focal * -1.0,
@@ -145,14 +142,6 @@ def plucker_rays_batched(c2w: torch.Tensor, size: int = 256, fovy_deg: float = L
     o = poses[:, None, :3, 3].expand_as(d)
     plucker = torch.cat([torch.cross(o, d, dim=-1), d], dim=-1)  # [V, hw, 6]
     return plucker.transpose(1, 2).reshape(*batch, 6, h, w).contiguous()
-
-
-def opengl_to_opencv(c2w: torch.Tensor) -> torch.Tensor:
-    """Flip a camera-to-world pose's camera y and z axes: OpenGL (looks -z, y up) <-> OpenCV
-    (looks +z, y down). The operation is its own inverse."""
-    out = c2w.clone()
-    out[..., :3, 1:3] = -out[..., :3, 1:3]
-    return out
 
 
 @dataclass
@@ -202,21 +191,16 @@ class Cameras:
 
     @property
     def focal(self) -> tuple:
-        """(fx, fy) in pixels."""
-        fy = focal_length(self.height, self.fovy)
-        tan_half_x = math.tan(0.5 * math.radians(self.fovy)) * self.width / self.height
-        return (self.width * 0.5 / tan_half_x, fy)
+        """(fx, fy) in pixels (square pixels: fx = fy)."""
+        return focal_lengths(self.width, self.height, self.fovy)
 
     def intrinsics(self) -> torch.Tensor:
         """K [V, 3, 3] with principal point at the image centre (pixel centres at i + 0.5)."""
-        fx, fy = self.focal
-        K = torch.tensor([[fx, 0.0, self.width * 0.5], [0.0, fy, self.height * 0.5], [0.0, 0.0, 1.0]],
-                         dtype=torch.float32, device=self.device)
-        return K.expand(len(self), 3, 3).clone()
+        return intrinsics(self.width, self.height, self.fovy, len(self), self.device)
 
     def world_to_camera_opencv(self) -> torch.Tensor:
         """World-to-camera [V, 4, 4] in the OpenCV convention (looks +z, y down), as gsplat wants."""
-        return torch.linalg.inv(opengl_to_opencv(self.c2w.float()))
+        return world_to_camera(self.c2w.float())
 
     @property
     def positions(self) -> torch.Tensor:
@@ -260,7 +244,7 @@ class Cameras:
 
 
 def canonicalize_cameras(c2w: torch.Tensor, radius: float = LGM_RADIUS) -> torch.Tensor:
-    """Re-express poses [V, 4, 4] relative to view 0 the way LGM's training did (lgm_spec §7.5):
+    """Re-express poses [V, 4, 4] relative to view 0 the way LGM's training did (docs/conventions.md#canonical-frame):
     every pose is left-multiplied by T @ inverse(pose_0), T a translation by (0, 0, radius), so
     view 0 becomes the default front camera at (0, 0, radius) and the others keep their pose
     relative to it. Use it for your own captured views before :meth:`LGM.reconstruct`."""

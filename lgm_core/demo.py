@@ -11,25 +11,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
 
-ASSETS_DIR = Path(__file__).resolve().parent / "assets" / "demo"
-WEIGHTS_FILE = "lgm_demo.safetensors"
-EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "demo"
-VIEW_FILES = ("view_000.png", "view_090.png", "view_180.png", "view_270.png")
-"""The example's views in LGM order: front, then the object turned by 90, 180 and 270 degrees."""
-
-
-def demo_weights_path() -> Path:
-    """Path of the shipped demo checkpoint; FileNotFoundError naming it when this install lacks it."""
-    path = ASSETS_DIR / WEIGHTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"the demo model is missing from this install: {path} (it ships in the git "
-                                "repository; reinstall from a full checkout)")
-    return path
+from .demo_assets import ASSETS_DIR, EXAMPLE_DIR, VIEW_FILES, WEIGHTS_FILE, demo_weights_path  # noqa: F401
 
 
 def example_views(folder: Optional[Union[str, Path]] = None) -> torch.Tensor:
@@ -37,6 +24,7 @@ def example_views(folder: Optional[Union[str, Path]] = None) -> torch.Tensor:
     The folder holds ``view_000.png``, ``view_090.png``, ``view_180.png``, ``view_270.png`` (RGBA or RGB,
     square, same size)."""
     from .image_io import load_image
+    from .preprocess import composite
 
     folder = Path(folder) if folder is not None else EXAMPLE_DIR
     missing = [n for n in VIEW_FILES if not (folder / n).is_file()]
@@ -47,7 +35,7 @@ def example_views(folder: Optional[Union[str, Path]] = None) -> torch.Tensor:
     for name in VIEW_FILES:  # the project's checked image reader (bad, huge or ambiguous files: one-line errors)
         img = load_image(folder / name)
         if img.shape[-1] == 4:
-            img = img[..., :3] * img[..., 3:] + (1.0 - img[..., 3:])
+            img = composite(img[..., :3], img[..., 3])
         views.append(img.permute(2, 0, 1).contiguous())
     shapes = {tuple(v.shape) for v in views}
     if len(shapes) != 1 or views[0].shape[1] != views[0].shape[2]:
@@ -85,21 +73,26 @@ def run_demo(
     ``side_by_side.png`` (rows: the input views | renders from the same poses | novel views at elevation 20
     between them). Returns the paths and the PSNR of the input-pose renders against the inputs."""
     from .cameras import Cameras, default_input_cameras
+    from .image_io import write_image
+    from .pipelines import views_to_gaussians
+    from .ply import save_ply
     from .render import render, psnr
-    from .video import write_image, write_video
+    from .runtime import default_device
+    from .video import write_video
+    from .views import Views
     from .weights import load_lgm
 
     t0 = time.perf_counter()
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device) if device is not None else default_device()
     images = example_views(views)
     model = load_lgm(weights, device=dev)
     progress(f"loaded {weights} LGM ({model.preset or 'custom'}, input {model.config.input_size}px, "
              f"{model.config.num_gaussians} Gaussians) on {dev}")
-    gaussians = model.reconstruct(images[None].to(dev))
+    gaussians = views_to_gaussians(model, Views(images[None]).to(dev))
     ply = out / "gaussians.ply"
-    gaussians.save_ply(ply)
+    save_ply(gaussians, ply)
     progress(f"wrote {ply} ({gaussians.num_gaussians} Gaussians, {time.perf_counter() - t0:.1f} s)")
 
     size = int(images.shape[-1])

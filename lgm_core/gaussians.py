@@ -29,7 +29,10 @@ Every reader, writer, renderer and the mesher **rejects** a set that holds inval
 
 ``normalized_rotations`` is False only for Gaussians from legacy (pre-"fixrot") LGM checkpoints,
 whose quaternions are deliberately *not* unit length: their covariances must be built from the
-raw quaternion (lgm_spec §2.2, §6.3). Renderers honour the flag.
+raw quaternion (docs/conventions.md#legacy-rotations). Renderers honour the flag.
+
+The container does no I/O: files are read and written by :mod:`lgm_core.ply` (``save_ply``,
+``load_ply``) and :mod:`lgm_core.splat_formats`.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
 import torch
+
+from .geometry import matrix_to_quaternion, quaternion_multiply
 
 log = logging.getLogger("lgm_core")
 
@@ -319,24 +324,6 @@ class Gaussians:
             scales=self.scales * scale,
         )
 
-    # ------------------------------------------------------------------ files
-    def save_ply(self, path, *, min_opacity: float = 0.005) -> None:
-        """Write batch item 0 as a standard 3DGS binary .ply, byte-identical to LGM's ``save_ply``.
-
-        Gaussians with opacity < ``min_opacity`` are dropped (LGM uses 0.005). The write is
-        atomic: a temporary file in the same folder is renamed over ``path``.
-        """
-        from .ply import save_ply
-
-        save_ply(self, path, min_opacity=min_opacity)
-
-    @classmethod
-    def load_ply(cls, path, *, normalized_rotations: Optional[bool] = None) -> "Gaussians":
-        """Read a 3DGS-style .ply (LGM's or any standard one). See :func:`lgm_core.ply.load_ply`."""
-        from .ply import load_ply
-
-        return load_ply(path, normalized_rotations=normalized_rotations)
-
 
 # ---------------------------------------------------------------------- the non-finite policy
 _FIELDS = ("positions", "scales", "rotations", "opacities", "sh")
@@ -419,65 +406,6 @@ def drop_invalid(gaussians: Gaussians, source: str = "Gaussians", *, extra: Opti
         raise InvalidGaussiansError(f"{source}: no valid Gaussian left to keep: {message}")
     log.warning("%s: dropped %d invalid Gaussians: %s", source, int(bad.sum()), message)
     return gaussians.select(~bad)
-
-
-# ---------------------------------------------------------------------- quaternion helpers
-def quaternion_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Hamilton product of wxyz quaternions, broadcasting over leading axes."""
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack(
-        [
-            aw * bw - ax * bx - ay * by - az * bz,
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-        ],
-        dim=-1,
-    )
-
-
-def quaternion_to_matrix(q: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-    """wxyz quaternions [..., 4] -> rotation matrices [..., 3, 3].
-
-    With ``normalize=False`` the raw components go into the formula as they are, which is what
-    LGM's rasterizer does (needed for legacy checkpoints, lgm_spec §6.3).
-    """
-    if normalize:
-        q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    w, x, y, z = q.unbind(-1)
-    return torch.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        dim=-1,
-    ).reshape(q.shape[:-1] + (3, 3))
-
-
-def matrix_to_quaternion(R: torch.Tensor) -> torch.Tensor:
-    """A 3x3 rotation matrix -> a unit wxyz quaternion with w >= 0 (Shepperd's method)."""
-    R = R.double()
-    tr = R[0, 0] + R[1, 1] + R[2, 2]
-    candidates = torch.stack([tr, R[0, 0], R[1, 1], R[2, 2]])
-    i = int(torch.argmax(candidates))
-    if i == 0:
-        s = torch.sqrt(1.0 + tr) * 2
-        q = [0.25 * s, (R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s]
-    elif i == 1:
-        s = torch.sqrt(1.0 + R[0, 0] - R[1, 1] - R[2, 2]) * 2
-        q = [(R[2, 1] - R[1, 2]) / s, 0.25 * s, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s]
-    elif i == 2:
-        s = torch.sqrt(1.0 + R[1, 1] - R[0, 0] - R[2, 2]) * 2
-        q = [(R[0, 2] - R[2, 0]) / s, (R[0, 1] + R[1, 0]) / s, 0.25 * s, (R[1, 2] + R[2, 1]) / s]
-    else:
-        s = torch.sqrt(1.0 + R[2, 2] - R[0, 0] - R[1, 1]) * 2
-        q = [(R[1, 0] - R[0, 1]) / s, (R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, 0.25 * s]
-    q = torch.stack(q)
-    if q[0] < 0:
-        q = -q
-    return (q / q.norm()).float()
 
 
 def concat(items: Iterable[Gaussians], dim: int = 0) -> Gaussians:

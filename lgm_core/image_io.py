@@ -1,4 +1,5 @@
-"""Reading images as channels-last float tensors in [0, 1] (writing: :func:`lgm_core.video.write_image`).
+"""Still images: :func:`load_image` reads them as channels-last float tensors in [0, 1];
+:func:`write_image` writes one frame (float in [0, 1] or uint8) as .png/.jpg/.webp, atomically.
 
 Every pixel format Pillow decodes is mapped to [0, 1] by its real range (docs/robustness.md):
 8-bit modes (L, RGB, RGBA, P, LA, CMYK, ...) by 255; 16-bit grey (``I;16*``, and ``I`` images
@@ -22,6 +23,8 @@ from typing import Union
 import numpy as np
 import torch
 
+from .fileio import atomic_path
+
 PathLike = Union[str, os.PathLike]
 
 log = logging.getLogger("lgm_core")
@@ -31,6 +34,8 @@ MAX_PIXELS = 178_000_000
 refused before decoding."""
 MAX_SIDE = 4096
 """Default ``max_side``: larger images are downscaled to this longest side on load (LGM works at 256)."""
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+"""Formats :func:`write_image` writes."""
 
 
 def load_image(path: PathLike, *, max_side: int = MAX_SIDE) -> torch.Tensor:
@@ -120,3 +125,38 @@ def _downscale_array(arr: np.ndarray, max_side: int, path) -> np.ndarray:
     hh, ww = -(-h // factor) * factor, -(-w // factor) * factor
     padded = np.pad(arr, ((0, hh - h), (0, ww - w)), mode="edge")
     return padded.reshape(hh // factor, factor, ww // factor, factor).mean(axis=(1, 3)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------- writing
+def to_uint8(frames) -> np.ndarray:
+    """Frames (torch tensor or numpy, float in [0, 1] or uint8), channels last -> uint8 numpy."""
+    if hasattr(frames, "detach"):
+        frames = frames.detach().to("cpu")
+        if frames.is_floating_point():
+            frames = frames.float()
+        frames = frames.numpy()
+    arr = np.asarray(frames)
+    if arr.dtype == np.uint8:
+        return arr
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"frames must be float in [0, 1] or uint8, got dtype {arr.dtype}")
+    return np.clip(np.rint(arr.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def write_image(frame, path: PathLike) -> Path:
+    """Write one frame [H,W,3|4] (float in [0, 1] or uint8) as .png/.jpg/.webp, atomically."""
+    from PIL import Image
+
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in IMAGE_EXTENSIONS:
+        raise ValueError(f"unsupported image format {ext!r}: use one of {', '.join(IMAGE_EXTENSIONS)}")
+    arr = to_uint8(frame)
+    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+        raise ValueError(f"an image must be [H, W, 3|4], got shape {list(arr.shape)}")
+    if ext in (".jpg", ".jpeg"):
+        arr = arr[..., :3]
+    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}[ext]
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format=fmt)
+    return path

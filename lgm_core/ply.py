@@ -1,4 +1,4 @@
-"""3D Gaussian splatting .ply files (lgm_spec §8).
+"""3D Gaussian splatting .ply files (docs/conventions.md#ply-files).
 
 Writing reproduces LGM's ``save_ply`` byte for byte: binary little-endian PLY 1.0, one ``vertex``
 element of float32 properties ``x y z f_dc_0..2 opacity scale_0..2 rot_0..3`` (+ ``f_rest_*`` when
@@ -23,7 +23,7 @@ from typing import List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from .fileio import atomic_write_bytes  # noqa: F401  (re-exported)
+from .fileio import atomic_write_bytes
 from .gaussians import Gaussians, check_finite, drop_invalid
 
 MIN_OPACITY = 0.005
@@ -299,7 +299,7 @@ def load_ply(path: PathLike, *, normalized_rotations: Optional[bool] = None, on_
     already unit length (so LGM files round-trip exactly); otherwise:
 
     * ``normalized_rotations=None`` (auto): files whose quaternions are all tiny (norm < 0.1, the
-      signature of legacy pre-fix LGM checkpoints, lgm_spec §2.2) are kept raw and flagged
+      signature of legacy pre-fix LGM checkpoints, docs/conventions.md#legacy-rotations) are kept raw and flagged
       ``normalized_rotations=False``; any other file gets its quaternions normalised (standard 3DGS
       semantics).
     * ``True``: always normalise. ``False``: keep raw and flag as legacy.

@@ -57,7 +57,7 @@ def _resize(img: torch.Tensor, h: int, w: int) -> torch.Tensor:
 def recenter(rgba: torch.Tensor, mask: torch.Tensor, border_ratio: float = 0.2) -> torch.Tensor:
     """Crop ``rgba`` [H, W, 4] to the mask's box and paste it centred on a transparent square canvas
     of side max(H, W), scaled so its longer side is int((1 - border_ratio) * side).
-    Returns [side, side, 4] (lgm_spec §9.1 step 3)."""
+    Returns [side, side, 4] (docs/conventions.md#image-preprocessing)."""
     if not 0.0 <= border_ratio < 1.0:
         raise ValueError(f"border_ratio must be in [0, 1), got {border_ratio}")
     h, w = rgba.shape[:2]
@@ -137,14 +137,3 @@ def make_grid(views: torch.Tensor) -> torch.Tensor:
     bottom = torch.cat([views[2], views[3]], dim=1)
     return torch.cat([top, bottom], dim=0)
 
-
-def views_to_lgm(views: torch.Tensor, background: Sequence[float] = WHITE) -> torch.Tensor:
-    """Channels-last views [4, H, W, 3|4] (RGBA composited over ``background``) -> LGM's
-    channels-first input [1, 4, 3, H, W]."""
-    if views.dim() != 4 or views.shape[-1] not in (3, 4):
-        raise ValueError(f"views must be [4, H, W, 3|4], got {list(views.shape)}")
-    if views.shape[0] != 4:
-        raise ValueError(f"LGM needs exactly 4 views, got {views.shape[0]}")
-    views = views.float() if views.is_floating_point() else views.float() / 255.0
-    rgb = composite(views[..., :3], views[..., 3], background) if views.shape[-1] == 4 else views
-    return rgb.permute(0, 3, 1, 2)[None].contiguous()

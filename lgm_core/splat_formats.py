@@ -30,6 +30,7 @@ import torch
 
 from .fileio import atomic_write_bytes
 from .gaussians import SH_C0, Gaussians, check_finite, describe_invalid, drop_invalid
+from .geometry import quaternion_multiply
 
 PathLike = Union[str, os.PathLike]
 
@@ -48,16 +49,8 @@ _MAX_INVALID_TO_DROP = 0.5
 class SplatError(ValueError):
     """A file that cannot be read as .splat Gaussians."""
 
+
 _FLIP_YZ = torch.tensor([0.0, 1.0, 0.0, 0.0])  # 180 degrees about x, wxyz
-
-
-def _quat_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack([aw * bw - ax * bx - ay * by - az * bz,
-                        aw * bx + ax * bw + ay * bz - az * by,
-                        aw * by - ax * bz + ay * bw + az * bx,
-                        aw * bz + ax * by - ay * bx + az * bw], -1)
 
 
 def splat_bytes(gaussians: Gaussians, *, index: int = 0, min_opacity: float = 0.005,
@@ -76,7 +69,7 @@ def splat_bytes(gaussians: Gaussians, *, index: int = 0, min_opacity: float = 0.
     scale = g.scales[0][keep]
     q = g.rotations[0][keep]
     q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    q = _quat_mul(_FLIP_YZ.expand_as(q), q)
+    q = quaternion_multiply(_FLIP_YZ.expand_as(q), q)
     q = torch.where(q[:, :1] < 0, -q, q)  # canonical sign, w >= 0
     rgb = (g.sh[0][keep][:, 0, :] * SH_C0 + 0.5).clamp(0, 1)
     alpha = g.opacities[0][keep].clamp(0, 1)
@@ -129,7 +122,7 @@ def load_splat(path: PathLike, *, on_invalid: str = "raise") -> Gaussians:
     q = (torch.from_numpy(rec["r"].astype(np.float32)) - 128.0) / 128.0
     norm = q.norm(dim=-1)
     bad_rotation = (norm < _QUAT_NORM_RANGE[0]) | (norm > _QUAT_NORM_RANGE[1])
-    q = _quat_mul(_FLIP_YZ.expand_as(q), q)
+    q = quaternion_multiply(_FLIP_YZ.expand_as(q), q)
     q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     c = torch.from_numpy(rec["c"].astype(np.float32)) / 255.0
     sh = ((c[:, :3] - 0.5) / SH_C0)[:, None, :]

@@ -1,4 +1,5 @@
-"""Write rendered frames to video (.mp4) and animated images (.webp, .gif), and stills.
+"""Write rendered frames to video (.mp4) and animated images (.webp, .gif); stills are
+:func:`lgm_core.image_io.write_image`.
 
 Frames: ``[T, H, W, 3]`` (or ``[T, H, W, 4]``: alpha is dropped for .mp4/.gif; kept by .webp/.png)
 as a float tensor/array in [0, 1] (clamped, rounded to 8 bit) or uint8. ``.mp4`` is H.264
@@ -21,26 +22,11 @@ from typing import Union
 import numpy as np
 
 from .fileio import atomic_path
+from .image_io import to_uint8
 
 VIDEO_EXTENSIONS = (".mp4", ".webp", ".gif")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 
 PathLike = Union[str, os.PathLike]
-
-
-def to_uint8(frames) -> np.ndarray:
-    """Frames (torch tensor or numpy, float in [0, 1] or uint8), channels last -> uint8 numpy."""
-    if hasattr(frames, "detach"):
-        frames = frames.detach().to("cpu")
-        if frames.is_floating_point():
-            frames = frames.float()
-        frames = frames.numpy()
-    arr = np.asarray(frames)
-    if arr.dtype == np.uint8:
-        return arr
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise ValueError(f"frames must be float in [0, 1] or uint8, got dtype {arr.dtype}")
-    return np.clip(np.rint(arr.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
 def _check_frames(arr: np.ndarray) -> np.ndarray:
@@ -198,25 +184,6 @@ def _write_animated(arr: np.ndarray, path: Path, ext: str, fps: float, quality: 
         q = int(np.clip(quality, 0, 10))
         images[0].save(path, format="WEBP", save_all=True, append_images=images[1:], duration=duration,
                        loop=loop, lossless=(q >= 10), quality=q * 10, method=4)
-
-
-def write_image(frame, path: PathLike) -> Path:
-    """Write one frame [H,W,3|4] (float in [0, 1] or uint8) as .png/.jpg/.webp, atomically."""
-    from PIL import Image
-
-    path = Path(path)
-    ext = path.suffix.lower()
-    if ext not in IMAGE_EXTENSIONS:
-        raise ValueError(f"unsupported image format {ext!r}: use one of {', '.join(IMAGE_EXTENSIONS)}")
-    arr = to_uint8(frame)
-    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
-        raise ValueError(f"an image must be [H, W, 3|4], got shape {list(arr.shape)}")
-    if ext in (".jpg", ".jpeg"):
-        arr = arr[..., :3]
-    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}[ext]
-    with atomic_path(path) as tmp:
-        Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format=fmt)
-    return path
 
 
 def read_video(path: PathLike) -> np.ndarray:

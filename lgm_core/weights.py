@@ -2,7 +2,7 @@
 
 Only safetensors are read (no pickle, nothing from a model repo is executed); loading is strict
 (every key, every shape); the architecture preset is detected from the keys and shapes; the
-rotation activation (fixrot vs legacy, lgm_spec §2.2) is chosen from the official file names.
+rotation activation (fixrot vs legacy, docs/conventions.md#legacy-rotations) is chosen from the official file names.
 The network is touched only when a hub repo id is given, through ``huggingface_hub`` (``HF_HOME`` /
 ``cache_dir``); offline (``HF_HUB_OFFLINE`` or no network, see ``lgm_core.hub``) the hub cache is used
 or a one-line :class:`lgm_core.hub.HubUnavailable` is raised at once.
@@ -19,12 +19,15 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 
+from . import hub
 from .models.lgm import LGM, PRESETS, LGMConfig, preset_name
+from .runtime import resolve_device_dtype
 
 log = logging.getLogger("lgm_core")
 
-DEFAULT_REPO = "ashawkey/LGM"
-DEFAULT_FILENAME = "model_fp16_fixrot.safetensors"
+DEFAULT_REPO = hub.LGM_WEIGHTS.repo_id
+DEFAULT_FILENAME = hub.LGM_WEIGHTS.filename
+"""The official checkpoint (from the registry in :mod:`lgm_core.hub`)."""
 OFFICIAL_FILES = {
     # file name -> rotation activation the checkpoint was trained with
     "model_fp16_fixrot.safetensors": "per_gaussian",
@@ -47,7 +50,7 @@ class CheckpointError(ValueError):
 
 
 def hub_url(repo_id: str = DEFAULT_REPO, filename: str = DEFAULT_FILENAME) -> str:
-    return f"https://huggingface.co/{repo_id}/resolve/main/{filename}"
+    return hub.file_url(repo_id, filename)
 
 
 # ---------------------------------------------------------------------- reading safetensors safely
@@ -265,7 +268,7 @@ def resolve_checkpoint(
     """
     source = DEFAULT_REPO if source is None else os.fspath(source)
     if source == DEMO_NAME:  # the small model shipped inside the package (no network)
-        from .demo import demo_weights_path
+        from .demo_assets import demo_weights_path
 
         return demo_weights_path()
     path = Path(source).expanduser()
@@ -285,31 +288,12 @@ def resolve_checkpoint(
         raise FileNotFoundError(
             f"no LGM checkpoint in {path} (looked for {', '.join(names)}; found {found or 'no .safetensors'}). "
             f"Download {hub_url()} into that folder.")
-    looks_like_repo = source.count("/") == 1 and not source.startswith((".", "/", "~")) and not path.suffix
-    if not looks_like_repo:
+    if not hub.is_repo_id(source):
         raise FileNotFoundError(f"LGM checkpoint not found: {source}")
     filename = filename or DEFAULT_FILENAME
     target = Path(place_hint) / filename if place_hint else Path("<models>/lgm") / filename
-    from . import hub
-
-    # offline (HF_HUB_OFFLINE, no network, or local_files_only): the hub cache or a one-line error at once,
-    # never huggingface_hub's retry loop
-    reason = "local_files_only=True" if local_files_only else hub.offline_reason()
-    if reason:
-        cached = hub.cached_file(source, filename, cache_dir)
-        if cached:
-            return Path(cached)
-        raise hub.HubUnavailable("LGM weights", source, [filename], reason, hub.cache_dir(cache_dir),
-                                 place_hint=str(target))
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return Path(hf_hub_download(repo_id=source, filename=filename, cache_dir=cache_dir))
-    except Exception as exc:  # missing file, auth, network dropped mid-way ...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FileNotFoundError(
-            f"could not get {filename} from the hub repo {source}: {reason}. "
-            f"Download {hub_url(source, filename)} and place it at {target}") from exc
+    return hub.fetch_file(source, filename, what=hub.LGM_WEIGHTS.what, cache_dir=cache_dir,
+                          local_files_only=local_files_only, place_hint=target)
 
 
 def load_lgm(
@@ -331,8 +315,8 @@ def load_lgm(
             repo id (default ``"ashawkey/LGM"``, file ``model_fp16_fixrot.safetensors``).
         preset: ``"big"``, ``"small"``, ``"lrm"`` or ``"tiny"``; default: detected from the keys and
             shapes (custom architectures are inferred too).
-        dtype: weights dtype; default float16 on CUDA, float32 elsewhere.
-        device: default CUDA if available, else CPU.
+        dtype: weights dtype; default float16 on CUDA, float32 elsewhere (:mod:`lgm_core.runtime`).
+        device: default CUDA if available, else CPU (:mod:`lgm_core.runtime`).
         rotation_mode: ``"per_gaussian"`` (fixrot) or ``"legacy"``; default from the file name.
     """
     path = resolve_checkpoint(source, filename=filename, cache_dir=cache_dir,
@@ -341,9 +325,7 @@ def load_lgm(
     shapes = {k: s for k, (_, s) in entries.items()}
     config = detect_config(path, shapes, preset, metadata)
     mode = rotation_mode or rotation_mode_for(path, metadata)
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if dtype is None:
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    device, dtype = resolve_device_dtype(device, dtype)
     state = load_safetensors(path, header=(entries, metadata))
     with torch.device("meta"):
         model = LGM(config, rotation_mode=mode)

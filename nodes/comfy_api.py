@@ -8,7 +8,8 @@ file changes. The other adapter modules import what they need from here, each wi
   colour conversion at the boundary);
 - ``files``: model folders, input/output files, the bundled demo model and example inputs;
 - ``devices``: compute/intermediate devices, dtypes, accelerator logging;
-- ``progress``: progress bars with previews, interruption.
+- ``progress``: progress bars with previews, interruption;
+- ``model_management``: the pack's models under ComfyUI's memory manager (``ManagedModel``).
 
 All numerical work lives in the plain-PyTorch library ``lgm_core``.
 """
@@ -16,21 +17,21 @@ All numerical work lives in the plain-PyTorch library ``lgm_core``.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
-
 import torch
 
 import comfy.model_management as model_management
 from comfy.cli_args import args as cli_args
 import comfy.model_patcher as model_patcher
+from comfy.patcher_extension import CallbacksMP
 import comfy.utils as comfy_utils
 import folder_paths
 from comfy_api.latest import ComfyExtension, Types, io, ui
 
 log = logging.getLogger("comfyui-lgm")
 
-__all__ = ["ComfyExtension", "Types", "io", "ui", "cli_args", "model_management", "model_patcher", "comfy_utils",
-           "folder_paths", "log", "ManagedModel", "latent_previewer", "core_mesh_batch_helpers"]
+__all__ = ["ComfyExtension", "Types", "io", "ui", "cli_args", "model_management", "model_patcher", "CallbacksMP",
+           "comfy_utils",
+           "folder_paths", "log", "latent_previewer", "core_mesh_batch_helpers"]
 
 
 def latent_previewer(device: torch.device):
@@ -49,52 +50,3 @@ def core_mesh_batch_helpers():
     except ImportError:
         return None, None
     return pack_variable_mesh_batch, get_mesh_batch_item
-
-
-class _Holder(torch.nn.Module):
-    """Container so ComfyUI's ModelPatcher can set its bookkeeping attributes without touching ours."""
-
-    def __init__(self, inner: torch.nn.Module):
-        super().__init__()
-        self.inner = inner
-
-
-class ManagedModel:
-    """A model under ComfyUI's memory manager (``comfy.model_patcher.ModelPatcher``).
-
-    ``get()`` asks ComfyUI to load it on the compute device (evicting other models if VRAM is short,
-    honouring --lowvram/--novram/--cpu) and returns the module; between uses ComfyUI may move it back
-    to the offload device. ``info`` carries metadata for display (kind, preset, dtype, ...).
-    """
-
-    def __init__(self, module: torch.nn.Module, dtype: torch.dtype,
-                 on_reload: Callable[[torch.device], Any] | None = None, **info: Any):
-        self.dtype = dtype
-        self.info = dict(info)
-        self.on_reload = on_reload
-        self._placement = None
-        self.patcher = model_patcher.ModelPatcher(
-            _Holder(module), load_device=model_management.get_torch_device(), offload_device=model_management.unet_offload_device())
-
-    @property
-    def device(self) -> torch.device:
-        return self.patcher.load_device
-
-    def get(self) -> torch.nn.Module:
-        """Load on the compute device (if not there already) and return the wrapped module."""
-        # Modules here have no comfy.ops cast hooks, so they are always loaded whole.
-        model_management.load_models_gpu([self.patcher], force_full_load=True)
-        module = self.patcher.model.inner
-        first = next(module.parameters(), None)
-        placement = (first.device, first.data_ptr()) if first is not None else None
-        if placement != self._placement:
-            # weights moved since the last use (first load, or ComfyUI offloaded and reloaded them):
-            # let the owner drop device-bound caches (e.g. captured CUDA graphs)
-            if self.on_reload is not None and self._placement is not None:
-                self.on_reload(self.device)
-            self._placement = placement
-        return module
-
-    def __repr__(self) -> str:
-        desc = ", ".join(f"{k}={v}" for k, v in self.info.items())
-        return f"ManagedModel({desc}, dtype={self.dtype})"

@@ -4,41 +4,21 @@ from __future__ import annotations
 
 import os
 
-import torch
+from lgm_core import hub
 
 from . import comfy_api as api, devices, files
 from .comfy_api import io
+from .model_management import ManagedModel
 from .types import CATEGORY, PRECISIONS, LGMModel, MultiViewPipelineType, check_choice, first_error
 
-LGM_REPO = "ashawkey/LGM"
-LGM_OFFICIAL = "model_fp16_fixrot.safetensors"
+LGM_OFFICIAL = hub.LGM_WEIGHTS.filename
 LGM_DEMO = "demo (bundled, lgm_demo.safetensors)"
 """The small LGM shipped inside the pack (lgm_core/assets/demo), listed first: works offline, no copying."""
-MV_REPOS = {
-    "mvdream-sd2.1-diffusers": "ashawkey/mvdream-sd2.1-diffusers",
-    "imagedream-ipmv-diffusers": "ashawkey/imagedream-ipmv-diffusers",
-}
+MV_MODELS = {m.name: m for m in (hub.MVDREAM, hub.IMAGEDREAM)}
+"""Official multi-view models by their folder name in models/diffusers (from lgm_core.hub's registry)."""
 
 _DOWNLOAD_TIP = ("Download the official file from the Hugging Face hub into the first models folder when it is "
                  "missing. Off: never touch the network (files must already be there).")
-
-
-def _hub_download(repo_id: str, dest: str, filename: str | None = None) -> str:
-    """Download one file (or a whole repo snapshot when ``filename`` is None) into ``dest``."""
-    try:
-        import huggingface_hub
-    except ImportError as exc:  # pragma: no cover - a listed dependency
-        raise RuntimeError("huggingface_hub is needed for downloads: pip install huggingface_hub") from exc
-    api.log.info("downloading %s%s into %s", repo_id, f"/{filename}" if filename else "", dest)
-    try:
-        if filename:
-            return huggingface_hub.hf_hub_download(repo_id=repo_id, filename=filename, local_dir=dest)
-        return huggingface_hub.snapshot_download(
-            repo_id=repo_id, local_dir=dest,
-            allow_patterns=["*.json", "*.txt", "*.safetensors", "tokenizer/*", "scheduler/*"])
-    except Exception as exc:
-        raise RuntimeError(f"could not download {repo_id}{'/' + filename if filename else ''} into {dest}: {exc}. "
-                           "Check the connection (or HF_HUB_OFFLINE), or download it by hand.") from exc
 
 
 class LGMModelLoader(io.ComfyNode):
@@ -56,7 +36,7 @@ class LGMModelLoader(io.ComfyNode):
                 io.Combo.Input("ckpt_name", options=options, default=LGM_OFFICIAL,
                                tooltip="Checkpoint file in models/lgm, or the small demo model bundled with the pack "
                                        "(offline, CPU-sized, for trying it out). The official one is "
-                                       f"{LGM_OFFICIAL} from huggingface.co/{LGM_REPO}."),
+                                       f"{LGM_OFFICIAL} from huggingface.co/{hub.LGM_WEIGHTS.repo_id}."),
                 io.Combo.Input("precision", options=PRECISIONS, default="auto",
                                tooltip="Weights dtype. auto: fp16 on GPUs that support it, fp32 on the CPU."),
                 io.Boolean.Input("allow_download", default=False, tooltip=_DOWNLOAD_TIP),
@@ -83,12 +63,15 @@ class LGMModelLoader(io.ComfyNode):
             if not allow_download or ckpt_name != LGM_OFFICIAL:
                 raise FileNotFoundError(
                     f"{ckpt_name} is not in {files.lgm_folder()}. Download "
-                    f"https://huggingface.co/{LGM_REPO}/resolve/main/{LGM_OFFICIAL} there, or enable allow_download.")
-            path = _hub_download(LGM_REPO, files.lgm_folder(), LGM_OFFICIAL)
+                    f"{hub.file_url(hub.LGM_WEIGHTS.repo_id, LGM_OFFICIAL)} there, or enable allow_download.")
+            api.log.info("downloading %s/%s into %s", hub.LGM_WEIGHTS.repo_id, LGM_OFFICIAL, files.lgm_folder())
+            path = hub.fetch_file(hub.LGM_WEIGHTS.repo_id, LGM_OFFICIAL, what=hub.LGM_WEIGHTS.what,
+                                  local_dir=files.lgm_folder(), place_hint=files.lgm_folder())
         dtype = devices.pick_dtype(precision)
-        model = load_lgm(path, dtype=dtype, device="cpu")
-        managed = api.ManagedModel(model, dtype, kind="lgm", preset=model.preset or "custom",
-                                   rotation=model.rotation_mode, file=os.path.basename(path))
+        # the CUDA-graph path by default (inert while ComfyUI keeps the model on the CPU)
+        model = load_lgm(path, dtype=dtype, device="cpu").optimize_for_inference()
+        managed = ManagedModel(model, dtype, kind="lgm", preset=model.preset or "custom",
+                               rotation=model.rotation_mode, file=os.path.basename(path))
         return io.NodeOutput(managed)
 
 
@@ -102,7 +85,7 @@ class LGMMultiViewLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         names = files.diffusers_model_names()
-        options = names + [n for n in MV_REPOS if n not in names]
+        options = names + [n for n in MV_MODELS if n not in names]
         return io.Schema(
             node_id="LGMMultiViewLoader",
             display_name="LGM Multi-View Diffusion Loader",
@@ -110,9 +93,9 @@ class LGMMultiViewLoader(io.ComfyNode):
             description="Loads MVDream (text -> 4 views) or ImageDream (image -> 4 views) from a diffusers-layout "
                         "folder in models/diffusers. Only .safetensors weights are read; no code from the folder runs.",
             inputs=[
-                io.Combo.Input("model_name", options=options, default="imagedream-ipmv-diffusers",
-                               tooltip="Folder in models/diffusers: mvdream-sd2.1-diffusers (text) or "
-                                       "imagedream-ipmv-diffusers (image), from huggingface.co/ashawkey."),
+                io.Combo.Input("model_name", options=options, default=hub.IMAGEDREAM.name,
+                               tooltip=f"Folder in models/diffusers: {hub.MVDREAM.name} (text) or "
+                                       f"{hub.IMAGEDREAM.name} (image), from huggingface.co/ashawkey."),
                 io.Combo.Input("precision", options=PRECISIONS, default="auto",
                                tooltip="Weights dtype. auto: fp16 on GPUs that support it, fp32 on the CPU."),
                 io.Boolean.Input("allow_download", default=False, tooltip=_DOWNLOAD_TIP),
@@ -125,7 +108,7 @@ class LGMMultiViewLoader(io.ComfyNode):
     def validate_inputs(cls, model_name, precision):
         names = files.diffusers_model_names()
         return first_error(check_choice("precision", precision, PRECISIONS),
-                           check_choice("model_name", model_name, names + [n for n in MV_REPOS if n not in names]))
+                           check_choice("model_name", model_name, names + [n for n in MV_MODELS if n not in names]))
 
     @classmethod
     def execute(cls, model_name, precision, allow_download) -> io.NodeOutput:
@@ -133,22 +116,17 @@ class LGMMultiViewLoader(io.ComfyNode):
 
         path = files.diffusers_model_path(model_name)  # contained in models/diffusers, or UnsafePathError
         if path is None:
-            repo = MV_REPOS.get(model_name)
-            if not allow_download or repo is None:
-                hint = f"huggingface.co/{repo}" if repo else "its diffusers-format repository"
+            official = MV_MODELS.get(model_name)
+            dest = os.path.join(files.diffusers_folder(), model_name)
+            if not allow_download or official is None:
+                hint = f"huggingface.co/{official.repo_id}" if official else "its diffusers-format repository"
                 raise FileNotFoundError(f"{model_name} is not in {files.diffusers_folder()}. Download {hint} into "
-                                        f"{os.path.join(files.diffusers_folder(), model_name)}, or enable allow_download.")
-            path = _hub_download(repo, os.path.join(files.diffusers_folder(), model_name))
+                                        f"{dest}, or enable allow_download.")
+            api.log.info("downloading %s into %s", official.repo_id, dest)
+            path = hub.fetch_snapshot(official.repo_id, what=official.what, files=official.files, local_dir=dest,
+                                      place_hint=dest)
         dtype = devices.pick_dtype(precision)
         pipe = MultiViewPipeline.from_pretrained(path, dtype=dtype, device="cpu")
-        managed = api.ManagedModel(_PipelineModules(pipe), dtype, on_reload=pipe.to,
-                                   kind="imagedream" if pipe.is_imagedream else "mvdream", name=model_name)
-        managed.pipeline = pipe
+        managed = ManagedModel(pipe, dtype, modules=pipe.torch_modules(),
+                               kind="imagedream" if pipe.is_imagedream else "mvdream", name=model_name)
         return io.NodeOutput(managed)
-
-
-class _PipelineModules(torch.nn.ModuleList):
-    """The pipeline's torch modules in one container, so ComfyUI moves them together."""
-
-    def __init__(self, pipe):
-        super().__init__([m for m in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.image_encoder) if m is not None])

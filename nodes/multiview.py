@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from lgm_core.pipelines import DEFAULT_NEGATIVE_PROMPT
+
 from .comfy_api import io
 from .progress import Progress
 from .types import CATEGORY, CamerasType, MultiViewPipelineType, views_to_image
@@ -18,8 +20,7 @@ _INVERT_TIP = ("ComfyUI's Load Image gives a MASK that is 1 where the image is t
 
 def _common_inputs(default_guidance: float) -> list:
     return [
-        io.String.Input("negative_prompt", multiline=True, default="ugly, blurry, pixelated obscure, unnatural "
-                        "colors, poor lighting, dull, unclear, cropped, lowres, low quality, artifacts, duplicate",
+        io.String.Input("negative_prompt", multiline=True, default=DEFAULT_NEGATIVE_PROMPT,
                         tooltip="What the views should not show."),
         io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                      tooltip="Random seed of the initial noise (same seed + settings = same views)."),
@@ -36,29 +37,23 @@ def _outputs() -> list:
             CamerasType.Output(display_name="cameras", tooltip=_CAMERAS_TIP)]
 
 
-def _generate(managed, prompt, negative_prompt, seed, steps, guidance, elevation, image=None):
-    """Run the pipeline with per-step progress/preview/interrupt; return (IMAGE, Cameras)."""
+def _generate(managed, stage, **options):
+    """Run ``stage`` (``lgm_core.pipelines.text_to_views`` / ``image_to_views``) with per-step progress,
+    preview and interrupt; return (IMAGE [4,H,W,3] in LGM order, Cameras)."""
     from lgm_core.cameras import Cameras
-    from lgm_core.mvdiffusion.cameras import LGM_VIEW_ORDER
+    from lgm_core.views import to_lgm_order
 
-    managed.get()
-    pipe = managed.pipeline
-    progress = Progress(steps)
-    order = list(LGM_VIEW_ORDER)
+    pipe = managed.get()
+    progress = Progress(options["steps"])
     nf = pipe.num_frames
 
     def on_step(step, total, latents):
         progress.total = total
-        progress.update(step, latents=latents[:nf][order])
+        progress.update(step, latents=to_lgm_order(latents[:nf]))
 
-    generator = torch.Generator("cpu").manual_seed(int(seed) & 0xFFFFFFFFFFFFFFFF)
-    out = pipe(prompt, image=image, negative_prompt=negative_prompt, num_inference_steps=int(steps),
-               guidance_scale=float(guidance), elevation=float(elevation), generator=generator,
-               callback=on_step, output_type="pt")
-    lgm = out.lgm_inputs()
-    views = views_to_image(lgm["images"][0])
-    cams = Cameras(lgm["cameras"].float(), width=views.shape[2], height=views.shape[1])
-    return views, cams
+    views = stage(pipe, callback=on_step, **options)
+    image = views_to_image(views)
+    return image, Cameras(views.cameras, width=image.shape[2], height=image.shape[1])
 
 
 class LGMTextToMultiView(io.ComfyNode):
@@ -80,10 +75,13 @@ class LGMTextToMultiView(io.ComfyNode):
 
     @classmethod
     def execute(cls, mv_pipeline, prompt, negative_prompt, seed, steps, guidance, elevation) -> io.NodeOutput:
-        if mv_pipeline.pipeline.is_imagedream:
+        if mv_pipeline.model.is_imagedream:
             raise ValueError("this is an ImageDream model, which needs an image: use LGM Image to Multi-View, "
                              "or load mvdream-sd2.1-diffusers for text prompts")
-        return io.NodeOutput(*_generate(mv_pipeline, prompt, negative_prompt, seed, steps, guidance, elevation))
+        from lgm_core.pipelines import text_to_views
+
+        return io.NodeOutput(*_generate(mv_pipeline, text_to_views, prompt=prompt, negative_prompt=negative_prompt,
+                                        seed=seed, steps=steps, guidance=guidance, elevation=elevation))
 
 
 class LGMImageToMultiView(io.ComfyNode):
@@ -110,17 +108,17 @@ class LGMImageToMultiView(io.ComfyNode):
     @classmethod
     def execute(cls, mv_pipeline, image, invert_mask, prompt, negative_prompt, seed, steps, guidance, elevation,
                 mask=None) -> io.NodeOutput:
-        from lgm_core.preprocess import prepare_image
+        from lgm_core.pipelines import image_to_views
 
-        if not mv_pipeline.pipeline.is_imagedream:
+        if not mv_pipeline.model.is_imagedream:
             raise ValueError("this is an MVDream model, which takes text only: load imagedream-ipmv-diffusers "
                              "for image input, or use LGM Text to Multi-View")
         img = image[0]
         fg = _foreground(mask, invert_mask, img.shape[:2]) if mask is not None else None
         # with a mask: crop + recentre on white; without: pad to a square (as the original app)
-        img = prepare_image(img, mask=fg, size=256)
-        return io.NodeOutput(*_generate(mv_pipeline, prompt, negative_prompt, seed, steps, guidance, elevation,
-                                        image=img.float().clamp(0, 1)))
+        return io.NodeOutput(*_generate(mv_pipeline, image_to_views, image=img, mask=fg, prompt=prompt,
+                                        negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance,
+                                        elevation=elevation))
 
 
 def _foreground(mask: torch.Tensor, invert: bool, hw) -> torch.Tensor:

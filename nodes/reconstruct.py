@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from . import devices
 from .bridge import gaussians_to_splat
 from .comfy_api import io
@@ -37,16 +35,10 @@ class LGMReconstruct(io.ComfyNode):
 
     @classmethod
     def execute(cls, lgm_model, views, elevation, cameras=None) -> io.NodeOutput:
-        images = image_to_views(views)  # validates the batch of 4 with a clear message
-        c2w = None
-        if cameras is not None:
-            c2w = cameras.c2w
-            if c2w.shape[0] != 4:
-                raise ValueError(f"LGM Reconstruct needs the 4 cameras of its 4 views, got {c2w.shape[0]} cameras")
+        from lgm_core.pipelines import views_to_gaussians
+
+        lgm_views = image_to_views(views, cameras, float(elevation))  # validated once, with a clear message
         model = lgm_model.get()
         check_interrupted()
-        device = lgm_model.device
-        with torch.inference_mode():
-            gaussians = model.reconstruct(images.to(device), None if c2w is None else c2w.to(device),
-                                          elevation=float(elevation))
+        gaussians = views_to_gaussians(model, lgm_views.to(lgm_model.device))
         return io.NodeOutput(gaussians_to_splat(gaussians.to(devices.intermediate_device())))

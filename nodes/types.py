@@ -1,14 +1,15 @@
 """Socket types of the pack and conversions between ComfyUI values and ``lgm_core`` objects.
 
 Socket types:
-- ``LGM_MODEL``: a ``ManagedModel`` holding an ``lgm_core.LGM``.
-- ``LGM_MV_PIPELINE``: a ``ManagedModel`` holding an ``lgm_core.mvdiffusion.MultiViewPipeline``.
+- ``LGM_MODEL``: a ``model_management.ManagedModel`` holding an ``lgm_core.LGM``.
+- ``LGM_MV_PIPELINE``: a ``model_management.ManagedModel`` holding an ``lgm_core.mvdiffusion.MultiViewPipeline``.
 - ``LGM_CAMERAS``: an ``lgm_core.cameras.Cameras`` (OpenGL camera-to-world poses, LGM world frame:
   +y up, object front facing +z; elevation positive = camera above).
 - ``SPLAT``: core's SPLAT class when the running ComfyUI has one, else an equivalent object with the
   same attributes, in core's 3DGS frame (see ``bridge``, which converts it to and from ``Gaussians``).
 
-Image layouts: ComfyUI IMAGE is [B,H,W,3] float in [0,1]; LGM wants views [1,4,3,H,W].
+Image layouts: ComfyUI IMAGE is [B,H,W,3] float in [0,1]; LGM takes ``lgm_core.views.Views`` (4 views per
+object, channels-first, LGM order) — ``image_to_views`` / ``views_to_image`` convert.
 """
 
 from __future__ import annotations
@@ -26,29 +27,31 @@ Splat = SplatSocket
 CATEGORY = "LGM"
 PRECISIONS = ["auto", "fp16", "bf16", "fp32"]
 
-def image_to_views(images: torch.Tensor) -> torch.Tensor:
-    """ComfyUI IMAGE batch of 4 [4,H,W,C] -> LGM views [1,4,3,H,W] (alpha composited on white)."""
-    from lgm_core.preprocess import views_to_lgm
+_VIEWS_HINTS = {
+    "count": " The IMAGE is a batch of {n}: use a multi-view node, or batch 4 images with 'Batch Images'.",
+    "size": " Crop or pad them first (e.g. with LGM Prepare Image).",
+}
+
+
+def image_to_views(images: torch.Tensor, cameras=None, elevation: float = 0.0):
+    """ComfyUI IMAGE batch of 4 [4,H,W,C] in LGM order (+ optional ``Cameras`` of the 4 views) ->
+    ``lgm_core.views.Views`` (alpha composited on white; validated there, with a ComfyUI hint added).
+    Float images are clamped to IMAGE's [0, 1] first: resampling nodes (bicubic) overshoot it slightly."""
+    from lgm_core.views import Views, ViewsError
 
     if not torch.is_tensor(images) or images.dim() != 4:
         raise ValueError(f"expected an IMAGE batch [B,H,W,C], got {getattr(images, 'shape', type(images))}")
-    if images.shape[0] != 4:
-        raise ValueError(
-            f"LGM needs exactly 4 views in one IMAGE batch (front, then turned by 90, 180 and 270 degrees); "
-            f"got a batch of {images.shape[0]}. Use a multi-view node, or batch 4 images with 'Batch Images'.")
-    if images.shape[1] != images.shape[2]:
-        raise ValueError(f"LGM views must be square, got {images.shape[2]}x{images.shape[1]}; "
-                         "crop or pad them first (e.g. with LGM Prepare Image)")
-    return views_to_lgm(images.float())
+    if images.is_floating_point():
+        images = images.clamp(0, 1)  # NaN stays NaN (refused by Views)
+    try:
+        return Views.from_channels_last(images, None if cameras is None else cameras.c2w, elevation)
+    except ViewsError as exc:
+        raise ValueError(f"{exc}.{_VIEWS_HINTS.get(exc.problem, '').format(n=images.shape[0])}") from None
 
 
-def views_to_image(views: torch.Tensor) -> torch.Tensor:
-    """[V,3,H,W] or [V,H,W,3] float in [0,1] -> ComfyUI IMAGE [V,H,W,3] float32 on the CPU."""
-    if views.dim() == 5:
-        views = views.reshape(-1, *views.shape[2:])
-    if views.shape[1] == 3 and views.shape[-1] != 3:
-        views = views.permute(0, 2, 3, 1)
-    return views.detach().float().clamp(0, 1).cpu().contiguous()
+def views_to_image(views) -> torch.Tensor:
+    """The first object of ``lgm_core.views.Views`` -> ComfyUI IMAGE [4,H,W,3] float32 on the CPU."""
+    return views.channels_last()[0].detach().float().clamp(0, 1).cpu().contiguous()
 
 
 def check_choice(name: str, value, options) -> str | None:

@@ -19,7 +19,7 @@ def main(argv=None) -> int:
     from lgm_core.cameras import Cameras
     from lgm_core.demo import EXAMPLE_DIR, VIEW_FILES
     from lgm_core.training.prepare import load_render_mesh, normalize_mesh, render_mesh_views
-    from lgm_core.video import write_image
+    from lgm_core.image_io import write_image
 
     argv = sys.argv[1:] if argv is None else argv
     object_id = argv[0] if argv else "Scopia_armchair1"

@@ -16,10 +16,12 @@ core's 3D nodes (SplatToFile3D, PreviewGaussianSplat, SaveGLB, MeshToFile3D), wh
 
 from __future__ import annotations
 
-LGM_CKPT = "model_fp16_fixrot.safetensors"
+from lgm_core.hub import LGM_WEIGHTS
+from lgm_core.pipelines import DEFAULT_NEGATIVE_PROMPT as NEGATIVE
+
+LGM_CKPT = LGM_WEIGHTS.filename
 LGM_DEMO = "demo (bundled, lgm_demo.safetensors)"
-NEGATIVE = ("ugly, blurry, pixelated obscure, unnatural colors, poor lighting, dull, unclear, cropped, lowres, "
-            "low quality, artifacts, duplicate")
+"""LGM Model Loader's entry for the demo model bundled in the pack (nodes/loaders.py LGM_DEMO)."""
 
 
 def _lgm_loader(ckpt: str = LGM_CKPT):

@@ -164,7 +164,7 @@ def test_cli_refuses_meaningless_flags_in_one_line(capsys, tmp_path, splat_ply, 
 
 
 def test_cli_refuses_tiny_views_and_bad_weights(capsys, tmp_path):
-    from lgm_core.video import write_image
+    from lgm_core.image_io import write_image
 
     views = [write_image(torch.rand(1, 1, 3), tmp_path / f"v{i}.png") for i in range(4)]
     rc, line = _cli(capsys, "reconstruct", *views, "-o", tmp_path / "g.ply")

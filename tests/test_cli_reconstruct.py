@@ -10,7 +10,7 @@ from lgm_core.testing import tiny_lgm_config
 from lgm_core import LGM, load_ply
 from lgm_core.cli import main
 from lgm_core.preprocess import make_grid
-from lgm_core.video import write_image as save_image
+from lgm_core.image_io import write_image as save_image
 from lgm_core.weights import save_lgm
 
 MICRO = tiny_lgm_config()  # ~1 M parameters, same blocks as the presets

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from lgm_core import Gaussians
-from lgm_core.gaussians import SH_C0, quaternion_to_matrix
+from lgm_core.gaussians import SH_C0
+from lgm_core.geometry import quaternion_to_matrix
 
 
 def random_gaussians(b=2, n=10, seed=0):

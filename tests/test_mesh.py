@@ -17,6 +17,7 @@ from lgm_core.cameras import Cameras
 from lgm_core.gaussians import Gaussians
 from lgm_core.mesh import Mesh, extract_mesh, rasterize, render_mesh
 from lgm_core.mesh.synthetic import make_scene
+from lgm_core.ply import save_ply
 
 TINY = dict(scale_range=(0.02, 0.04), normal_scale_range=(0.008, 0.015))
 FAST = dict(resolution=48, target_faces=3000, texture_size=128, device="cpu")
@@ -246,7 +247,7 @@ def test_cli_mesh(tmp_path):
     from lgm_core.cli import main
 
     src = tmp_path / "g.ply"
-    tiny("torus", n=3000).save_ply(src)
+    save_ply(tiny("torus", n=3000), src)
     out = tmp_path / "m.glb"
     rc = main(["mesh", str(src), "-o", str(out), "--resolution", "48", "--texture-size", "64",
                "--target-faces", "2000", "--device", "cpu"])

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from lgm_core.cli import main
-from lgm_core.testing import tiny_lgm_config
-from lgm_core.mvdiffusion import make_tiny_pipeline_folder
+from lgm_core.testing import make_tiny_pipeline_folder, tiny_lgm_config
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")

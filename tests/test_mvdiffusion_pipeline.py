@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lgm_core.cameras import default_input_cameras
-from lgm_core.testing import tiny_lgm_config
-from lgm_core.mvdiffusion import MultiViewPipeline, make_tiny_pipeline_folder
+from lgm_core.mvdiffusion import MultiViewPipeline
 from lgm_core.mvdiffusion.cameras import mv_camera_matrices
+from lgm_core.testing import make_tiny_pipeline_folder, tiny_lgm_config
 from lgm_core.mvdiffusion.loading import ComponentError
 
 STEPS = 2
@@ -115,12 +115,15 @@ def test_text_to_views(text_pipe):
     assert 0.0 <= out.images.min() and out.images.max() <= 1.0 and out.images.std() > 0
     assert out.latents.shape == (4, 4, 32, 32)
     torch.testing.assert_close(out.camera_embedding, mv_camera_matrices(4, 10.0))
-    inputs = out.lgm_inputs()
-    assert inputs["images"].shape == (1, 4, 3, 256, 256)
-    torch.testing.assert_close(inputs["images"][0, 0], torch.from_numpy(out.images[1]).permute(2, 0, 1))
-    torch.testing.assert_close(inputs["images"][0, 3], torch.from_numpy(out.images[0]).permute(2, 0, 1))
-    torch.testing.assert_close(inputs["cameras"], default_input_cameras(10.0))
-    assert out.grid().shape == (512, 512, 3)
+    views = out.views
+    assert views.images.shape == (1, 4, 3, 256, 256) and views.elevation == 10.0
+    torch.testing.assert_close(views.images[0, 0], torch.from_numpy(out.images[1]).permute(2, 0, 1))
+    torch.testing.assert_close(views.images[0, 3], torch.from_numpy(out.images[0]).permute(2, 0, 1))
+    torch.testing.assert_close(views.cameras, default_input_cameras(10.0))
+    grid = out.grid()
+    assert grid.shape == (512, 512, 3)
+    np.testing.assert_array_equal(grid[:256, :256], out.images[1])  # LGM view 0 (front) top-left
+    np.testing.assert_array_equal(grid[256:, 256:], out.images[0])  # LGM view 3 bottom-right
 
 
 def test_determinism_under_seed(text_pipe):
@@ -155,7 +158,7 @@ def test_no_cfg_and_outputs(text_pipe):
     assert (cfg.latents - out.latents).abs().max() > 1e-4
     pil = text_pipe("owl", num_inference_steps=1, generator=_gen(0), output_type="pil")
     assert len(pil.images) == 4 and pil.images[0].size == (256, 256)
-    assert pil.lgm_inputs()["images"].shape == (1, 4, 3, 256, 256)
+    assert pil.views.images.shape == (1, 4, 3, 256, 256)
 
 
 def test_callback_and_cancellation(text_pipe):
@@ -260,8 +263,28 @@ def test_pipe_to_lgm_one_line(text_pipe):
     torch.manual_seed(0)
     lgm = lgm_mod.LGM(tiny_lgm_config()).eval()
     out = text_pipe("owl", num_inference_steps=1, generator=_gen(0))
-    gaussians = lgm.reconstruct(**out.lgm_inputs())
+    gaussians = lgm.reconstruct(out.views)
     assert gaussians.positions.shape[0] == 1 and torch.isfinite(gaussians.positions).all()
+
+
+def test_pipeline_layer_chains_the_stages(text_pipe, image_pipe):
+    """lgm_core.pipelines: the same views as calling the pipeline by hand, Gaussians from them."""
+    from lgm_core.models.lgm import LGM
+    from lgm_core.pipelines import DEFAULT_NEGATIVE_PROMPT, image_to_3d, text_to_3d
+
+    torch.manual_seed(0)
+    lgm = LGM(tiny_lgm_config()).eval()
+    result = text_to_3d(text_pipe, lgm, "owl", steps=1, seed=3, elevation=5.0)
+    by_hand = text_pipe("owl", negative_prompt=DEFAULT_NEGATIVE_PROMPT, num_inference_steps=1, generator=_gen(3),
+                        elevation=5.0, output_type="pt")
+    assert torch.equal(result.views.images, by_hand.views.images) and result.views.elevation == 5.0
+    assert result.gaussians.num_gaussians == lgm.config.num_gaussians
+    rgba = torch.zeros(48, 64, 4)
+    rgba[10:30, 20:40] = torch.tensor([1.0, 0.0, 0.0, 1.0])  # an object with an alpha mask: recentred
+    steps = []
+    result = image_to_3d(image_pipe, lgm, rgba, steps=2, seed=1, callback=lambda i, n, _lat: steps.append((i, n)))
+    assert result.views.images.shape == (1, 4, 3, 256, 256) and steps == [(1, 2), (2, 2)]
+    assert torch.isfinite(result.gaussians.positions).all()
 
 
 def test_clip_preprocessing_matches_transformers(image_pipe, spec_dir):

@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from lgm_core.cameras import default_input_cameras
-from lgm_core.mvdiffusion.cameras import LGM_VIEW_ORDER, mv_camera_matrices, mv_view_poses, to_lgm_views
+from lgm_core.mvdiffusion.cameras import mv_camera_matrices, mv_view_poses
+from lgm_core.views import Views, ViewsError, to_lgm_order
 from lgm_core.mvdiffusion.unet import MultiViewUNet, timestep_embedding
 
 KINDS = ["mvdream", "imagedream"]
@@ -120,12 +121,12 @@ def test_camera_references(ref_dir):
 @pytest.mark.parametrize("elevation", [0.0, 20.0, -10.0])
 def test_lgm_handoff_cameras(elevation):
     poses = mv_view_poses(4, elevation)
-    torch.testing.assert_close(poses[list(LGM_VIEW_ORDER)], default_input_cameras(elevation), atol=1e-6, rtol=0)
-    imgs = torch.rand(8, 16, 16, 3)
-    views, cams = to_lgm_views(imgs, elevation)
-    assert views.shape == (2, 4, 3, 16, 16)
-    torch.testing.assert_close(views[1, 0], imgs[4 + 1].permute(2, 0, 1))
-    torch.testing.assert_close(views[0, 3], imgs[0].permute(2, 0, 1))
-    torch.testing.assert_close(cams, default_input_cameras(elevation))
-    with pytest.raises(ValueError):
-        to_lgm_views(torch.rand(6, 16, 16, 3))
+    torch.testing.assert_close(to_lgm_order(poses), default_input_cameras(elevation), atol=1e-6, rtol=0)
+    imgs = torch.rand(8, 32, 32, 3)
+    views = Views.from_multiview(imgs, elevation)
+    assert views.images.shape == (2, 4, 3, 32, 32)
+    torch.testing.assert_close(views.images[1, 0], imgs[4 + 1].permute(2, 0, 1))
+    torch.testing.assert_close(views.images[0, 3], imgs[0].permute(2, 0, 1))
+    torch.testing.assert_close(views.cameras, default_input_cameras(elevation))
+    with pytest.raises(ViewsError):
+        Views.from_multiview(torch.rand(6, 32, 32, 3))

@@ -166,7 +166,7 @@ def test_reconstruct_with_nan_output_writes_nothing(tmp_path, monkeypatch, capsy
     from lgm_core.cli import main
     from lgm_core.models.lgm import LGM
     from lgm_core.testing import make_standin_lgm
-    from lgm_core.video import write_image
+    from lgm_core.image_io import write_image
 
     ckpt = make_standin_lgm(tmp_path / "model_fp16_fixrot.safetensors")
     views = [write_image(torch.rand(64, 64, 3), tmp_path / f"v{i}.png") for i in range(4)]

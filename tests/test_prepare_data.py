@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lgm_core.cameras import focal_length
+from lgm_core.geometry import focal_length
 from lgm_core.cli import main as cli_main
 from lgm_core.training import layout
 from lgm_core.training.prepare import (MeshLoadError, RenderMesh, SourceMesh, ViewPlan, load_render_mesh,

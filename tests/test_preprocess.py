@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lgm_core.preprocess import composite, make_grid, prepare_image, recenter, split_grid, views_to_lgm
+from lgm_core.preprocess import composite, make_grid, prepare_image, recenter, split_grid
 
 
 def object_image(h=120, w=200, box=(30, 70, 120, 180)):
@@ -63,10 +63,5 @@ def test_grid_round_trip_and_order():
         split_grid(torch.zeros(15, 16, 3))
 
 
-def test_views_to_lgm_layout():
-    rgba = torch.zeros(4, 8, 8, 4)
-    out = views_to_lgm(rgba)
-    assert out.shape == (1, 4, 3, 8, 8) and torch.equal(out, torch.ones_like(out))  # transparent -> white
-    with pytest.raises(ValueError, match="exactly 4"):
-        views_to_lgm(torch.zeros(3, 8, 8, 3))
+def test_composite():
     assert torch.allclose(composite(torch.zeros(2, 3), torch.tensor([1.0, 0.0])), torch.tensor([[0.0] * 3, [1.0] * 3]))

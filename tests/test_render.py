@@ -11,9 +11,9 @@ import torch
 
 from lgm_core.cameras import Cameras
 from lgm_core.gaussians import Gaussians
+from lgm_core.geometry import covariance_3d
 from lgm_core.render import RenderResult, psnr, render, resolve_backend
-from lgm_core.render.common import (ALPHA_MAX, ALPHA_MIN, T_MIN, camera_matrices, covariance_3d,
-                                    prepare_gaussians, project)
+from lgm_core.render.common import ALPHA_MAX, ALPHA_MIN, T_MIN, camera_matrices, prepare_gaussians, project
 from lgm_core.render.scenes import axis_markers, blob_scene
 
 

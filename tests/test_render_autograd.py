@@ -10,7 +10,7 @@ import torch
 from lgm_core.cameras import Cameras
 from lgm_core.gaussians import Gaussians
 from lgm_core.render import autograd_backend, torch_backend
-from lgm_core.render.common import camera_matrices, covariance_3d, prepare_gaussians, project
+from lgm_core.render.common import camera_matrices, prepare_gaussians, project
 from lgm_core.render.scenes import blob_scene
 from lgm_core.training.rendering import render_views
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from lgm_core.cli import main
+from lgm_core.ply import save_ply
 from lgm_core.render.scenes import axis_markers, blob_scene
 from lgm_core.video import read_video
 
@@ -16,7 +17,7 @@ def ply(tmp_path):
 
     g = Gaussians.cat([blob_scene(300, seed=0), axis_markers()], dim=1)
     path = tmp_path / "scene.ply"
-    g.save_ply(path)
+    save_ply(g, path)
     return path
 
 

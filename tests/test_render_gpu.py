@@ -20,7 +20,7 @@ VIEWS = dict(elevations=[0, 0, 0, 0, 25, -20], azimuths=[0, 90, 180, 270, 45, 22
 
 def _need_gsplat():
     if not gsplat_backend.available(torch.device("cuda")):
-        pytest.skip(f"gsplat not usable here: {gsplat_backend._STATE['reason']}")
+        pytest.skip(f"gsplat not usable here: {gsplat_backend.STATUS.reason}")
 
 
 @pytest.fixture(scope="module")
@@ -96,14 +96,58 @@ def test_auto_prefers_gsplat_and_falls_back(monkeypatch, caplog):
     assert render(g, cams).backend == "torch"
     monkeypatch.delenv("LGM_RENDER_BACKEND")
     # a gsplat failure at render time: one warning, then torch for good
-    monkeypatch.setattr(gsplat_backend, "_STATE", {"checked": True, "ok": True, "reason": ""})
+    monkeypatch.setattr(gsplat_backend, "STATUS", gsplat_backend.GsplatStatus(checked=True, ok=True))
 
     def boom(*a, **k):
         raise RuntimeError("simulated kernel failure")
 
-    monkeypatch.setattr(gsplat_backend, "rasterize_views", boom)
+    monkeypatch.setattr(gsplat_backend, "render_views", boom)
     with caplog.at_level(logging.WARNING, logger="lgm_core.render"):
         r = render(g, cams)
     assert r.backend == "torch"
     assert sum("unavailable" in rec.message for rec in caplog.records) == 1
     assert resolve_backend("auto", "cuda") == "torch"
+
+
+# ---------------------------------------------------------------- the render contract, stage by stage
+def test_gsplat_render_views_matches_torch_on_the_same_inputs():
+    """Both backends' render_views on one SplatInputs (the contract of lgm_core.render.common)."""
+    _need_gsplat()
+    from lgm_core.render import torch_backend
+    from lgm_core.render.common import camera_matrices, prepare_gaussians
+
+    g = blob_scene(20000, seed=6, device="cuda")
+    cams = Cameras.orbit(**VIEWS)
+    for legacy in (False, True):
+        h = dataclasses.replace(g, rotations=g.rotations * 0.004, normalized_rotations=False) if legacy else g
+        inp = prepare_gaussians(h)
+        vm, Ks = camera_matrices(cams, "cuda")
+        bg = torch.ones(len(cams), 3, device="cuda")
+        kw = dict(near=cams.near, backgrounds=bg)
+        a = torch_backend.render_views(inp, 0, vm, Ks, cams.width, cams.height, **kw)
+        b = gsplat_backend.render_views(inp, 0, vm, Ks, cams.width, cams.height, **kw)
+        assert psnr(a.image.clamp(0, 1), b.image.clamp(0, 1)) >= 45 and psnr(a.alpha, b.alpha) >= 45, legacy
+
+
+def test_projection_stage_matches_gsplat():
+    """lgm_core.render.common.project against gsplat's fused projection kernel (means2d, depths, conics)."""
+    _need_gsplat()
+    import gsplat
+
+    from lgm_core.render.common import camera_matrices, prepare_gaussians, project
+
+    if not hasattr(gsplat, "fully_fused_projection"):
+        pytest.skip("this gsplat has no fully_fused_projection")
+    g = blob_scene(5000, seed=7, device="cuda")
+    cams = Cameras.orbit(**VIEWS)
+    inp = prepare_gaussians(g)
+    vm, Ks = camera_matrices(cams, "cuda")
+    ours = project(inp.means[0], inp.covs[0], vm, Ks, cams.width, cams.height, near=cams.near)
+    radii, means2d, depths, conics, _ = gsplat.fully_fused_projection(
+        inp.means[0], inp.covs[0], None, None, vm, Ks, cams.width, cams.height, eps2d=0.3, near_plane=cams.near)
+    seen = radii if radii.dim() == 2 else radii.amax(-1)
+    both = (seen > 0) & (ours.radii > 0)
+    assert bool(both.any())
+    assert torch.allclose(ours.means2d[both], means2d[both], atol=1e-2)
+    assert torch.allclose(ours.depths[both], depths[both], atol=1e-5)
+    assert torch.allclose(ours.conics[both], conics[both], rtol=1e-3, atol=1e-5)

@@ -162,7 +162,7 @@ from safetensors.torch import save_file
 from lgm_core.training.config import load_config
 from lgm_core.training.trainer import TrainOptions, Trainer
 data, out = sys.argv[1], sys.argv[2]
-run = load_config("tiny-test", {"batch_size": 1, "validate_every": 0})
+run = load_config("tiny-test", {"batch_size": 1, "validate_every": 0, "num_workers": 0})
 trainer = Trainer(TrainOptions(data=Path(data), output=Path(out), run=run, steps=3, progress=False))
 init = {k: v.clone() for k, v in trainer.acc.unwrap_model(trainer.model).state_dict().items()}
 trainer.train()
@@ -174,23 +174,35 @@ print("world", trainer.world)
 """
 
 
-def test_two_process_ddp_gloo_identical_weights(synthetic_dataset, tmp_path):
-    """What `accelerate launch --num_processes 2 --cpu` sets up: two ranks, gloo, one step each time."""
-    out = tmp_path / "ddp"
-    out.mkdir()
+def _launch_two_ranks(dataset, out: Path) -> list:
+    """Start two gloo ranks of ``_DDP_WORKER`` (the environment torchrun / accelerate launch set) and return
+    their logs once both exit 0."""
     port = _free_port()
     procs = []
     for rank in range(2):
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
                "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        procs.append(subprocess.Popen([sys.executable, "-c", _DDP_WORKER, str(synthetic_dataset), str(out)],
+        procs.append(subprocess.Popen([sys.executable, "-c", _DDP_WORKER, str(dataset), str(out)],
                                       env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
     logs = []
     for p in procs:
         text, _ = p.communicate(timeout=240)
         logs.append(text.decode(errors="replace"))
         assert p.returncode == 0, text.decode(errors="replace")[-3000:]
+    return logs
+
+
+@pytest.fixture(scope="module")
+def ddp_run(synthetic_dataset, tmp_path_factory):
+    """Two ranks x batch 1, three steps (shared by the DDP tests)."""
+    out = tmp_path_factory.mktemp("ddp")
+    return out, _launch_two_ranks(synthetic_dataset, out)
+
+
+def test_two_process_ddp_gloo_identical_weights(ddp_run):
+    """What `accelerate launch --num_processes 2 --cpu` sets up: two ranks, gloo, one step each time."""
+    out, logs = ddp_run
     assert all("world 2" in t for t in logs)
     w0, w1 = load_file(str(out / "rank0.safetensors")), load_file(str(out / "rank1.safetensors"))
     i0 = load_file(str(out / "init0.safetensors"))
@@ -198,3 +210,26 @@ def test_two_process_ddp_gloo_identical_weights(synthetic_dataset, tmp_path):
     assert any(not torch.equal(w0[k], i0[k]) for k in w0), "no training happened"
     assert json.loads((out / "config.json").read_text())["effective_batch"] == 2
     assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_two_ranks_of_batch_1_follow_one_process_of_batch_2(ddp_run, synthetic_dataset, tmp_path):
+    """The effective batch is right for any number of processes: 2 ranks x batch b see the same samples, with
+    the same augmentation seeds, as 1 process x batch 2b, so the loss curve and the weights agree up to float
+    summation order (DDP averages the ranks' gradients; the logged terms are averaged over ranks)."""
+    out, _ = ddp_run
+    single = tmp_path / "single"
+    train(_options(synthetic_dataset, single, 3, overrides={"batch_size": 2, "validate_every": 0, "num_workers": 0}))
+    assert json.loads((single / "config.json").read_text())["effective_batch"] == 2
+    two, one = _metrics(out), _metrics(single)
+    for key in ("loss", "mse", "mse_alpha", "psnr", "grad_norm", "lr"):
+        got, want = [r[key] for r in two], [r[key] for r in one]
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-7), (key, got, want)
+    # Weights: AdamW moves a parameter by ~lr per step whatever the size of its gradient, so a gradient
+    # that is ~0 in both runs can take either sign after a different summation order. Bound every weight by
+    # the largest move 3 steps can make and require almost all of them to agree tightly.
+    w2, w1 = load_file(str(out / "rank0.safetensors")), load_file(str(single / "model.safetensors"))
+    assert set(w2) == set(w1)
+    lr_max = max(r["lr"] for r in one)
+    diffs = torch.cat([(w2[k] - w1[k]).abs().flatten() for k in w1])
+    assert diffs.max().item() <= 2 * 3 * lr_max * 1.01, diffs.max().item()
+    assert (diffs <= 1e-5).float().mean().item() > 0.99, (diffs > 1e-5).float().mean().item()

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lgm_core.video import read_video, to_uint8, write_image, write_video
+from lgm_core.image_io import to_uint8, write_image
+from lgm_core.video import read_video, write_video
 
 
 def _frames(t=6, h=32, w=48):

@@ -25,7 +25,8 @@ import pytest
 import torch
 
 from lgm_core import fileio
-from lgm_core.video import VideoWriteError, check_mp4, read_video, write_image, write_video
+from lgm_core.image_io import write_image
+from lgm_core.video import VideoWriteError, check_mp4, read_video, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,9 @@
 
 Each sub-command lives in its own module of this package and exposes
 ``register(subparsers)``, which adds its parser and sets ``func`` (called with the parsed
-arguments, returns an exit code). Add new commands to ``COMMAND_MODULES``.
+arguments, returns an exit code). Add a new command to the imports and the tuple in
+:func:`command_modules` (a missing command module is an ImportError, never skipped). The command
+modules import their heavy dependencies inside ``func``, so building the parser stays cheap.
 Errors the user can fix (:class:`CLIError`, ``FileNotFoundError``, ``ValueError``) end the
 program with exit code 2 and a one-line reason on stderr; ``--debug`` shows the traceback.
 """
@@ -10,23 +12,21 @@ program with exit code 2 and a one-line reason on stderr; ``--debug`` shows the 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-from typing import List, Optional
-
-COMMAND_MODULES = [
-    "lgm_core.cli.reconstruct",
-    "lgm_core.cli.render",
-    "lgm_core.cli.generate",
-    "lgm_core.cli.mesh",
-    "lgm_core.cli.prepare_data",
-    "lgm_core.cli.train",
-    "lgm_core.cli.demo",
-]
+from types import ModuleType
+from typing import List, Optional, Tuple
 
 
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
+
+
+def command_modules() -> Tuple[ModuleType, ...]:
+    """The command modules, in the order ``--help`` lists them. (Imported here, not at the top:
+    they import :class:`CLIError` and :func:`progress` from this package.)"""
+    from . import batch, demo, generate, mesh, prepare_data, reconstruct, render, train
+
+    return (reconstruct, render, generate, batch, mesh, prepare_data, train, demo)
 
 
 def build_parser(prog: str = "lgm") -> argparse.ArgumentParser:
@@ -36,13 +36,7 @@ def build_parser(prog: str = "lgm") -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a command whose module is not written yet
-            if exc.name == name:
-                continue
-            raise
+    for module in command_modules():
         module.register(sub)
     return parser
 

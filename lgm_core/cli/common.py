@@ -42,7 +42,9 @@ def resolve_device(name: str | None):
     from . import CLIError
 
     if name is None or str(name).strip() == "":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        from ..runtime import default_device
+
+        return default_device()
     try:
         device = torch.device(str(name).strip())
     except (RuntimeError, ValueError):
@@ -73,12 +75,13 @@ def add_dtype_argument(parser: argparse.ArgumentParser, what: str = "precision")
 
 
 def resolve_dtype(choice: str, device):
+    """``--dtype`` value -> ``torch.dtype``; auto follows the runtime policy (:mod:`lgm_core.runtime`)."""
     import torch
 
+    from ..runtime import default_dtype
+
     name = DTYPES[choice]
-    if name:
-        return getattr(torch, name)
-    return torch.float16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name) if name else default_dtype(device)
 
 
 def device_default(device, cuda_value, cpu_value):

@@ -14,6 +14,7 @@ import argparse
 import time
 from pathlib import Path
 
+from .. import hub
 from . import CLIError, progress
 from .common import (HelpFormatter, StageProgress, add_device_argument, add_dtype_argument, device_default,
                      resolve_device, resolve_dtype, unavailable_models_error)
@@ -21,35 +22,42 @@ from .common import (HelpFormatter, StageProgress, add_device_argument, add_dtyp
 TURNTABLE_FRAMES = {"cuda": 120, "cpu": 24}
 TURNTABLE_SIZE = {"cuda": 512, "cpu": 256}
 """Turntable defaults: the GPU value, and a bounded one for CPU (and MPS) runs."""
-NEGATIVE_PROMPT = ("ugly, blurry, pixelated obscure, unnatural colors, poor lighting, dull, unclear, cropped, "
-                   "lowres, low quality, artifacts, duplicate")
 
 
-def _common(p: argparse.ArgumentParser, default_model: str, default_guidance: float) -> None:
+def add_generation_arguments(p: argparse.ArgumentParser, default_model, default_guidance, *,
+                             turntable: bool = True) -> None:
+    """The options text-to-3d, image-to-3d and batch share. ``default_model``/``default_guidance`` None:
+    chosen by the command from its input (MVDream 7.5 for text, ImageDream 5.0 for images)."""
     p.add_argument("-o", "--output", required=True, help="output folder (created)")
     p.add_argument("--negative-prompt", default=None,
                    help="negative prompt (default: LGM app's list for text-to-3d, empty for image-to-3d)")
     p.add_argument("--seed", type=int, default=0, help="random seed (all randomness comes from it)")
     p.add_argument("--steps", type=int, default=30, help="diffusion steps")
-    p.add_argument("--guidance", type=float, default=default_guidance, help="classifier-free guidance scale (<= 1: off)")
+    p.add_argument("--guidance", type=float, default=default_guidance,
+                   help="classifier-free guidance scale (<= 1: off)" + (
+                       "" if default_guidance is not None else "; default 7.5 for text, 5.0 for images"))
     p.add_argument("--elevation", type=float, default=0.0,
                    help="camera elevation in degrees, positive = cameras above the object (LGM's app used the "
                         "opposite sign: its e is our -e)")
     p.add_argument("--mv-model", default=default_model,
-                   help="multi-view diffusion model: hub-layout folder or hub repo id")
+                   help="multi-view diffusion model: hub-layout folder or hub repo id" + (
+                       "" if default_model is not None else
+                       f"; default {hub.MVDREAM.repo_id} for text, {hub.IMAGEDREAM.repo_id} for images"))
     p.add_argument("--lgm-weights", default=None,
                    help="LGM checkpoint: .safetensors file, folder or hub repo id (default: ashawkey/LGM from the hub)")
     p.add_argument("--lgm-preset", choices=["big", "small", "lrm", "tiny"], default=None,
                    help="LGM architecture (default: detected from the checkpoint)")
     add_device_argument(p)
     add_dtype_argument(p)
+    p.add_argument("--min-opacity", type=float, default=0.005, help="drop Gaussians below this opacity in the .ply")
+    if not turntable:
+        return
     p.add_argument("--turntable-frames", type=int, default=None,
                    help=f"turntable video frames, 0: no video (default: {TURNTABLE_FRAMES['cuda']} on CUDA, "
                         f"{TURNTABLE_FRAMES['cpu']} on CPU)")
     p.add_argument("--turntable-size", type=int, default=None,
                    help=f"turntable video size in pixels (default: {TURNTABLE_SIZE['cuda']} on CUDA, "
                         f"{TURNTABLE_SIZE['cpu']} on CPU)")
-    p.add_argument("--min-opacity", type=float, default=0.005, help="drop Gaussians below this opacity in the .ply")
 
 
 def register(sub) -> None:
@@ -57,7 +65,7 @@ def register(sub) -> None:
     t = sub.add_parser("text-to-3d", help="text prompt -> 4 views (MVDream) -> 3D Gaussians (LGM)",
                        description="Text -> 4 views with MVDream -> 3D Gaussians with LGM.", formatter_class=fmt)
     t.add_argument("prompt", help="text prompt, e.g. 'a ceramic owl'")
-    _common(t, "ashawkey/mvdream-sd2.1-diffusers", 7.5)
+    add_generation_arguments(t, hub.MVDREAM.repo_id, 7.5)
     t.set_defaults(func=run_text)
 
     i = sub.add_parser("image-to-3d", help="object image -> 4 views (ImageDream) -> 3D Gaussians (LGM)",
@@ -68,11 +76,11 @@ def register(sub) -> None:
     i.add_argument("image", help="input image (PNG with alpha preferred)")
     i.add_argument("--prompt", default="", help="optional text prompt")
     i.add_argument("--border-ratio", type=float, default=0.2, help="free border around the recentred object")
-    _common(i, "ashawkey/imagedream-ipmv-diffusers", 5.0)
+    add_generation_arguments(i, hub.IMAGEDREAM.repo_id, 5.0)
     i.set_defaults(func=run_image)
 
 
-def _resolve_models(args):
+def resolve_models(args):
     """Local paths of the multi-view model and the LGM checkpoint, fetched from the hub when needed. Both
     are checked before any work, and what cannot be had (offline, nothing cached) is one error line."""
     from ..hub import HubUnavailable
@@ -94,11 +102,8 @@ def _resolve_models(args):
     return mv_path, lgm_path
 
 
-def _generate(args, prompt: str, image, negative: str) -> int:
-    import torch
-
-    from ..mvdiffusion import MultiViewPipeline
-
+def check_generation_arguments(args) -> None:
+    """One-line errors for sampling options out of range (before any model is loaded)."""
     import math
 
     if args.steps < 1:
@@ -107,6 +112,17 @@ def _generate(args, prompt: str, image, negative: str) -> int:
         raise CLIError("--elevation and --guidance must be finite numbers")
     if not (math.isfinite(args.min_opacity) and 0 <= args.min_opacity <= 1):
         raise CLIError(f"--min-opacity must be in [0, 1], got {args.min_opacity}")
+
+
+def _generate(args, stage, **options) -> int:
+    """``stage`` (``pipelines.text_to_views`` / ``image_to_views``) with ``options``, then LGM: the
+    multi-view model is freed before LGM is loaded (one model in memory at a time)."""
+    import torch
+
+    from ..mvdiffusion import MultiViewPipeline
+    from ..pipelines import image_to_views, views_to_gaussians
+
+    check_generation_arguments(args)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     frames = device_default(device, TURNTABLE_FRAMES["cuda"], TURNTABLE_FRAMES["cpu"]) \
@@ -115,29 +131,28 @@ def _generate(args, prompt: str, image, negative: str) -> int:
         if args.turntable_size is None else args.turntable_size
     if frames < 0 or not 8 <= size <= 8192:
         raise CLIError(f"--turntable-frames must be >= 0 and --turntable-size in [8, 8192], got {frames}, {size}")
-    mv_path, lgm_path = _resolve_models(args)
+    mv_path, lgm_path = resolve_models(args)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     progress(f"loading multi-view model {args.mv_model} ...")
     pipe = MultiViewPipeline.from_pretrained(mv_path, dtype=dtype, device=device)
     progress(f"loaded in {time.perf_counter() - t0:.1f} s ({device}, {dtype})")
-    if image is not None and not pipe.is_imagedream:
+    wants_image = stage is image_to_views
+    if wants_image and not pipe.is_imagedream:
         raise CLIError(f"{args.mv_model} is a text-only (MVDream) model; image-to-3d needs an ImageDream model")
-    if image is None and pipe.is_imagedream:
+    if not wants_image and pipe.is_imagedream:
         raise CLIError(f"{args.mv_model} is an ImageDream model; text-to-3d needs an MVDream model")
 
     bar = StageProgress("diffusion", args.steps, " steps")
     t1 = time.perf_counter()
-    out = pipe(prompt, image=image, negative_prompt=negative, num_inference_steps=args.steps,
-               guidance_scale=args.guidance, elevation=args.elevation,
-               generator=torch.Generator().manual_seed(args.seed), callback=lambda step, _t, _x: bar.update(step))
+    views = stage(pipe, steps=args.steps, guidance=args.guidance, elevation=args.elevation, seed=args.seed,
+                  callback=lambda step, _t, _x: bar.update(step), **options)
     progress(f"4 views in {time.perf_counter() - t1:.2f} s")
-    from ..video import write_image
+    from ..image_io import write_image
 
-    write_image(torch.from_numpy(out.grid(0)), out_dir / "views.png")
-    lgm_inputs = out.lgm_inputs()
-    del pipe, out
+    write_image(views.grid(0), out_dir / "views.png")
+    del pipe
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
@@ -146,10 +161,12 @@ def _generate(args, prompt: str, image, negative: str) -> int:
     progress("loading LGM ...")
     model = load_lgm(lgm_path, preset=args.lgm_preset, dtype=dtype, device=device)
     t2 = time.perf_counter()
-    gaussians = model.reconstruct(**lgm_inputs)
+    gaussians = views_to_gaussians(model, views)
     progress(f"reconstructed {gaussians.num_gaussians} Gaussians in {time.perf_counter() - t2:.2f} s")
     ply = out_dir / "gaussians.ply"
-    gaussians.save_ply(ply, min_opacity=args.min_opacity)
+    from ..ply import save_ply
+
+    save_ply(gaussians, ply, min_opacity=args.min_opacity)
     progress(f"wrote {ply}")
 
     if frames > 0:
@@ -174,17 +191,19 @@ def _generate(args, prompt: str, image, negative: str) -> int:
 
 
 def run_text(args) -> int:
+    from ..pipelines import DEFAULT_NEGATIVE_PROMPT, text_to_views
+
     if not args.prompt.strip():
         raise CLIError("the prompt is empty")
-    negative = NEGATIVE_PROMPT if args.negative_prompt is None else args.negative_prompt
-    return _generate(args, args.prompt, None, negative)
+    negative = DEFAULT_NEGATIVE_PROMPT if args.negative_prompt is None else args.negative_prompt
+    return _generate(args, text_to_views, prompt=args.prompt, negative_prompt=negative)
 
 
 def run_image(args) -> int:
     from ..image_io import load_image
-    from ..preprocess import prepare_image
+    from ..pipelines import image_to_views, prepare_input_image
 
     img = load_image(args.image)  # [H, W, 3|4] float in [0, 1]; FileNotFoundError / ValueError on bad files
-    img = prepare_image(img, size=256, border_ratio=args.border_ratio)
+    img = prepare_input_image(img, border_ratio=args.border_ratio)  # bad input fails before any model loads
     negative = "" if args.negative_prompt is None else args.negative_prompt
-    return _generate(args, args.prompt, img.numpy(), negative)
+    return _generate(args, image_to_views, image=img, prepared=True, prompt=args.prompt, negative_prompt=negative)

@@ -43,7 +43,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..gaussians import Gaussians
+    from ..ply import load_ply
     from ..mesh import extract_mesh
     from ..mesh.extract import check_arguments
 
@@ -65,7 +65,7 @@ def run(args) -> int:
         raise CLIError("the output would overwrite the input .ply: choose another -o")
     device = resolve_device(args.device)
     progress(f"loading {src}")
-    g = Gaussians.load_ply(src)
+    g = load_ply(src)
     bar = StageProgress("mesh", 100, "%")
     mesh = extract_mesh(
         g,

@@ -35,14 +35,15 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def load_views(paths):
-    """Image paths -> LGM views [1, 4, 3, S, S] float in [0, 1] (RGBA composited over white)."""
+def load_views(paths, elevation: float = 0.0):
+    """Image paths (4 views, or 1 grid of them) -> :class:`~lgm_core.views.Views` (RGBA composited over
+    white; views of other sizes resized to the first one's)."""
     import torch
     import torch.nn.functional as F
 
     from ..image_io import load_image
-    from ..models.lgm import MIN_VIEW_SIZE
-    from ..preprocess import composite, split_grid, views_to_lgm
+    from ..preprocess import composite, split_grid
+    from ..views import Views
 
     if len(paths) == 1:
         views = list(split_grid(load_image(paths[0])))
@@ -51,9 +52,6 @@ def load_views(paths):
     else:
         raise CLIError(f"give exactly 4 view images or 1 grid image, got {len(paths)}")
     size = views[0].shape[0]
-    if size < MIN_VIEW_SIZE:
-        raise CLIError(f"views of {views[0].shape[1]}x{size} pixels are too small (at least {MIN_VIEW_SIZE}x"
-                       f"{MIN_VIEW_SIZE}; LGM works at 256x256)")
     rgb = []
     for i, im in enumerate(views):
         if im.shape[0] != im.shape[1]:
@@ -64,7 +62,7 @@ def load_views(paths):
             im = F.interpolate(im.permute(2, 0, 1)[None], size=(size, size), mode="bilinear",
                                align_corners=False, antialias=True)[0].permute(1, 2, 0)
         rgb.append(im)
-    return views_to_lgm(torch.stack(rgb))
+    return Views.from_channels_last(torch.stack(rgb), elevation=elevation)
 
 
 def check_output(args) -> None:
@@ -82,11 +80,12 @@ def check_output(args) -> None:
 
 def run(args) -> int:
     from ..hub import HubUnavailable
+    from ..pipelines import views_to_gaussians
     from ..weights import load_lgm, resolve_checkpoint
 
     check_output(args)
     device = resolve_device(args.device)
-    views = load_views(args.images)
+    views = load_views(args.images, args.elevation)  # validated here, before the model loads
     dtype = resolve_dtype(args.dtype, device)
     try:
         weights = resolve_checkpoint(args.weights)  # local file, hub cache, or a download
@@ -98,13 +97,15 @@ def run(args) -> int:
     progress(f"loaded {model.preset or 'custom'} LGM on {model.device} ({model.dtype}) "
              f"in {time.perf_counter() - t0:.1f} s")
     t1 = time.perf_counter()
-    gaussians = model.reconstruct(views, elevation=args.elevation)
+    gaussians = views_to_gaussians(model, views)
     progress(f"reconstructed {gaussians.num_gaussians} Gaussians in {time.perf_counter() - t1:.2f} s")
     if args.output.lower().endswith(".splat"):
         from ..splat_formats import save_splat
 
         save_splat(gaussians, args.output, min_opacity=args.min_opacity)
     else:
-        gaussians.save_ply(args.output, min_opacity=args.min_opacity)
+        from ..ply import save_ply
+
+        save_ply(gaussians, args.output, min_opacity=args.min_opacity)
     progress(f"wrote {args.output}")
     return 0

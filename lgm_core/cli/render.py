@@ -65,9 +65,10 @@ def run(args) -> int:
     import torch
 
     from ..cameras import Cameras
-    from ..gaussians import Gaussians
+    from ..ply import load_ply
     from ..render import render
-    from ..video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, write_image, write_video
+    from ..image_io import IMAGE_EXTENSIONS, write_image
+    from ..video import VIDEO_EXTENSIONS, write_video
 
     src = Path(args.input)
     if not src.is_file():
@@ -86,7 +87,7 @@ def run(args) -> int:
         raise CLIError(f"still output must end in {', '.join(IMAGE_EXTENSIONS)} or be a folder, got {out.name!r}")
 
     device = resolve_device(args.device)
-    gaussians = Gaussians.load_ply(src, normalized_rotations=False if args.legacy_rotations else None)
+    gaussians = load_ply(src, normalized_rotations=False if args.legacy_rotations else None)
     gaussians = gaussians.to(device)
     progress(f"loaded {gaussians.num_gaussians} Gaussians from {src} ({device})")
 

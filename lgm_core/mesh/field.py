@@ -19,7 +19,8 @@ from typing import Callable, Optional
 
 import torch
 
-from ..gaussians import Gaussians, quaternion_to_matrix
+from ..gaussians import Gaussians
+from ..geometry import inverse_covariance_3d
 
 
 @dataclass
@@ -59,21 +60,10 @@ class VoxelGrid:
 def gaussian_frames(g: Gaussians, min_scale: float = 1e-4):
     """Per-Gaussian inverse covariance [N, 3, 3] and largest std-dev [N] of batch item 0.
 
-    Honors ``normalized_rotations``: legacy Gaussians use the raw-quaternion formula.
+    Honors ``normalized_rotations``: legacy Gaussians use the raw-quaternion formula
+    (:func:`lgm_core.geometry.inverse_covariance_3d`).
     """
-    q = g.rotations[0].float()
-    s = g.scales[0].float().abs().clamp_min(min_scale)
-    R = quaternion_to_matrix(q, normalize=g.normalized_rotations)
-    if g.normalized_rotations:
-        inv = R @ torch.diag_embed(1.0 / (s * s)) @ R.transpose(-1, -2)
-        sigma_max = s.amax(dim=-1)
-    else:
-        M = R * s[:, None, :]  # R @ diag(s)
-        cov = M @ M.transpose(-1, -2)
-        cov = cov + torch.eye(3, device=cov.device) * (min_scale * min_scale)
-        inv = torch.linalg.inv(cov)
-        sigma_max = torch.linalg.eigvalsh(cov)[:, -1].clamp_min(0).sqrt()
-    return inv, sigma_max
+    return inverse_covariance_3d(g.scales[0], g.rotations[0], normalized=g.normalized_rotations, min_scale=min_scale)
 
 
 def splat_fields(

@@ -14,6 +14,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from ..cameras import Cameras
+from ..geometry import intrinsics, pixel_coordinates, world_to_camera
 
 
 @dataclass
@@ -135,16 +136,13 @@ def _barycentric(coef: torch.Tensor, px: torch.Tensor, py: torch.Tensor) -> torc
 
 def project(vertices: torch.Tensor, cameras: Cameras, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """World points [V, 3] -> pixel coordinates [V, 2] and depth [V] (along the view axis) in
-    camera ``index`` of ``cameras`` (OpenGL c2w: the camera looks down its -z)."""
-    c2w = cameras.c2w[index].to(vertices.device, torch.float32)
-    w2c = torch.linalg.inv(c2w)
+    camera ``index`` of ``cameras`` (:mod:`lgm_core.geometry` conventions)."""
+    w2c = world_to_camera(cameras.c2w[index].to(vertices.device, torch.float32))
     pc = vertices.float() @ w2c[:3, :3].T + w2c[:3, 3]
-    depth = -pc[:, 2]
-    fx, fy = cameras.focal
+    depth = pc[:, 2]
     safe = torch.where(depth.abs() > 1e-8, depth, torch.full_like(depth, 1e-8))
-    x = fx * pc[:, 0] / safe + cameras.width * 0.5
-    y = cameras.height * 0.5 - fy * pc[:, 1] / safe
-    return torch.stack([x, y], -1), depth
+    K = intrinsics(cameras.width, cameras.height, cameras.fovy, device=vertices.device)[0]
+    return pixel_coordinates(pc, K, safe), depth
 
 
 @dataclass

@@ -181,7 +181,7 @@ def _frame_quaternions(normals: np.ndarray, rng) -> np.ndarray:
     if bad.any():
         import torch as _t
 
-        from ..gaussians import matrix_to_quaternion
+        from ..geometry import matrix_to_quaternion
 
         q[bad] = np.stack([matrix_to_quaternion(_t.from_numpy(r)).numpy() for r in R[bad]])
     return q / np.linalg.norm(q, axis=1, keepdims=True)

@@ -1,4 +1,4 @@
-"""LGM: 4 posed views -> 3D Gaussians (lgm_spec §3-5).
+"""LGM: 4 posed views -> 3D Gaussians (docs/conventions.md#model).
 
 The module's ``state_dict()`` is key-for-key and shape-for-shape the official checkpoints'
 (``unet.*`` then ``conv.*``); :func:`lgm_core.load_lgm` loads them strictly.
@@ -13,19 +13,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cameras import LGM_FOVY, LGM_RADIUS, default_input_cameras, plucker_rays
+from ..cameras import LGM_FOVY, LGM_RADIUS, plucker_rays
 from ..gaussians import Gaussians
+from ..views import Views, as_views
 from .unet import NUM_VIEWS, MVUNet, set_attention_backend
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-MIN_VIEW_SIZE = 32
-"""Smaller views carry no usable detail (they are upscaled to 256 x 256): reconstruct refuses them."""
 
 ROTATION_MODES = ("per_gaussian", "legacy")
 """``per_gaussian``: each quaternion divided by its own norm ("fixrot" checkpoints, default).
 ``legacy``: the pre-fix behaviour, each quaternion component divided by its norm over all N
-Gaussians of the sample (lgm_spec §2.2); only for ``model.safetensors``/``model_fp16.safetensors``."""
+Gaussians of the sample (docs/conventions.md#legacy-rotations); only for ``model.safetensors`` /
+``model_fp16.safetensors``."""
 
 
 @dataclass(frozen=True)
@@ -173,6 +173,23 @@ class LGM(nn.Module):
         self._graph_runner = None
 
     @classmethod
+    def from_pretrained(cls, source=None, **kwargs) -> "LGM":
+        """Load a checkpoint (file, folder, hub repo id, ``"demo"``; default the official
+        ``ashawkey/LGM``), as ``MultiViewPipeline.from_pretrained`` loads the multi-view stage: same
+        resolver (:mod:`lgm_core.hub`), same device/dtype defaults (:mod:`lgm_core.runtime`). Keyword
+        arguments: those of :func:`lgm_core.weights.load_lgm`."""
+        from ..weights import load_lgm
+
+        return load_lgm(source, **kwargs)
+
+    def save_pretrained(self, path, dtype: Optional[torch.dtype] = None):
+        """Write the weights as .safetensors in the official key layout, with the config and rotation
+        mode in the metadata (:func:`lgm_core.weights.save_lgm`); ``from_pretrained(path)`` reads it back."""
+        from ..weights import save_lgm
+
+        return save_lgm(self, path, dtype=dtype)
+
+    @classmethod
     def from_preset(cls, name: str, **kwargs) -> "LGM":
         """Build an (untrained) LGM of a named preset: "big", "small", "lrm" or "tiny"."""
         return cls(LGMConfig.preset(name), **kwargs)
@@ -203,25 +220,29 @@ class LGM(nn.Module):
 
     def use_cuda_graphs(self, enabled: bool = True) -> "LGM":
         """Replay ``forward_gaussians`` on CUDA inputs from captured CUDA graphs (one capture per
-        input shape; removes kernel-launch overhead; same kernels, same results). Graphs are captured
-        again automatically when the weights move (``.to()``, offloading)."""
-        from ..accel import CUDAGraphRunner
+        input shape; removes kernel-launch overhead; same kernels, same results). Inert for CPU inputs;
+        graphs are captured again automatically when the weights move (``.to()``, offloading), see
+        :class:`lgm_core.runtime.CUDAGraphRunner`."""
+        from ..runtime import CUDAGraphRunner
 
-        def weights_key():
-            return tuple(p.data_ptr() for p in self.parameters())
-
-        self._graph_runner = CUDAGraphRunner(self._forward_gaussians, state_key=weights_key) if enabled else None
+        self._graph_runner = CUDAGraphRunner(self._forward_gaussians, weights=self, name="LGM.forward_gaussians") \
+            if enabled else None
         return self
 
+    def release_cuda_graphs(self) -> None:
+        """Free the captured graphs' memory now (e.g. when a memory manager unloads the model); the
+        next CUDA call captures again."""
+        if self._graph_runner is not None:
+            self._graph_runner.reset()
+
     def optimize_for_inference(self, compile: bool = False) -> "LGM":
-        """The fast CUDA path (no-op on other devices): CUDA graphs, and with ``compile=True``
-        also channels-last + ``torch.compile`` (fuses GroupNorm/SiLU; ~1 min to compile on first
-        call, falls back to eager if compilation is impossible). On the H100, ``big`` fp16 batch 1:
-        eager 17 ms, graphs 13 ms, compile + graphs 6.5 ms (docs/benchmarks.md)."""
-        if self.device.type != "cuda":
-            return self
-        if compile:
-            from ..accel import CompiledOrEager
+        """The fast CUDA path: CUDA graphs (inert on other devices, so it may be called before the
+        model is moved to the GPU), and with ``compile=True`` on a CUDA model also channels-last +
+        ``torch.compile`` (fuses GroupNorm/SiLU; ~1 min to compile on first call, falls back to eager
+        if compilation is impossible). On the H100, ``big`` fp16 batch 1: eager 17 ms, graphs 13 ms,
+        compile + graphs 6.5 ms (docs/benchmarks.md)."""
+        if compile and self.device.type == "cuda":
+            from ..runtime import CompiledOrEager
 
             self.use_channels_last()
             self._forward_gaussians = CompiledOrEager(type(self)._forward_gaussians.__get__(self))
@@ -277,57 +298,51 @@ class LGM(nn.Module):
 
     def prepare_inputs(
         self,
-        images: torch.Tensor,
+        images: Union[torch.Tensor, Views],
         cameras: Optional[torch.Tensor] = None,
         elevation: float = 0.0,
     ) -> torch.Tensor:
-        """Images [B, 4, 3, H, W] in [0, 1] (+ cameras) -> model input [B, 4, 9, 256, 256] float32."""
-        images = _check_views(images)
-        b = images.shape[0]
+        """Views (or images [B, 4, 3, H, W] in [0, 1] + cameras) -> model input [B, 4, 9, 256, 256] float32."""
+        views = as_views(images, cameras, elevation)
+        b = views.num_objects
         size = self.config.input_size
-        x = images.to(self.device, torch.float32)
+        x = views.images.to(self.device, torch.float32)
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x.reshape(b * NUM_VIEWS, 3, *x.shape[-2:]), size=(size, size), mode="bilinear",
                               align_corners=False).reshape(b, NUM_VIEWS, 3, size, size)
         mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 1, 3, 1, 1)
         x = (x - mean) / std
-        if cameras is None:
-            cameras = default_input_cameras(elevation, self.config.cam_radius)
-        cameras = torch.as_tensor(cameras, dtype=torch.float32)
-        if not bool(torch.isfinite(cameras).all()):
-            raise ValueError("the camera poses contain NaN/Inf values")
-        if cameras.shape == (NUM_VIEWS, 4, 4):
+        cameras = views.camera_poses(self.config.cam_radius)
+        if cameras.dim() == 3:
             rays = self.rays(cameras)[None].expand(b, -1, -1, -1, -1)
-        elif cameras.shape == (b, NUM_VIEWS, 4, 4):
-            rays = torch.stack([self.rays(c) for c in cameras])
         else:
-            raise ValueError(f"cameras must be [4, 4, 4] or [B, 4, 4, 4] camera-to-world poses, got {list(cameras.shape)}")
+            rays = torch.stack([self.rays(c) for c in cameras])
         return torch.cat([x, rays.to(x.dtype)], dim=2)
 
     @torch.inference_mode()
     def reconstruct(
         self,
-        images: torch.Tensor,
+        images: Union[torch.Tensor, Views],
         cameras: Optional[torch.Tensor] = None,
         elevation: float = 0.0,
     ) -> Gaussians:
         """4 views of an object -> 3D Gaussians.
 
         Args:
-            images: ``[B, 4, 3, H, W]`` (or ``[4, 3, H, W]``) RGB in [0, 1] on a white background,
-                any square size (bilinearly resized to 256, as the original). **View order**:
-                front (azimuth 0), then the object turned by 90, 180 and 270 degrees, i.e. cameras
-                on +z, +x, -z, -x. For multi-view diffusion output this is frames [1, 2, 3, 0];
-                :mod:`lgm_core.mvdiffusion` does the reordering.
+            images: a :class:`~lgm_core.views.Views`, or images ``[B, 4, 3, H, W]`` (or ``[4, 3, H, W]``)
+                RGB in [0, 1] on a white background, any square size (bilinearly resized to 256, as the
+                original). **View order**: front (azimuth 0), then the object turned by 90, 180 and 270
+                degrees, i.e. cameras on +z, +x, -z, -x (:mod:`lgm_core.views`; ``Views.from_multiview``
+                reorders multi-view diffusion frames).
             cameras: optional camera-to-world poses ``[4, 4, 4]`` or ``[B, 4, 4, 4]`` (OpenGL
                 convention: camera looks down -z, +y up; LGM world frame, +y up; fovy 49.1).
                 LGM was trained with view 0 at (0, 0, 1.5) looking at the origin; poses from
                 another frame should be re-expressed relative to view 0 first
                 (:func:`lgm_core.cameras.canonicalize_cameras`). Default: the 4 orbit cameras
-                at radius 1.5, azimuths 0/90/180/270, at ``elevation``.
+                at radius 1.5, azimuths 0/90/180/270, at ``elevation``. Only with plain images.
             elevation: degrees, positive = cameras above the object; used only when ``cameras``
-                is None.
+                is None. Only with plain images.
 
         Returns:
             :class:`~lgm_core.gaussians.Gaussians`, float32, on the model's device.
@@ -336,23 +351,3 @@ class LGM(nn.Module):
         out = self.forward_gaussians(x)
         return Gaussians.from_lgm_tensor(out, normalized_rotations=self.rotation_mode == "per_gaussian")
 
-
-def _check_views(images: torch.Tensor) -> torch.Tensor:
-    if not torch.is_tensor(images):
-        raise TypeError(f"images must be a torch.Tensor [B, 4, 3, H, W], got {type(images).__name__}")
-    if images.dim() == 4:
-        images = images[None]
-    if images.dim() != 5 or images.shape[2] != 3:
-        raise ValueError(f"images must be [B, 4, 3, H, W] RGB, got {list(images.shape)}")
-    if images.shape[1] != NUM_VIEWS:
-        raise ValueError(f"LGM needs exactly 4 views per object, got {images.shape[1]}")
-    if images.shape[-1] != images.shape[-2]:
-        raise ValueError(f"views must be square, got {images.shape[-2]}x{images.shape[-1]}")
-    if not images.is_floating_point():
-        raise ValueError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
-    if images.shape[-1] < MIN_VIEW_SIZE:
-        raise ValueError(f"views of {images.shape[-1]}x{images.shape[-2]} pixels are too small to reconstruct from "
-                         f"(at least {MIN_VIEW_SIZE}x{MIN_VIEW_SIZE}; LGM works at 256x256)")
-    if not bool(torch.isfinite(images).all()):
-        raise ValueError("the views contain NaN/Inf pixel values")
-    return images

@@ -1,4 +1,4 @@
-"""LGM's asymmetric multi-view U-Net (lgm_spec §4), checkpoint-compatible module by module.
+"""LGM's asymmetric multi-view U-Net (docs/conventions.md#model), checkpoint-compatible module by module.
 
 Tensor layout: ``[B*4, C, H, W]`` with the 4 views of one object consecutive along the first axis.
 Attention blocks attend jointly over all 4 views of an object.
@@ -167,7 +167,7 @@ class UpBlock(nn.Module):
 
 
 class MVUNet(nn.Module):
-    """The asymmetric U-Net: [B*4, 9, 256, 256] -> [B*4, 14, s, s] (lgm_spec §4.7)."""
+    """The asymmetric U-Net: [B*4, 9, 256, 256] -> [B*4, 14, s, s] (docs/conventions.md#model)."""
 
     def __init__(
         self,

@@ -1,7 +1,7 @@
 """Camera conditioning of MVDream / ImageDream and the hand-off to LGM.
 
 Sign convention: **elevation positive = cameras above the object**, as everywhere in
-:mod:`lgm_core.cameras`. The two original copies of ``get_camera`` differ (spec §3):
+:mod:`lgm_core.cameras`. The two original copies of ``get_camera`` differ (docs/conventions.md#multi-view-cameras):
 
 * LGM's copy (``mvdream/mv_unet.py`` of LGM, used by LGM's app.py/infer.py) passes the elevation to
   kiui unchanged, i.e. positive = BELOW.  ``LGM-copy get_camera(e) == mv_camera_matrices(-e)``.
@@ -14,22 +14,18 @@ Both agree at elevation 0 (LGM's default). An LGM app user who typed elevation `
 Frames: the conditioning matrices are kiui/OpenGL camera-to-world poses on the unit sphere
 converted to Blender's z-up world and flattened row-major; view ``k`` sits at MVDream azimuth
 ``azimuth_start + k*360/F`` (0 = Blender -Y). In ``lgm_core``'s y-up world the same views are at
-azimuth ``90*k - 90``; LGM therefore consumes them in the order :data:`LGM_VIEW_ORDER` = [1, 2, 3, 0].
+azimuth ``90*k - 90``; LGM therefore consumes them reordered (:data:`lgm_core.views.LGM_VIEW_ORDER`,
+:meth:`lgm_core.views.Views.from_multiview`).
 """
 
 from __future__ import annotations
 
-from typing import Tuple
-
 import numpy as np
 import torch
 
-from lgm_core.cameras import LGM_RADIUS, default_input_cameras, orbit_camera, orbit_cameras
+from lgm_core.cameras import LGM_RADIUS, orbit_camera, orbit_cameras
 
-__all__ = ["mv_camera_matrices", "mv_view_poses", "LGM_VIEW_ORDER", "to_lgm_views"]
-
-LGM_VIEW_ORDER = (1, 2, 3, 0)
-"""LGM input view ``j`` is multi-view output ``LGM_VIEW_ORDER[j]`` (azimuths 0, 90, 180, 270 in LGM's frame)."""
+__all__ = ["mv_camera_matrices", "mv_view_poses"]
 
 _OPENGL_TO_BLENDER = torch.tensor(
     [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
@@ -64,25 +60,7 @@ def mv_camera_matrices(
 def mv_view_poses(num_views: int = 4, elevation: float = 0.0, radius: float = LGM_RADIUS) -> torch.Tensor:
     """Camera-to-world poses ``[num_views, 4, 4]`` of the generated views in ``lgm_core``'s frame
     (OpenGL, y up, object front on +z), in the pipeline's output order: view ``k`` at azimuth
-    ``k*360/num_views - 90``. With 4 views, ``mv_view_poses(4, e)[list(LGM_VIEW_ORDER)]`` equals
+    ``k*360/num_views - 90``. With 4 views, ``lgm_core.views.to_lgm_order(mv_view_poses(4, e))`` equals
     :func:`lgm_core.cameras.default_input_cameras` ``(e)``."""
     az = np.arange(num_views, dtype=np.float64) * (360.0 / num_views) - 90.0
     return orbit_cameras(float(elevation), np.mod(az, 360.0).tolist(), radius)
-
-
-def to_lgm_views(images, elevation: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Reorder multi-view outputs for ``LGM.reconstruct``.
-
-    ``images``: ``[n*4, H, W, 3]`` (numpy or torch, float in [0, 1], object-major, camera order as
-    the pipeline returns them) or ``[n, 4, H, W, 3]``. Returns ``(views [n, 4, 3, H, W] float32 in LGM
-    view order, cameras [4, 4, 4] = default_input_cameras(elevation))``.
-    """
-    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
-    if x.dim() == 4:
-        if x.shape[0] % 4:
-            raise ValueError(f"expected a multiple of 4 views, got {x.shape[0]}")
-        x = x.reshape(-1, 4, *x.shape[1:])
-    if x.dim() != 5 or x.shape[1] != 4 or x.shape[-1] != 3:
-        raise ValueError(f"expected images [n*4, H, W, 3] or [n, 4, H, W, 3], got {list(x.shape)}")
-    views = x[:, list(LGM_VIEW_ORDER)].permute(0, 1, 4, 2, 3).float().contiguous()
-    return views, default_input_cameras(float(elevation))

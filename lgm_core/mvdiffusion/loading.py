@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Dict, Optional, Union
 
 import torch
 
+from .. import hub
 from ..paths import UnsafePathError, contained_path
 from ..weights import load_safetensors as load_file
 
@@ -32,45 +32,26 @@ __all__ = ["resolve_source", "read_model_index", "load_component_state_dict", "l
            "load_vae", "load_clip_text", "load_clip_vision", "load_tokenizer", "load_scheduler",
            "load_feature_extractor", "HUB_REPOS", "HUB_LAYOUT_FILES", "ComponentError"]
 
-HUB_REPOS = {
-    "mvdream": "ashawkey/mvdream-sd2.1-diffusers",
-    "imagedream": "ashawkey/imagedream-ipmv-diffusers",
-}
-HUB_LAYOUT_FILES = ["model_index.json", "unet/", "vae/", "text_encoder/", "tokenizer/", "scheduler/"]
-"""What a hub-layout model folder holds (the *.json, *.txt and *.safetensors files of these folders);
-ImageDream adds ``IMAGEDREAM_FILES``."""
-IMAGEDREAM_FILES = ["image_encoder/", "feature_extractor/"]
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+HUB_REPOS = {key: hub.OFFICIAL[key].repo_id for key in ("mvdream", "imagedream")}
+"""The official multi-view models (from the registry in :mod:`lgm_core.hub`)."""
+HUB_LAYOUT_FILES = list(hub.DIFFUSERS_LAYOUT)
+"""What a hub-layout model folder holds (the *.json, *.txt and *.safetensors files of these folders)."""
 
 
 class ComponentError(FileNotFoundError):
     """A required component or weight file is missing or malformed in a model folder."""
 
 
-def resolve_source(source: Union[str, os.PathLike]) -> Path:
-    """Local folder -> itself; hub repo id (``owner/name``) -> local snapshot (only json/txt/
-    safetensors files are fetched, never Python files)."""
+def resolve_source(source: Union[str, os.PathLike], *, local_files_only: Optional[bool] = None) -> Path:
+    """Local folder -> itself; hub repo id (``owner/name``) -> local snapshot through
+    :func:`lgm_core.hub.fetch_snapshot` (only json/txt/safetensors files, never Python files; offline:
+    the hub cache or a one-line :class:`lgm_core.hub.HubUnavailable`)."""
     path = Path(os.path.expanduser(str(source)))
     if path.is_dir():
         return path
-    if isinstance(source, str) and _REPO_ID.match(source) and not path.exists():
-        from .. import hub
-
-        patterns = ["*.json", "*.txt", "*.safetensors"]
-        reason = hub.offline_reason()
-        if reason:  # the hub cache or a one-line error at once (no retry loop offline)
-            cached = hub.cached_snapshot(source, allow_patterns=patterns)
-            if cached:
-                return Path(cached)
-            files = HUB_LAYOUT_FILES + (IMAGEDREAM_FILES if "imagedream" in source.lower() else [])
-            raise hub.HubUnavailable("multi-view model", source, files, reason, hub.cache_dir())
-        from huggingface_hub import snapshot_download
-
-        try:
-            return Path(snapshot_download(source, allow_patterns=patterns))
-        except Exception as exc:  # missing repo, auth, network dropped mid-way ...
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ComponentError(f"could not get {source} from the hub: {first}") from exc
+    if hub.is_repo_id(source):
+        return hub.fetch_snapshot(str(source), what=hub.MVDREAM.what, files=hub.snapshot_files(str(source)),
+                                  local_files_only=local_files_only)
     raise ComponentError(f"model source {str(source)!r} is neither a folder nor a hub repo id")
 
 

@@ -14,8 +14,8 @@ Conventions
 * ``elevation`` (degrees): **positive = cameras above the object**, as in :mod:`lgm_core.cameras`.
   At 0 the conditioning equals the original exactly. LGM's original app passes its elevation to a
   copy of ``get_camera`` that treats positive as below: its ``e`` is our ``-e``.
-* :meth:`MultiViewOutput.lgm_inputs` hands the views to ``LGM.reconstruct`` in LGM's order
-  ([1, 2, 3, 0]) with the matching cameras: ``lgm.reconstruct(**out.lgm_inputs())``.
+* :attr:`MultiViewOutput.views` hands the views to ``LGM.reconstruct`` in LGM's order with the
+  matching cameras (:class:`lgm_core.views.Views`): ``lgm.reconstruct(out.views)``.
 * All randomness comes from ``generator`` (ImageDream's VAE sample of the reference image first,
   then the initial latents, then whatever the scheduler draws). Latents are kept in float32
   between steps; the UNet/VAE/CLIP models run in the pipeline dtype.
@@ -26,15 +26,17 @@ from __future__ import annotations
 import inspect
 import math
 import os
-import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from functools import cached_property
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .cameras import LGM_VIEW_ORDER, mv_camera_matrices, mv_view_poses, to_lgm_views
+from ..runtime import CUDAGraphRunner, resolve_device_dtype
+from ..views import Views
+from .cameras import mv_camera_matrices
 from . import loading
 
 __all__ = ["MultiViewPipeline", "MultiViewOutput"]
@@ -52,73 +54,32 @@ class MultiViewOutput:
 
     ``images``: ``[n*4, 256, 256, 3]`` float32 in [0, 1] (numpy for ``output_type="np"``, torch for
     ``"pt"``, a list of PIL images for ``"pil"``, None for ``"latent"``), object-major, camera order.
-    ``cameras``: ``[4, 4, 4]`` camera-to-world poses (OpenGL, lgm_core's y-up frame, radius 1.5) of the
-    4 views in output order. ``camera_embedding``: the raw UNet conditioning ``[F, 16]`` per object.
-    ``latents``: final latents ``[n*F, 4, 32, 32]`` (F = 5 for ImageDream, reference slot included).
+    ``elevation``: the views' elevation in degrees (positive = above). ``camera_embedding``: the raw UNet
+    conditioning ``[F, 16]`` per object. ``latents``: final latents ``[n*F, 4, 32, 32]`` (F = 5 for
+    ImageDream, reference slot included). :attr:`views` hands the images to LGM.
     """
 
     images: Any
-    cameras: torch.Tensor
     elevation: float
     num_objects: int
     camera_embedding: torch.Tensor
     latents: Optional[torch.Tensor] = None
 
-    def lgm_inputs(self) -> Dict[str, torch.Tensor]:
-        """``dict(images=[n, 4, 3, 256, 256] in LGM view order, cameras=default_input_cameras(elevation))``
-        so that ``lgm.reconstruct(**out.lgm_inputs())`` reconstructs every object."""
+    @cached_property
+    def views(self) -> Views:
+        """The images of every object as :class:`~lgm_core.views.Views` (LGM view order, with their
+        cameras), so that ``lgm.reconstruct(out.views)`` reconstructs them."""
         if self.images is None:
             raise ValueError("no decoded images (output_type='latent')")
         imgs = self.images
         if isinstance(imgs, list):  # PIL
             imgs = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in imgs])
-        views, cams = to_lgm_views(imgs, self.elevation)
-        return {"images": views, "cameras": cams}
+        return Views.from_multiview(imgs, self.elevation)
 
     def grid(self, index: int = 0) -> np.ndarray:
-        """2x2 preview ``[512, 512, 3]`` float32 of object ``index``, laid out as LGM's app:
-        [[view 1, view 2], [view 3, view 0]]."""
-        imgs = self.images
-        if imgs is None:
-            raise ValueError("no decoded images (output_type='latent')")
-        if isinstance(imgs, list):
-            imgs = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in imgs])
-        imgs = np.asarray(imgs.cpu() if isinstance(imgs, torch.Tensor) else imgs)[4 * index: 4 * index + 4]
-        v = [imgs[i] for i in LGM_VIEW_ORDER]
-        return np.concatenate([np.concatenate(v[:2], 1), np.concatenate(v[2:], 1)], 0)
-
-
-class _GraphedUNet:
-    """The UNet's per-step forward captured in a CUDA graph over static buffers (one launch per step)."""
-
-    def __init__(self, unet, x_shape, t_len, cam_emb, ctx, ip_img, num_frames, pool):
-        dev, dtype = unet.device, unet.dtype
-        self.unet, self.num_frames = unet, num_frames
-        self.x = torch.zeros(x_shape, device=dev, dtype=dtype)
-        self.t = torch.zeros(t_len, device=dev, dtype=torch.float32)
-        self.cam = None if cam_emb is None else torch.empty_like(cam_emb)
-        self.ctx = torch.empty_like(ctx)
-        self.ip_img = None if ip_img is None else torch.empty_like(ip_img)
-        self.set_conditions(cam_emb, ctx, ip_img)
-        stream = torch.cuda.Stream(device=dev)
-        stream.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # warm-up: kernel selection, workspace allocation
-                self._run()
-        torch.cuda.current_stream(dev).wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
-            self.out = self._run()
-
-    def _run(self):
-        return self.unet.forward_prepared(self.x, self.t, self.cam, self.ctx, self.num_frames, self.ip_img)
-
-    def set_conditions(self, cam_emb, ctx, ip_img):
-        if self.cam is not None:
-            self.cam.copy_(cam_emb)
-        self.ctx.copy_(ctx)
-        if self.ip_img is not None:
-            self.ip_img.copy_(ip_img)
+        """2x2 preview ``[512, 512, 3]`` float32 of object ``index``, laid out as LGM's app (LGM views in
+        reading order, :meth:`lgm_core.views.Views.grid`)."""
+        return self.views.grid(index).cpu().numpy()
 
 
 def _as_list(value, name: str) -> List:
@@ -147,9 +108,8 @@ class MultiViewPipeline:
         self.image_encoder = image_encoder
         self.feature_extractor = feature_extractor
         self.use_cuda_graphs = True
-        self._graphs: Dict[Any, _GraphedUNet] = {}
-        self._graph_pool = None
-        self._graph_weights = None
+        self._unet_graphs = CUDAGraphRunner(self._unet_step, weights=lambda: list(self.unet.parameters()),
+                                            name="MultiViewUNet step")
         if self.is_imagedream and image_encoder is None:
             raise ValueError("an ImageDream UNet (ip_dim > 0) needs an image_encoder")
 
@@ -160,13 +120,12 @@ class MultiViewPipeline:
         """Load from a hub-layout folder or a hub repo id (``ashawkey/mvdream-sd2.1-diffusers``,
         ``ashawkey/imagedream-ipmv-diffusers``). No Python file of the folder is executed.
 
-        ``dtype`` defaults to float16 on CUDA and float32 elsewhere; ``device`` to CPU.
+        ``device`` and ``dtype`` default to the runtime policy (:mod:`lgm_core.runtime`: CUDA when
+        available, float16 there and float32 elsewhere), as :func:`lgm_core.load_lgm`.
         """
         folder = loading.resolve_source(source)
         index = loading.read_model_index(folder)
-        device = torch.device(device) if device is not None else torch.device("cpu")
-        if dtype is None:
-            dtype = torch.float16 if device.type == "cuda" else torch.float32
+        device, dtype = resolve_device_dtype(device, dtype)
         for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
             entry = index.get(name)
             if not entry or entry[0] is None or not (folder / name).is_dir():
@@ -187,9 +146,19 @@ class MultiViewPipeline:
         for m in (self.unet, self.vae, self.text_encoder, self.image_encoder):
             if m is not None:
                 m.to(device=device, dtype=dtype)
-        self._graphs.clear()
-        self._graph_pool = None
+        self.release_cuda_graphs()  # free the graphs' memory now (moved weights would be noticed anyway)
         return self
+
+    def release_cuda_graphs(self) -> None:
+        """Free the captured UNet graphs' memory now (e.g. when a memory manager unloads the pipeline);
+        the next CUDA call captures again."""
+        self._unet_graphs.reset()
+
+    def torch_modules(self) -> torch.nn.ModuleList:
+        """The pipeline's torch modules (UNet, VAE, text and image encoders) in one container, for
+        memory managers that move them together."""
+        return torch.nn.ModuleList([m for m in (self.unet, self.vae, self.text_encoder, self.image_encoder)
+                                    if m is not None])
 
     @property
     def device(self) -> torch.device:
@@ -315,36 +284,9 @@ class MultiViewPipeline:
             raise ValueError(f"all images must have the same size, got {sorted(shapes)}")
         return torch.cat(out, 0)
 
-    def _run_unet(self, key, x_in, t_rows, cam_emb, ctx, ip_img, nf, first: bool):
-        """One UNet evaluation, through a CUDA graph when enabled."""
-        if self.use_cuda_graphs and x_in.is_cuda:
-            if first:  # once per call: weights moved (offloading/.to()) -> captured graphs read stale memory
-                weights = tuple(p.data_ptr() for p in self.unet.parameters())
-                if weights != self._graph_weights:
-                    self._graphs.clear()
-                    self._graph_pool = None  # a fresh memory pool: the old one dies with its graphs
-                    self._graph_weights = weights
-            runner = self._graphs.get(key)
-            if runner is None:
-                try:
-                    if self._graph_pool is None:
-                        self._graph_pool = torch.cuda.graph_pool_handle()
-                    runner = _GraphedUNet(self.unet, tuple(x_in.shape), t_rows.shape[0], cam_emb, ctx,
-                                          ip_img, nf, self._graph_pool)
-                    self._graphs[key] = runner
-                    first = False
-                except Exception as exc:  # portable fallback
-                    warnings.warn(f"CUDA graph capture failed ({exc}); running the UNet eagerly")
-                    self.use_cuda_graphs = False
-                    runner = None
-            if runner is not None:
-                if first:
-                    runner.set_conditions(cam_emb, ctx, ip_img)
-                runner.x.copy_(x_in)
-                runner.t.copy_(t_rows)
-                runner.graph.replay()
-                return runner.out
-        return self.unet.forward_prepared(x_in, t_rows, cam_emb, ctx, nf, ip_img)
+    def _unet_step(self, x, t, cam_emb, ctx, ip_img) -> torch.Tensor:
+        """One UNet evaluation on prepared conditions (the function the CUDA-graph runner captures)."""
+        return self.unet.forward_prepared(x, t, cam_emb, ctx, self.num_frames, ip_img)
 
     @torch.no_grad()
     def __call__(
@@ -458,15 +400,15 @@ class MultiViewPipeline:
             step_kwargs["generator"] = generator
         if "eta" in step_params:
             step_kwargs["eta"] = eta
-        key = (id(self.unet), rows, nf, dtype, str(device), tuple(ctx.shape), do_cfg)
         total = len(timesteps)
+        self._unet_graphs.enabled = self.use_cuda_graphs
 
         # ---- denoising loop ---------------------------------------------------------------------
         for i, t in enumerate(timesteps):
             lat_in = scheduler.scale_model_input(latents, t)
             x_in = torch.cat([lat_in, lat_in]) if do_cfg else lat_in
             t_rows = t_dev[i].expand(rows)
-            eps = self._run_unet(key, x_in.to(dtype), t_rows, cam_emb, ctx, ip_img, nf, i == 0).float()
+            eps = self._unet_graphs(x_in.to(dtype), t_rows, cam_emb, ctx, ip_img).float()
             if do_cfg:
                 eps_u, eps_c = eps.chunk(2)
                 eps = eps_u + scale * (eps_c - eps_u)
@@ -490,7 +432,6 @@ class MultiViewPipeline:
                 out_images = imgs.cpu().numpy()
         return MultiViewOutput(
             images=out_images,
-            cameras=mv_view_poses(NUM_VIEWS, elevation),
             elevation=float(elevation),
             num_objects=num_objects,
             camera_embedding=cams,

@@ -1,7 +1,9 @@
 """Splat rendering: :func:`render` draws a batch of :class:`~lgm_core.gaussians.Gaussians` from a set of
-:class:`~lgm_core.cameras.Cameras` with the original LGM rasterizer's semantics (lgm_spec §6.3).
+:class:`~lgm_core.cameras.Cameras` with the original LGM rasterizer's semantics
+(docs/conventions.md#rasterizer-semantics).
 
-Backends (same output contract):
+Backends (one contract, :mod:`lgm_core.render.common`: the same prepared inputs, the same outputs;
+:data:`BACKEND_MODULES` maps each name to its module's ``render_views``):
 
 * ``"gsplat"`` — gsplat on CUDA (optional dependency; its extension compiles on first use). If it is
   missing or fails, one warning line is logged and the PyTorch renderer is used instead.
@@ -36,16 +38,20 @@ import torch
 
 from ..cameras import Cameras
 from ..gaussians import Gaussians, check_finite
-from . import gsplat_backend, torch_backend
-from ..gaussians import SH_C0
-from .common import BackgroundLike, camera_matrices, covariance_3d, prepare_gaussians, project, psnr
+from . import autograd_backend, gsplat_backend, torch_backend
+from .common import BackgroundLike, SplatInputs, ViewRenders, camera_matrices, prepare_gaussians, psnr
 
-__all__ = ["RenderResult", "render", "resolve_backend", "psnr", "BACKENDS"]
+__all__ = ["RenderResult", "render", "resolve_backend", "psnr", "BACKENDS", "BACKEND_MODULES", "SplatInputs",
+           "ViewRenders", "prepare_gaussians", "camera_matrices"]
 
 log = logging.getLogger("lgm_core.render")
 
 BACKENDS = ("auto", "torch", "gsplat")
 ENV_VAR = "LGM_RENDER_BACKEND"
+BACKEND_MODULES = {"torch": torch_backend, "gsplat": gsplat_backend, "autograd": autograd_backend}
+"""Every backend module implements ``render_views(inputs, item, viewmats, Ks, width, height, *, near,
+backgrounds, depth=True) -> ViewRenders``. "autograd" is the differentiable PyTorch rasterizer
+(training); :func:`render` picks "torch" or "gsplat"."""
 
 
 @dataclass
@@ -76,9 +82,7 @@ def resolve_backend(backend: str, device) -> str:
     if backend == "torch":
         return "torch"
     if backend == "gsplat" and device.type != "cuda":
-        if not getattr(resolve_backend, "_warned_cpu", False):
-            log.warning("gsplat needs CUDA tensors (got %s); using the PyTorch renderer", device)
-            resolve_backend._warned_cpu = True
+        gsplat_backend.STATUS.warn_not_cuda(device)
         return "torch"
     if device.type == "cuda" and gsplat_backend.available(device):
         return "gsplat"
@@ -127,25 +131,24 @@ def render(
     image = torch.empty(B, V, H, W, 3, dtype=torch.float32, device=out_dev, pin_memory=pin)
     alpha = torch.empty(B, V, H, W, 1, dtype=torch.float32, device=out_dev, pin_memory=pin)
     depth = torch.empty(B, V, H, W, 1, dtype=torch.float32, device=out_dev, pin_memory=pin)
-    inputs = None
+    inputs = prepare_gaussians(gaussians, scale_modifier)  # the one preparation step, every backend
     for b in range(B):
         for v0 in range(0, V, views_per_chunk):
             sl = slice(v0, min(V, v0 + views_per_chunk))
             out = None
             if chosen == "gsplat":
                 try:
-                    out = _gsplat_views(gaussians, b, viewmats[sl], Ks[sl], W, H, cameras.near,
-                                        scale_modifier, bg[b, sl])
+                    out = gsplat_backend.render_views(inputs, b, viewmats[sl], Ks[sl], W, H, near=cameras.near,
+                                                      backgrounds=bg[b, sl])
                 except torch.cuda.OutOfMemoryError:
                     raise
                 except Exception as exc:  # a kernel failure at render time: fall back for good
                     gsplat_backend.mark_failed(exc)
                     chosen = "torch"
             if out is None:
-                if inputs is None:
-                    inputs = prepare_gaussians(gaussians, scale_modifier)
-                out = _torch_views(inputs, b, viewmats[sl], Ks[sl], W, H, cameras.near, bg[b, sl])
-            col, acc, dep = out
+                out = torch_backend.render_views(inputs, b, viewmats[sl], Ks[sl], W, H, near=cameras.near,
+                                                 backgrounds=bg[b, sl])
+            col, acc, dep = out.image, out.alpha, out.depth
             if out_dev == device:
                 torch.clamp(col, 0.0, 1.0, out=image[b, sl])
                 torch.clamp(acc, 0.0, 1.0, out=alpha[b, sl])
@@ -157,34 +160,3 @@ def render(
     if pin:
         torch.cuda.current_stream(device).synchronize()  # results are safe to read on return
     return RenderResult(image=image, alpha=alpha, depth=depth, backend=chosen)
-
-
-def _torch_views(inputs, b, viewmats, Ks, W, H, near, bg):
-    """-> (colour over background [C,H,W,3], alpha [C,H,W,1], expected depth [C,H,W,1])."""
-    proj = project(inputs.means[b], inputs.covs[b], viewmats, Ks, W, H, near=near)
-    feats = torch.cat([inputs.colors[b][None].expand(viewmats.shape[0], -1, -1), proj.depths[..., None]], dim=-1)
-    acc, alpha = torch_backend.rasterize(
-        proj.means2d, proj.conics, proj.depths, proj.radii, inputs.opacities[b], feats, W, H
-    )
-    depth = acc[..., 3:4] / alpha.clamp(min=1e-10)
-    col = torch.addcmul(acc[..., :3], 1.0 - alpha, bg[:, None, None, :])
-    return col, alpha, depth
-
-
-def _gsplat_views(gaussians, b, viewmats, Ks, W, H, near, scale_modifier, bg):
-    g = gaussians
-    opac = g.opacities[b, :, 0].float()
-    if g.counts is not None:
-        opac = opac * g.valid_mask()[b].to(opac.dtype)
-    if g.normalized_rotations:
-        scales = g.scales[b].float()
-        if float(scale_modifier) != 1.0:
-            scales = scales * float(scale_modifier)
-        kwargs = dict(quats=g.rotations[b].float(), scales=scales)
-    else:  # legacy: gsplat would normalise the quaternion, so hand it the raw-formula covariance
-        kwargs = dict(covars=covariance_3d(g.scales[b], g.rotations[b], normalized=False,
-                                           scale_modifier=scale_modifier))
-    colors = g.sh[b, :, 0, :].float().mul(SH_C0).add_(0.5)  # = Gaussians.rgb
-    return gsplat_backend.rasterize_views(
-        g.positions[b].float(), opac, colors, viewmats, Ks, W, H, near=near, backgrounds=bg, **kwargs
-    )

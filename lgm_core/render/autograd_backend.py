@@ -1,6 +1,8 @@
 """Differentiable pure-PyTorch rasterizer (autograd), for training where gsplat is not available.
 
-Same contract and semantics as :func:`lgm_core.render.torch_backend.rasterize` (lgm_spec §6.3):
+:func:`render_views` is this backend's side of the render contract (:mod:`lgm_core.render.common`),
+:func:`rasterize` its compositing stage, with the same inputs and semantics as
+:func:`lgm_core.render.torch_backend.rasterize` (docs/conventions.md#rasterizer-semantics):
 16×16 tiles, a Gaussian listed in every tile of its 3σ footprint rectangle, per pixel front to
 back by camera depth (stable), α = min(0.99, o·exp(−½ dᵀΣ⁻¹d)), α < 1/255 skipped, a pixel stops
 (without using the Gaussian) once its transmittance would fall below 1e-4.
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .common import ALPHA_MAX, ALPHA_MIN, T_MIN
+from .common import ALPHA_MAX, ALPHA_MIN, T_MIN, SplatInputs, ViewRenders, render_projected
 from .torch_backend import TILE
 
 SUB = 4
@@ -169,6 +171,14 @@ def _prune(pairs: _Pairs, means2d, conics, opacities, max_alpha, n_blocks) -> _P
     last = last.scatter_reduce(0, block, torch.where(used, pos, torch.full_like(pos, -1)), "amax")
     keep = (pos <= last[block]) & (alpha > 0).any(dim=0)
     return pairs if bool(keep.all()) else pairs.select(keep)
+
+
+def render_views(inputs: SplatInputs, item: int, viewmats: torch.Tensor, Ks: torch.Tensor, width: int,
+                 height: int, *, near: float, backgrounds: torch.Tensor, depth: bool = True) -> ViewRenders:
+    """:func:`lgm_core.render.torch_backend.render_views` with this module's differentiable
+    :func:`rasterize`: gradients reach the inputs' means, scales, quaternions, opacities and colours."""
+    return render_projected(rasterize, inputs, item, viewmats, Ks, width, height, near=near,
+                            backgrounds=backgrounds, depth=depth)
 
 
 def rasterize(

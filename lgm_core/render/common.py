@@ -1,12 +1,23 @@
-"""Shared pieces of the splat renderers: covariances, camera set-up and EWA projection.
+"""The render backend contract and the stages every backend shares (docs/conventions.md#rendering).
 
-Conventions (lgm_spec §6.2-6.3):
+Every backend (``torch_backend``, ``autograd_backend``, ``gsplat_backend``) implements one function::
 
-* Cameras arrive as :class:`lgm_core.cameras.Cameras` (OpenGL camera-to-world). Renderers work with
-  **OpenCV world-to-camera** matrices (camera looks down +z, image rows go down, +y down) and a
-  pinhole ``K = [[fx, 0, W/2], [0, fy, H/2], [0, 0, 1]]``; pixel ``(i, j)`` is sampled at its centre
-  ``(i + 0.5, j + 0.5)`` — the same as the original rasterizer's ``u = fx·x/z + W/2 - 0.5`` evaluated
-  at integer ``i``.
+    render_views(inputs: SplatInputs, item: int, viewmats, Ks, width, height, *, near, backgrounds)
+        -> ViewRenders(colour [C,H,W,3] over the background (not clamped), alpha [C,H,W,1],
+                       expected depth [C,H,W,1] or None)
+
+for batch item ``item`` of the prepared Gaussians and C cameras. The inputs are built once by
+:func:`prepare_gaussians` (the one preparation step) and the cameras by :func:`camera_matrices`.
+The PyTorch backends run the stages below (:func:`render_projected`: :func:`project`, then their
+``rasterize``); gsplat runs its own fused kernels for the same stages, and the tests compare the
+backends stage by stage.
+
+Conventions:
+
+* Renderers work with **OpenCV world-to-camera** matrices (camera looks down +z, image rows go down,
+  +y down) and a pinhole ``K = [[fx, 0, W/2], [0, fy, H/2], [0, 0, 1]]``; pixel ``(i, j)`` is sampled
+  at its centre ``(i + 0.5, j + 0.5)`` — the same as the original rasterizer's ``u = fx·x/z + W/2 -
+  0.5`` evaluated at integer ``i`` (:mod:`lgm_core.geometry`).
 * Depth is the camera-space z (distance along the viewing axis, world units), not the ray length.
 * Covariance Σ = R·diag(s·m)²·Rᵀ. With ``Gaussians.normalized_rotations`` True the quaternion is
   normalised first (a no-op for LGM "fixrot" output, and what gsplat and viewers do); legacy
@@ -16,15 +27,17 @@ Conventions (lgm_spec §6.2-6.3):
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from ..cameras import Cameras
-from ..gaussians import Gaussians, quaternion_to_matrix
+from ..gaussians import SH_C0, Gaussians
+from ..geometry import covariance_3d, intrinsics, pixel_coordinates, world_to_camera
 
 ALPHA_MIN = 1.0 / 255.0
 """Per-Gaussian α below this is skipped (original rasterizer and gsplat)."""
@@ -40,41 +53,52 @@ FRUSTUM_SLACK = 1.3
 
 @dataclass
 class SplatInputs:
-    """Float32 per-Gaussian tensors ready for a rasterizer (B batch items, N Gaussians each).
+    """Float32 per-Gaussian tensors, the one input every backend takes (B batch items, N Gaussians).
 
-    ``means`` [B,N,3] world; ``covs`` [B,N,3,3] world-space covariance (scale modifier applied);
-    ``opacities`` [B,N] with padding (``counts``) zeroed; ``colors`` [B,N,3] = rgb from the SH DC
-    term (not clamped: colours are passed to the compositor directly, as the original does).
+    ``means`` [B,N,3] world; ``quats`` [B,N,4] wxyz as stored; ``scales`` [B,N,3] linear std-devs with
+    the scale modifier applied; ``opacities`` [B,N] with padding (``counts``) zeroed; ``colors``
+    [B,N,3] = rgb from the SH DC term (not clamped: colours go to the compositor directly, as the
+    original does); ``normalized``: False for legacy raw quaternions. :attr:`covs` [B,N,3,3] (the
+    world-space covariances) is computed on first use.
     """
 
     means: torch.Tensor
-    covs: torch.Tensor
+    quats: torch.Tensor
+    scales: torch.Tensor
     opacities: torch.Tensor
     colors: torch.Tensor
+    normalized: bool = True
+
+    @functools.cached_property
+    def covs(self) -> torch.Tensor:
+        return covariance_3d(self.scales, self.quats, normalized=self.normalized)
 
 
-def covariance_3d(
-    scales: torch.Tensor, rotations: torch.Tensor, *, normalized: bool = True, scale_modifier: float = 1.0
-) -> torch.Tensor:
-    """World-space covariances [..., 3, 3] = R·diag(s·m)²·Rᵀ from linear scales [..., 3] and wxyz
-    quaternions [..., 4]; ``normalized=False`` keeps the raw quaternion (legacy checkpoints)."""
-    R = quaternion_to_matrix(rotations.float(), normalize=normalized)
-    M = R * (scales.float() * float(scale_modifier)).unsqueeze(-2)  # R @ diag(s m)
-    return M @ M.transpose(-1, -2)
+@dataclass
+class ViewRenders:
+    """What a backend's ``render_views`` returns for C cameras (float32): ``image`` [C,H,W,3] colour
+    composited over the background, not clamped; ``alpha`` [C,H,W,1] = Σ αᵢTᵢ; ``depth`` [C,H,W,1]
+    expected camera-space z (0 where alpha is 0), or None when it was not asked for."""
+
+    image: torch.Tensor
+    alpha: torch.Tensor
+    depth: Optional[torch.Tensor]
 
 
 def prepare_gaussians(gaussians: Gaussians, scale_modifier: float = 1.0) -> SplatInputs:
-    """Turn a :class:`Gaussians` batch into :class:`SplatInputs` (fp32, padding made invisible)."""
+    """Turn a :class:`Gaussians` batch into :class:`SplatInputs` (fp32, padding made invisible,
+    colours from the SH DC term computed in float32)."""
     g = gaussians
     opac = g.opacities[..., 0].float()
     if g.counts is not None:
         opac = opac * g.valid_mask().to(opac.dtype)
     return SplatInputs(
         means=g.positions.float(),
-        covs=covariance_3d(g.scales, g.rotations, normalized=g.normalized_rotations,
-                           scale_modifier=scale_modifier),
+        quats=g.rotations.float(),
+        scales=g.scales.float() * float(scale_modifier),
         opacities=opac,
-        colors=g.rgb.float(),
+        colors=g.sh[:, :, 0, :].float() * SH_C0 + 0.5,
+        normalized=g.normalized_rotations,
     )
 
 
@@ -82,21 +106,15 @@ def camera_matrices(cameras: Cameras, device, background=None, batch: int = 1) -
     """(viewmats [V,4,4] OpenCV world-to-camera, Ks [V,3,3]) as float32 on ``device``; with
     ``background`` also the [batch, V, 3] background (see :func:`background_tensor`).
 
-    Built on the host in float64 (rigid inverse: Rᵀ, -Rᵀt) and moved in one transfer, so no
-    device-side matrix inverse and no extra synchronisation is needed.
+    Built on the host in float64 (rigid inverse, :func:`lgm_core.geometry.world_to_camera`) and moved
+    in one transfer, so no device-side matrix inverse and no extra synchronisation is needed.
     """
-    c2w = cameras.c2w.detach().to("cpu", torch.float64).numpy()
-    if not np.isfinite(c2w).all():
+    c2w = cameras.c2w.detach().to("cpu", torch.float64)
+    if not bool(torch.isfinite(c2w).all()):
         raise ValueError("camera poses (c2w) contain NaN/Inf values")
     V = c2w.shape[0]
-    R = c2w[:, :3, :3] * np.array([1.0, -1.0, -1.0])  # OpenGL -> OpenCV camera axes (columns)
-    Rt = R.transpose(0, 2, 1)
-    view = np.zeros((V, 4, 4))
-    view[:, :3, :3] = Rt
-    view[:, :3, 3] = -np.einsum("vij,vj->vi", Rt, c2w[:, :3, 3])
-    view[:, 3, 3] = 1.0
-    fx, fy = cameras.focal
-    K = np.array([[fx, 0.0, cameras.width * 0.5], [0.0, fy, cameras.height * 0.5], [0.0, 0.0, 1.0]])
+    view = world_to_camera(c2w).numpy()
+    K = intrinsics(cameras.width, cameras.height, cameras.fovy).numpy()
     parts = [view.reshape(V, 16), np.broadcast_to(K.reshape(1, 9), (V, 9))]
     if background is not None:
         bg = _background_np(background, batch, V)
@@ -166,8 +184,6 @@ def project(
     x, y, z = p.unbind(-1)
     fx = Ks[:, 0, 0, None]
     fy = Ks[:, 1, 1, None]
-    cx = Ks[:, 0, 2, None]
-    cy = Ks[:, 1, 2, None]
     in_front = z > near
     zs = torch.where(in_front, z, torch.ones_like(z))
     limx = FRUSTUM_SLACK * (0.5 * width / fx)
@@ -197,8 +213,25 @@ def project(
     lam = mid + torch.sqrt(torch.clamp(mid * mid - det, min=0.1))
     radii = torch.ceil(3.0 * torch.sqrt(lam))
     radii = torch.where(ok, radii, torch.zeros_like(radii)).to(torch.int32)
-    means2d = torch.stack([fx * x / zs + cx, fy * y / zs + cy], dim=-1)
+    means2d = pixel_coordinates(p, Ks[:, None], zs)
     return Projected(means2d=means2d, conics=conics, depths=z, radii=radii)
+
+
+def render_projected(rasterize, inputs: SplatInputs, item: int, viewmats: torch.Tensor, Ks: torch.Tensor,
+                     width: int, height: int, *, near: float, backgrounds: torch.Tensor,
+                     depth: bool = True) -> ViewRenders:
+    """The PyTorch backends' ``render_views``: :func:`project` batch item ``item`` into the C cameras,
+    composite with ``rasterize`` (``torch_backend.rasterize`` or ``autograd_backend.rasterize``; the
+    camera depth rides along as an extra blended channel when ``depth``), then put the colour over
+    ``backgrounds`` [C,3] and normalise the depth (expected depth, 0 where alpha is 0)."""
+    proj = project(inputs.means[item], inputs.covs[item], viewmats, Ks, width, height, near=near)
+    feats = inputs.colors[item][None].expand(viewmats.shape[0], -1, -1)
+    if depth:
+        feats = torch.cat([feats, proj.depths[..., None]], dim=-1)
+    acc, alpha = rasterize(proj.means2d, proj.conics, proj.depths, proj.radii, inputs.opacities[item], feats,
+                           width, height)
+    image = torch.addcmul(acc[..., :3], 1.0 - alpha, backgrounds[:, None, None, :])
+    return ViewRenders(image, alpha, acc[..., 3:4] / alpha.clamp(min=1e-10) if depth else None)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -1,59 +1,87 @@
 """gsplat fast path (CUDA only, optional).
 
+:func:`render_views` is this backend's side of the render contract (:mod:`lgm_core.render.common`).
 gsplat is imported lazily; its CUDA extension compiles on first use (about a minute) and may fail
 on a user's machine (no nvcc, unsupported compiler, ...). Any such failure is logged once as one
-line and reported as "unavailable", so :func:`lgm_core.render.render` falls back to the PyTorch
-renderer instead of crashing.
+line and recorded in :data:`STATUS` as "unavailable", so :func:`lgm_core.render.render` falls back
+to the PyTorch renderer instead of crashing.
 
-Settings follow lgm_spec §6.3: quaternions wxyz, OpenCV world-to-camera view matrices, K with the
-principal point at the image centre, ``near_plane=0.2``, ``eps2d=0.3``, colours passed directly
-(no SH evaluation), classic (non-antialiased) mode, expected depth ("RGB+ED"). Legacy Gaussians
-(raw quaternions) are passed as precomputed covariances, since gsplat normalises quaternions.
-Known differences to the original kernel (and to the torch backend): gsplat clamps α at 0.999
-instead of 0.99 and uses an opacity-aware 3.33σ footprint instead of the 3σ tile rectangle.
+Settings follow the original rasterizer (docs/conventions.md#rasterizer-semantics): quaternions
+wxyz, OpenCV world-to-camera view matrices, K with the principal point at the image centre,
+``near_plane=0.2``, ``eps2d=0.3``, colours passed directly (no SH evaluation), classic
+(non-antialiased) mode, expected depth ("RGB+ED"). Legacy Gaussians (raw quaternions) are passed as
+precomputed covariances, since gsplat normalises quaternions. Known differences to the original
+kernel (and to the torch backend): gsplat clamps α at 0.999 instead of 0.99 and uses an
+opacity-aware 3.33σ footprint instead of the 3σ tile rectangle.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from .common import EPS2D
+from .common import EPS2D, SplatInputs, ViewRenders
 
 log = logging.getLogger("lgm_core.render")
 
-_STATE = {"checked": False, "ok": False, "reason": ""}
+
+@dataclass
+class GsplatStatus:
+    """Whether gsplat works in this process: unknown until the first :func:`available` call
+    (``checked`` False), then ``ok`` with the ``reason`` when it does not. A failure is final for
+    the process (see :func:`mark_failed`); :meth:`reset` forgets the result (tests).
+    ``warned_not_cuda``: the "gsplat needs CUDA tensors" note was logged (once per process)."""
+
+    checked: bool = False
+    ok: bool = False
+    reason: str = ""
+    warned_not_cuda: bool = False
+
+    def disable(self, reason: str, warn: bool = True) -> None:
+        self.checked, self.ok, self.reason = True, False, reason
+        if warn:
+            log.warning("gsplat backend unavailable (%s); using the PyTorch renderer instead", reason)
+
+    def warn_not_cuda(self, device) -> None:
+        """Log once that gsplat was asked for with tensors on ``device`` (not CUDA)."""
+        if not self.warned_not_cuda:
+            self.warned_not_cuda = True
+            log.warning("gsplat needs CUDA tensors (got %s); using the PyTorch renderer", device)
+
+    def reset(self) -> None:
+        self.checked, self.ok, self.reason, self.warned_not_cuda = False, False, "", False
 
 
-def _disable(reason: str) -> None:
-    _STATE.update(checked=True, ok=False, reason=reason)
-    log.warning("gsplat backend unavailable (%s); using the PyTorch renderer instead", reason)
+STATUS = GsplatStatus()
+"""The process-wide gsplat status (one compilation/probe per process)."""
 
 
 def available(device: Optional[torch.device] = None) -> bool:
     """True when gsplat can render on ``device`` (CUDA). The first call imports gsplat and renders
-    one tiny scene (this triggers gsplat's one-time CUDA compilation); the result is cached."""
+    one tiny scene (this triggers gsplat's one-time CUDA compilation); the result is kept in
+    :data:`STATUS`."""
     if device is not None and torch.device(device).type != "cuda":
         return False
-    if _STATE["checked"]:
-        return _STATE["ok"]
+    if STATUS.checked:
+        return STATUS.ok
     if not torch.cuda.is_available():
-        _STATE.update(checked=True, ok=False, reason="CUDA is not available")
+        STATUS.disable("CUDA is not available", warn=False)
         return False
     try:
         from gsplat import rasterization  # noqa: F401
     except Exception as exc:  # not installed, or a broken install
-        _disable(f"cannot import gsplat: {type(exc).__name__}: {exc}".splitlines()[0])
+        STATUS.disable(f"cannot import gsplat: {type(exc).__name__}: {exc}".splitlines()[0])
         return False
     try:
         dev = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
         _probe(dev)
     except Exception as exc:  # compilation or kernel launch failure
-        _disable(f"gsplat failed on a test render: {type(exc).__name__}: {exc}".splitlines()[0][:300])
+        STATUS.disable(f"gsplat failed on a test render: {type(exc).__name__}: {exc}".splitlines()[0][:300])
         return False
-    _STATE.update(checked=True, ok=True, reason="")
+    STATUS.checked, STATUS.ok, STATUS.reason = True, True, ""
     return True
 
 
@@ -73,7 +101,24 @@ def _probe(device: torch.device) -> None:
 
 def mark_failed(exc: BaseException) -> None:
     """Called by the dispatcher when a real gsplat render raised: disable gsplat for this process."""
-    _disable(f"gsplat render failed: {type(exc).__name__}: {exc}".splitlines()[0][:300])
+    STATUS.disable(f"gsplat render failed: {type(exc).__name__}: {exc}".splitlines()[0][:300])
+
+
+def render_views(inputs: SplatInputs, item: int, viewmats: torch.Tensor, Ks: torch.Tensor, width: int,
+                 height: int, *, near: float, backgrounds: torch.Tensor, depth: bool = True,
+                 packed: bool = False) -> ViewRenders:
+    """Render batch item ``item`` of ``inputs`` into C cameras (contract of
+    :mod:`lgm_core.render.common`) with gsplat's ``rasterization()``: unit-quaternion Gaussians as
+    quaternions + scales (gsplat builds the covariance), legacy ones as precomputed covariances.
+    Differentiable through gsplat's own backward. ``depth`` is always computed (RGB+ED)."""
+    if inputs.normalized:
+        shape = dict(quats=inputs.quats[item], scales=inputs.scales[item])
+    else:  # gsplat would normalise the quaternion: hand it the raw-formula covariance
+        shape = dict(covars=inputs.covs[item])
+    image, alpha, expected_depth = rasterize_views(
+        inputs.means[item], inputs.opacities[item], inputs.colors[item], viewmats, Ks, width, height,
+        near=near, backgrounds=backgrounds, packed=packed, **shape)
+    return ViewRenders(image, alpha, expected_depth if depth else None)
 
 
 def rasterize_views(

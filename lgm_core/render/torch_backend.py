@@ -1,6 +1,8 @@
 """Pure-PyTorch tile rasterizer: runs on any device (CPU, CUDA, MPS), no compilation.
 
-It reproduces the original LGM rasterizer (lgm_spec §6.3) step by step:
+:func:`render_views` is this backend's side of the render contract (:mod:`lgm_core.render.common`);
+:func:`rasterize` its compositing stage. It reproduces the original LGM rasterizer
+(docs/conventions.md#rasterizer-semantics) step by step:
 
 1. Projection (:func:`lgm_core.render.common.project`): near culling at z <= 0.2, EWA 2-D covariance
    with the 0.3 low-pass, footprint radius ceil(3·sqrt(λmax)).
@@ -35,7 +37,7 @@ from typing import Optional
 
 import torch
 
-from .common import ALPHA_MAX, ALPHA_MIN, T_MIN
+from .common import ALPHA_MAX, ALPHA_MIN, T_MIN, SplatInputs, ViewRenders, render_projected
 
 TILE = 16
 _TILE_PIX = TILE * TILE
@@ -54,6 +56,15 @@ def _pixel_basis(device) -> torch.Tensor:
     ly, lx = torch.meshgrid(i, i, indexing="ij")
     lx, ly = lx.reshape(-1), ly.reshape(-1)
     return torch.stack([lx * lx, lx * ly, ly * ly, lx, ly, torch.ones_like(lx)], dim=-1)
+
+
+def render_views(inputs: SplatInputs, item: int, viewmats: torch.Tensor, Ks: torch.Tensor, width: int,
+                 height: int, *, near: float, backgrounds: torch.Tensor, depth: bool = True) -> ViewRenders:
+    """Render batch item ``item`` of ``inputs`` into C cameras (``viewmats`` [C,4,4] OpenCV
+    world-to-camera, ``Ks`` [C,3,3]) over ``backgrounds`` [C,3]: the shared stages of
+    :func:`~lgm_core.render.common.render_projected` with this module's :func:`rasterize`."""
+    return render_projected(rasterize, inputs, item, viewmats, Ks, width, height, near=near,
+                            backgrounds=backgrounds, depth=depth)
 
 
 def rasterize(

@@ -17,7 +17,8 @@ import dataclasses
 
 import torch
 
-from ..gaussians import Gaussians, quaternion_multiply
+from ..gaussians import Gaussians
+from ..geometry import quaternion_multiply
 
 _TURN_X180 = (0.0, 1.0, 0.0, 0.0)  # wxyz
 _SH_SIGNS = (

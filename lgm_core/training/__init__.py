@@ -1,4 +1,4 @@
-"""Training and fine-tuning LGM (lgm_spec §11): dataset layout and loader, augmentation, losses,
+"""Training and fine-tuning LGM (docs/conventions.md#training): dataset layout and loader, augmentation, losses,
 differentiable rendering, the accelerate-based trainer, checkpoints. See docs/training.md.
 
 Modules: :mod:`.layout` (on-disk dataset contract), :mod:`.dataset` (samples, split, order),

@@ -1,4 +1,5 @@
-"""The original's two training augmentations of input views 1-3 (lgm_spec §11), with explicit RNGs.
+"""The original's two training augmentations of input views 1-3 (docs/conventions.md#training), with
+explicit RNGs.
 
 * :func:`grid_distortion`: a random separable piecewise-linear warp of each image (mimics the
   multi-view inconsistency of diffusion outputs). Images [V, C, H, W] in [0, 1], before ImageNet

@@ -1,8 +1,8 @@
 """Training configurations: the model architecture (:class:`~lgm_core.models.lgm.LGMConfig`) plus the
 recipe (:class:`TrainConfig`), as named presets or JSON files.
 
-Presets ``big``, ``small``, ``lrm`` and ``tiny`` are the original's (lgm_spec §3, §11); the others
-are this project's:
+Presets ``big``, ``small``, ``lrm`` and ``tiny`` are the original's
+(docs/conventions.md#checkpoints-and-configurations); the others are this project's:
 
 * ``tiny-test``: a ~0.9 M-parameter model at 64² (input and renders), 256 Gaussians, batch 2,
   6 views, no LPIPS, for CPU tests and smoke runs (about 2 steps/s on one CPU thread).
@@ -35,7 +35,7 @@ MIXED_PRECISION = ("auto", "bf16", "fp16", "no")
 
 @dataclass
 class TrainConfig:
-    """The training recipe (defaults = the original's, lgm_spec §11). Steps count optimiser steps."""
+    """The training recipe (defaults = the original's, docs/conventions.md#training). Steps count optimiser steps."""
 
     # ---- data and views
     batch_size: int = 8

@@ -1,7 +1,7 @@
 """Training samples from a dataset in the :mod:`lgm_core.training.layout` layout.
 
 A sample is one object seen from ``num_views`` views: the first 4 are the model's inputs (90° apart
-in ``orbit`` mode), all of them are supervision views. Per sample (lgm_spec §11):
+in ``orbit`` mode), all of them are supervision views. Per sample (docs/conventions.md#training):
 
 * images: RGBA PNGs composited on white; masks = alpha. Inputs bilinearly resized (no antialias,
   no align-corners) to ``input_size``, supervision images and masks to ``output_size``;

@@ -2,8 +2,8 @@
 
 For every object: the 4 input views are ring views ``k, k + ring/4, k + ring/2, k + 3ring/4`` (k = 0:
 azimuths a, a+90, a+180, a+270 at elevation 0, exactly how the model is used at inference), their poses
-canonicalised so view k is LGM's front camera (lgm_spec §7.5). The predicted Gaussians are rendered on
-white at the model's ``output_size`` from every *other* view and compared with the ground truth
+canonicalised so view k is LGM's front camera (docs/conventions.md#canonical-frame). The predicted
+Gaussians are rendered on white at the model's ``output_size`` from every *other* view and compared with the ground truth
 composited on white (bilinear, antialiased resize when the dataset size differs). Views are grouped by
 elevation (rounded to whole degrees), plus "inputs" (the 4 input poses) and "novel" (all other views).
 
@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from ..cameras import Cameras, canonicalize_cameras
+from ..pipelines import views_to_gaussians
+from ..views import Views
 from . import layout
 from .metrics import psnr, ssim
 
@@ -97,7 +99,7 @@ def evaluate_objects(
         order = inputs + [v for v in range(obj.num_views) if v not in inputs]
         canon = canonicalize_cameras(poses[order], radius=cfg.cam_radius)
         images = torch.stack([load_view(obj_dir, v, cfg.input_size)[0] for v in inputs])
-        gaussians = model.reconstruct(images[None], cameras=canon[:4].to(model.device))
+        gaussians = views_to_gaussians(model, Views(images[None], canon[:4].to(model.device)))
         cams = Cameras(canon.to(gaussians.device), fovy, out_size, out_size)
         pred = render(gaussians, cams).image[0].permute(0, 3, 1, 2).float().cpu()
         scores = ObjectScores(obj.id, order, [], [], [])

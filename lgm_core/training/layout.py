@@ -7,8 +7,8 @@
       <object id>/rgb/000.png       RGBA, 8 bit, size x size, straight (not premultiplied) alpha
       <object id>/pose/000.txt      16 numbers: camera-to-world 4x4, row-major, in the *stored* convention
 
-Stored pose convention (lgm_spec §7.6, as the original loader reads Objaverse renders): the world is
-Blender's (z up) and the camera is OpenCV's (x right, y down, looks along +z). The loader turns it
+Stored pose convention (docs/conventions.md#training-data-frames, as the original loader reads
+Objaverse renders): the world is Blender's (z up) and the camera is OpenCV's (x right, y down, looks along +z). The loader turns it
 into the LGM frame (OpenGL world, +y up; OpenGL camera, looks along -z) with
 :func:`stored_to_opengl`; :func:`opengl_to_stored` is the exact inverse (used when writing renders).
 Translations are in world units; the original's renders sit at radius 1.5 around objects that fit in
@@ -32,7 +32,7 @@ MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "lgm-multiview-dataset"
 FORMAT_VERSION = 1
 
-# world (x, y, z)_blender -> (x, z, -y)_opengl, applied to the rows of a pose (lgm_spec §7.6)
+# world (x, y, z)_blender -> (x, z, -y)_opengl, applied to the rows of a pose (docs/conventions.md#training-data-frames)
 _BLENDER_TO_OPENGL = torch.tensor([[1.0, 0.0, 0.0, 0.0],
                                    [0.0, 0.0, 1.0, 0.0],
                                    [0.0, -1.0, 0.0, 0.0],
@@ -91,7 +91,7 @@ def write_object_views(dataset_dir: Union[str, os.PathLike], object_id: str, rgb
     in the stored convention, view ids from ``first_view``. Each file is written atomically.
     Returns the object's folder. Shared by ``prepare-data`` and the synthetic test datasets."""
     from ..fileio import atomic_path
-    from ..video import write_image
+    from ..image_io import write_image
 
     obj = Path(dataset_dir) / object_id
     (obj / "rgb").mkdir(parents=True, exist_ok=True)

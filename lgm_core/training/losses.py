@@ -1,4 +1,4 @@
-"""The training loss (lgm_spec §11): MSE(rgb on white) + MSE(alpha) + λ·LPIPS-VGG.
+"""The training loss (docs/conventions.md#training): MSE(rgb on white) + MSE(alpha) + λ·LPIPS-VGG.
 
 LPIPS (Zhang et al. 2018, "lin" v0.1 on VGG-16) is implemented here (no torchvision needed) and
 loaded from weights on disk only; nothing is downloaded:

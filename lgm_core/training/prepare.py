@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from ..cameras import LGM_FOVY, LGM_RADIUS, Cameras, orbit_cameras
-from ..video import write_image
+from ..image_io import write_image
+from ..runtime import default_device
 from . import layout
 
 log = logging.getLogger("lgm_core.training.prepare")
@@ -378,7 +379,7 @@ def prepare_dataset(
     plan = plan or ViewPlan()
     if size < 8:
         raise ValueError(f"--size must be at least 8 pixels, got {size}")
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device) if device is not None else default_device()
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     old = layout.find_manifest(out)

@@ -1,42 +1,22 @@
 """Differentiable rendering of predicted Gaussians into per-sample supervision cameras.
 
-Backends: gsplat on CUDA (its kernels have a backward), else the autograd rasterizer of
-:mod:`lgm_core.render.autograd_backend` (any device; meant for small renders). Both follow the
-original rasterizer's semantics (lgm_spec §6.3): OpenCV world-to-camera from the OpenGL poses,
+Backends (the render contract of :mod:`lgm_core.render.common`): gsplat on CUDA (its kernels have
+a backward), else the autograd rasterizer of :mod:`lgm_core.render.autograd_backend` (any device;
+meant for small renders). Both follow the original rasterizer's semantics
+(docs/conventions.md#rasterizer-semantics): OpenCV world-to-camera from the OpenGL poses,
 K = [[f, 0, S/2], [0, f, S/2], [0, 0, 1]], near culling at 0.2, eps2d 0.3, colours passed
 directly, white background; the image is clamped to [0, 1] as the original's training renders.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..cameras import NEAR_CULL
-from ..render import gsplat_backend, resolve_backend
-from ..render import autograd_backend
-from ..render.common import covariance_3d, project
+from ..geometry import intrinsics, world_to_camera
+from ..render import BACKEND_MODULES, SplatInputs, resolve_backend
 
 TRAIN_BACKENDS = ("auto", "gsplat", "torch")
-
-
-def viewmats_from_c2w(c2w: torch.Tensor) -> torch.Tensor:
-    """OpenGL camera-to-world [..., 4, 4] -> OpenCV world-to-camera [..., 4, 4] on the same device
-    (rigid inverse, no host round trip)."""
-    R = c2w[..., :3, :3] * torch.tensor([1.0, -1.0, -1.0], device=c2w.device, dtype=c2w.dtype)
-    Rt = R.transpose(-1, -2)
-    out = torch.zeros_like(c2w)
-    out[..., :3, :3] = Rt
-    out[..., :3, 3] = -(Rt @ c2w[..., :3, 3:4])[..., 0]
-    out[..., 3, 3] = 1.0
-    return out
-
-
-def intrinsics(size: int, fovy: float, views: int, device) -> torch.Tensor:
-    f = size * 0.5 / math.tan(0.5 * math.radians(fovy))
-    K = torch.tensor([[f, 0.0, size * 0.5], [0.0, f, size * 0.5], [0.0, 0.0, 1.0]], device=device)
-    return K.expand(views, 3, 3).contiguous()
 
 
 def choose_backend(name: str, device) -> str:
@@ -61,22 +41,16 @@ def render_views(gaussians: torch.Tensor, c2w: torch.Tensor, size: int, fovy: fl
 def _render_views(gaussians, c2w, size, fovy, backend, background):
     B, V = c2w.shape[:2]
     g = gaussians.float()
-    means, opac, scales, quats, rgb = g[..., 0:3], g[..., 3], g[..., 4:7], g[..., 7:11], g[..., 11:14]
-    viewmats = viewmats_from_c2w(c2w.float())
-    Ks = intrinsics(size, fovy, V, g.device)
+    inputs = SplatInputs(means=g[..., 0:3], quats=g[..., 7:11], scales=g[..., 4:7], opacities=g[..., 3],
+                         colors=g[..., 11:14], normalized=True)
+    viewmats = world_to_camera(c2w.float())
+    Ks = intrinsics(size, size, fovy, V, g.device)
+    bg = torch.full((V, 3), float(background), device=g.device)
+    backend_module = BACKEND_MODULES["gsplat" if backend == "gsplat" else "autograd"]
     images, alphas = [], []
     for b in range(B):
-        if backend == "gsplat":
-            bg = torch.full((V, 3), float(background), device=g.device)
-            col, acc, _ = gsplat_backend.rasterize_views(means[b], opac[b], rgb[b], viewmats[b], Ks, size, size,
-                                                         near=NEAR_CULL, quats=quats[b], scales=scales[b],
-                                                         backgrounds=bg)
-        else:
-            covs = covariance_3d(scales[b], quats[b], normalized=True)
-            proj = project(means[b], covs, viewmats[b], Ks, size, size, near=NEAR_CULL)
-            accum, acc = autograd_backend.rasterize(proj.means2d, proj.conics, proj.depths, proj.radii, opac[b],
-                                                    rgb[b], size, size)
-            col = accum + (1.0 - acc) * float(background)
-        images.append(col.clamp(0.0, 1.0).permute(0, 3, 1, 2))
-        alphas.append(acc.permute(0, 3, 1, 2))
+        out = backend_module.render_views(inputs, b, viewmats[b], Ks, size, size, near=NEAR_CULL, backgrounds=bg,
+                                          depth=False)
+        images.append(out.image.clamp(0.0, 1.0).permute(0, 3, 1, 2))
+        alphas.append(out.alpha.permute(0, 3, 1, 2))
     return torch.stack(images), torch.stack(alphas)

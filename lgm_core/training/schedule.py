@@ -1,7 +1,7 @@
 """Learning-rate schedules, planned in optimiser steps (so they are right for any number of processes).
 
 ``onecycle`` is the original's ``OneCycleLR`` (cosine; lr from lr/25 up to lr over the warm-up, then
-down to lr/25/1e4; AdamW's beta1 cycled 0.95 -> 0.85 -> 0.95 — lgm_spec §11). The original
+down to lr/25/1e4; AdamW's beta1 cycled 0.95 -> 0.85 -> 0.95 — docs/conventions.md#training). The original
 planned its 3000 warm-up steps in *scheduler* steps, which accelerate advanced once per process per
 optimiser step, i.e. 3000/G optimiser steps on G GPUs; here ``warmup_steps`` always counts
 optimiser steps. ``cosine``: linear warm-up from 0 then cosine to 0 (betas untouched). ``constant``.

@@ -17,6 +17,7 @@ import torch
 
 from ..cameras import LGM_FOVY, LGM_RADIUS, Cameras, orbit_cameras
 from ..gaussians import Gaussians
+from ..runtime import default_device
 from .layout import DatasetManifest, ObjectEntry, ViewInfo, write_object_views
 
 
@@ -57,7 +58,7 @@ def make_synthetic_dataset(root: Union[str, os.PathLike], num_objects: int = 4, 
     manifest. About a second per object at 64 px on a CPU."""
     from ..render import render
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device) if device else default_device()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     c2w, views = dataset_cameras(ring, extra_elevations)

@@ -1,4 +1,4 @@
-"""The LGM trainer (lgm_spec §11) on accelerate: one CPU, one GPU, or many GPUs/hosts unchanged.
+"""The LGM trainer (docs/conventions.md#training) on accelerate: one CPU, one GPU, or many GPUs/hosts unchanged.
 
 One optimiser step = ``gradient_accumulation_steps`` micro-steps of ``batch_size`` samples per
 process: inputs (4 views, ImageNet-normalised, Plücker rays of the possibly jittered poses,
@@ -35,6 +35,7 @@ import torch
 
 from ..cameras import plucker_rays_batched
 from ..models.lgm import IMAGENET_MEAN, IMAGENET_STD, LGM
+from ..runtime import default_device
 from . import checkpoint as ckpt
 from .config import RunConfig
 from .dataset import MultiViewDataset, SampleStream, collate, load_objects, split_objects
@@ -129,7 +130,7 @@ class Trainer:
         cfg = self.run.train
         self.out = Path(opts.output)
         mp = cfg.mixed_precision
-        use_cuda = torch.cuda.is_available() and not opts.cpu
+        use_cuda = default_device().type == "cuda" and not opts.cpu
         if mp == "auto":
             mp = "bf16" if use_cuda and torch.cuda.is_bf16_supported() else "no"
         log_with = None
@@ -293,7 +294,7 @@ class Trainer:
         return path
 
     def preview(self, batch, images, tag: str) -> None:
-        from ..video import write_image
+        from ..image_io import write_image
 
         s = self.run.model.output_size
         inputs = torch.nn.functional.interpolate(batch["input_images"][0].float(), size=(s, s), mode="bilinear",

@@ -1,5 +1,7 @@
 """Tiny random stand-in models under the real file and folder names, for tests and CI.
 
+This package is for tests, benchmarks and smoke runs only: nothing in the library imports it.
+
 Pretrained weights cannot be downloaded in tests, so the real loading code (``load_lgm``, the
 multi-view pipeline loader, ComfyUI's model folders) is exercised on small random models that are
 laid out exactly like the official downloads::
@@ -20,6 +22,8 @@ from typing import Dict, Union
 
 import torch
 
+from .pipelines import TINY_UNET_CONFIG, TOKENIZER_DIR, make_tiny_pipeline_folder
+
 LGM_FILENAME = "model_fp16_fixrot.safetensors"
 MVDREAM_FOLDER = "mvdream-sd2.1-diffusers"
 IMAGEDREAM_FOLDER = "imagedream-ipmv-diffusers"
@@ -30,7 +34,7 @@ def tiny_lgm_config():
 
     Output: 4 views x 64 x 64 splat pixels = 16,384 Gaussians per object.
     """
-    from .models.lgm import LGMConfig
+    from ..models.lgm import LGMConfig
 
     return LGMConfig(
         down_channels=(32, 32, 32, 32, 32),
@@ -44,8 +48,8 @@ def tiny_lgm_config():
 
 def make_standin_lgm(path: Union[str, os.PathLike], seed: int = 0, dtype: torch.dtype = torch.float16) -> Path:
     """Write a tiny random LGM checkpoint (fp16 like the official file) to ``path``."""
-    from .models.lgm import LGM
-    from .weights import save_lgm
+    from ..models.lgm import LGM
+    from ..weights import save_lgm
 
     gen_state = torch.random.get_rng_state()
     try:
@@ -64,8 +68,6 @@ def make_standin_models(models_dir: Union[str, os.PathLike], overwrite: bool = F
     Existing files/folders are kept unless ``overwrite``. Returns {"lgm", "mvdream", "imagedream"}
     -> path. Takes a few seconds on a CPU.
     """
-    from .mvdiffusion.testing import make_tiny_pipeline_folder
-
     models_dir = Path(models_dir)
     out = {
         "lgm": models_dir / "lgm" / LGM_FILENAME,
@@ -82,5 +84,5 @@ def make_standin_models(models_dir: Union[str, os.PathLike], overwrite: bool = F
     return out
 
 
-__all__ = ["make_standin_models", "make_standin_lgm", "tiny_lgm_config",
-           "LGM_FILENAME", "MVDREAM_FOLDER", "IMAGEDREAM_FOLDER"]
+__all__ = ["make_standin_models", "make_standin_lgm", "tiny_lgm_config", "make_tiny_pipeline_folder",
+           "TINY_UNET_CONFIG", "TOKENIZER_DIR", "LGM_FILENAME", "MVDREAM_FOLDER", "IMAGEDREAM_FOLDER"]

@@ -4,7 +4,8 @@
 tokenizer, scheduler and, for ImageDream, image_encoder + feature_extractor) with random weights.
 It loads with :meth:`MultiViewPipeline.from_pretrained` like the real repos and produces noise-like
 views in a fraction of a second on a CPU. The tokenizer files are the real SD2.1 CLIP tokenizer files,
-copied from ``shared/spec/mvdream_configs`` (pass ``tokenizer_dir`` if that folder is elsewhere).
+vendored in ``lgm_core/testing/clip_tokenizer`` (with their licence), so an installed wheel can build
+stand-ins too.
 
 The folder deliberately exercises the loader's compatibility paths: the text encoder is saved as an
 ``.fp16`` variant with transformers-4 style ``text_model.``-prefixed keys, the image encoder with the
@@ -23,7 +24,10 @@ from typing import Optional, Union
 import torch
 from safetensors.torch import save_file
 
-__all__ = ["make_tiny_pipeline_folder", "TINY_UNET_CONFIG", "find_tokenizer_dir"]
+__all__ = ["make_tiny_pipeline_folder", "TINY_UNET_CONFIG", "TOKENIZER_DIR"]
+
+TOKENIZER_DIR = Path(__file__).resolve().parent / "clip_tokenizer"
+"""The vendored SD2.1 / CLIP tokenizer files (see its LICENSE)."""
 
 TINY_UNET_CONFIG = {
     "_class_name": "MultiViewUNetModel",
@@ -57,20 +61,6 @@ _FEATURE_EXTRACTOR = {
 }
 
 
-def find_tokenizer_dir() -> Path:
-    """The real CLIP tokenizer files: ``$LGM_SHARED_DIR`` or ``<repo>/../shared``, under
-    ``spec/mvdream_configs/imagedream-ipmv-diffusers/tokenizer``."""
-    roots = []
-    if os.environ.get("LGM_SHARED_DIR"):
-        roots.append(Path(os.environ["LGM_SHARED_DIR"]))
-    roots.append(Path(__file__).resolve().parents[2].parent / "shared")
-    for root in roots:
-        cand = root / "spec" / "mvdream_configs" / "imagedream-ipmv-diffusers" / "tokenizer"
-        if all((cand / f).is_file() for f in _TOKENIZER_FILES[:2]):
-            return cand
-    raise FileNotFoundError("CLIP tokenizer files not found (set LGM_SHARED_DIR or pass tokenizer_dir)")
-
-
 def _write_json(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
@@ -91,13 +81,13 @@ def make_tiny_pipeline_folder(path: Union[str, os.PathLike], kind: str = "mvdrea
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
 
-    from .unet import MultiViewUNet
+    from ..mvdiffusion.unet import MultiViewUNet
 
     if kind not in ("mvdream", "imagedream"):
         raise ValueError(f"kind must be 'mvdream' or 'imagedream', got {kind!r}")
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tok_src = Path(tokenizer_dir) if tokenizer_dir is not None else find_tokenizer_dir()
+    tok_src = Path(tokenizer_dir) if tokenizer_dir is not None else TOKENIZER_DIR
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=str(target.parent)))
     try:
         torch.manual_seed(seed)

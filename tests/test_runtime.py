@@ -1,0 +1,95 @@
+"""The runtime policy: defaults, and the CUDA-graph runner's bookkeeping exercised on the CPU with a
+stand-in capture (static buffers, one capture per signature, re-capture when the weights move, eager
+fallback). The real CUDA capture is checked against eager in test_lgm_gpu / test_mvdiffusion_gpu."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from lgm_core import runtime
+from lgm_core.runtime import CUDAGraphRunner, _Graph
+
+
+class CPUGraphRunner(CUDAGraphRunner):
+    """Graphs CPU inputs: a "capture" records ``fn`` over the static buffers, a replay re-runs it into
+    the static output — so reading anything but the static buffers would give wrong results."""
+
+    device_types = ("cpu",)
+    fail = False
+
+    def _capture(self, static):
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        self.captures = getattr(self, "captures", 0) + 1
+        output = self.fn(*static)
+        return _Graph(static, lambda: output.copy_(self.fn(*static)), output)
+
+
+def test_defaults_follow_one_policy():
+    device, dtype = runtime.resolve_device_dtype()
+    assert device == runtime.default_device()
+    assert dtype == (torch.float16 if device.type == "cuda" else torch.float32)
+    assert runtime.default_dtype("cuda") == torch.float16 and runtime.default_dtype("cpu") == torch.float32
+    assert runtime.resolve_device_dtype("cpu", torch.bfloat16) == (torch.device("cpu"), torch.bfloat16)
+
+
+def test_runner_replays_with_fresh_inputs_and_outputs():
+    layer = torch.nn.Linear(3, 2)
+    runner = CPUGraphRunner(lambda x, bias: layer(x) + (0 if bias is None else bias), weights=layer)
+    with torch.no_grad():
+        a, b = torch.rand(4, 3), torch.rand(4, 3)
+        out_a = runner(a, None)
+        out_b = runner(b, None)
+        torch.testing.assert_close(out_b, layer(b))  # the new input was copied into the static buffer
+        torch.testing.assert_close(out_a, layer(a))  # and the earlier result was not overwritten
+        assert runner.captures == 1 and len(runner.graphs) == 1
+        runner(torch.rand(2, 3), None)  # another shape: its own graph
+        runner(a, torch.ones(2))
+        assert runner.captures == 3 and len(runner.graphs) == 3
+
+
+def test_runner_captures_again_when_the_weights_move():
+    layer = torch.nn.Linear(3, 2)
+    runner = CPUGraphRunner(layer, weights=layer)
+    x = torch.rand(4, 3)
+    with torch.no_grad():
+        runner(x)
+        layer.weight.data = layer.weight.data * 2  # new storage, as .to() / offloading gives
+        torch.testing.assert_close(runner(x), layer(x))
+    assert runner.captures == 2 and len(runner.graphs) == 1
+
+
+def test_runner_runs_eagerly_with_autograd_when_disabled_and_after_a_failed_capture(caplog):
+    layer = torch.nn.Linear(3, 2)
+    runner = CPUGraphRunner(layer, weights=layer)
+    x = torch.rand(4, 3)
+    y = runner(x)  # autograd recording: eager, differentiable
+    assert y.requires_grad and not runner.graphs
+    runner.enabled = False
+    with torch.no_grad():
+        runner(x)
+    assert not runner.graphs
+    runner.enabled, runner.fail = True, True
+    with caplog.at_level(logging.WARNING, logger="lgm_core"), torch.no_grad():
+        torch.testing.assert_close(runner(x), layer(x))
+        runner(x)
+    assert runner.failed and not runner.graphs
+    assert sum("capture" in r.message for r in caplog.records) == 1  # logged once
+    cuda_runner = CUDAGraphRunner(layer, weights=layer)  # the real runner: CPU inputs never captured
+    with torch.no_grad():
+        torch.testing.assert_close(cuda_runner(x), layer(x))
+    assert not cuda_runner.graphs
+
+
+def test_lgm_graph_path_is_inert_on_cpu():
+    from lgm_core.models.lgm import LGM
+    from lgm_core.testing import tiny_lgm_config
+
+    model = LGM(tiny_lgm_config()).eval()
+    assert model.optimize_for_inference() is model and model._graph_runner is not None
+    x = torch.rand(1, 4, 9, 256, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_gaussians(x), model._forward_gaussians(x))
+    assert not model._graph_runner.graphs
