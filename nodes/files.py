@@ -187,7 +187,7 @@ def example_view_sets() -> dict[str, str]:
     """The example view sets bundled with the pack: ``{name: folder}`` for every sub-folder of the pack's
     ``examples/`` holding the 4 views ``view_000/090/180/270.png`` (read in place: nothing is copied into
     ComfyUI's input folder)."""
-    from lgm_core.demo import EXAMPLE_DIR, VIEW_FILES
+    from lgm_core.demo_assets import EXAMPLE_DIR, VIEW_FILES
 
     root = EXAMPLE_DIR.parent
     found = {}

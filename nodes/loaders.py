@@ -54,7 +54,7 @@ class LGMModelLoader(io.ComfyNode):
         from lgm_core.weights import load_lgm
 
         if ckpt_name == LGM_DEMO:
-            from lgm_core.demo import demo_weights_path
+            from lgm_core.demo_assets import demo_weights_path
 
             path = str(demo_weights_path())
         else:
