@@ -31,9 +31,10 @@ from lgm_core.models.lgm import LGM  # noqa: E402
 from lgm_core.models.unet import GroupNorm32  # noqa: E402
 
 
-def build(preset: str, device: str, dtype: torch.dtype) -> LGM:
+def build(preset, device: str, dtype: torch.dtype) -> LGM:
+    """Random-weight LGM of a preset name or an ``LGMConfig`` (the same weights in every process)."""
     with torch.device("meta"):
-        model = LGM.from_preset(preset)
+        model = LGM(preset)
     model = model.to(dtype=torch.float32).to_empty(device=device)
     gen = torch.Generator(device="cpu").manual_seed(0)
     with torch.no_grad():
@@ -46,7 +47,8 @@ def build(preset: str, device: str, dtype: torch.dtype) -> LGM:
     return model.to(dtype).eval().requires_grad_(False)
 
 
-def timed(fn, iters: int, warmup: int, device: str):
+def timed(fn, iters: int, warmup: int, device: str, base_bytes: int = 0):
+    """(median ms, peak GB allocated above ``base_bytes`` during the timed calls (NaN on CPU), last output)."""
     for _ in range(warmup):
         fn()
     if device == "cuda":
@@ -60,7 +62,7 @@ def timed(fn, iters: int, warmup: int, device: str):
             end.record()
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end))
-        peak = torch.cuda.max_memory_allocated() / 2**30
+        peak = (torch.cuda.max_memory_allocated() - base_bytes) / 2**30
     else:
         times = []
         for _ in range(iters):

@@ -682,7 +682,7 @@ def counter():
     return len(stems) == 1, str(ui["splats"])
 case("ply+splat share one counter", counter)
 import importlib
-api = next(m for n, m in sys.modules.items() if n.endswith("nodes.comfy_api") and hasattr(m, "diffusers_model_names"))
+api = next(m for n, m in sys.modules.items() if n.endswith("nodes.files") and hasattr(m, "diffusers_model_names"))
 root = folder_paths.get_folder_paths("diffusers")[0]
 os.symlink(root, os.path.join(root, "loop"))
 def loop():

@@ -153,13 +153,16 @@ def _capturing() -> bool:
 # ------------------------------------------------------------------------------------- compilation
 class CompiledOrEager:
     """``torch.compile(fn)`` that falls back to ``fn`` for good (one log line) if compilation or
-    the compiled call fails — e.g. no Triton / C compiler on the user's machine."""
+    the compiled call fails — e.g. no Triton / C compiler on the user's machine. ``compiler``: how to
+    compile (default ``torch.compile``; e.g. ``lambda f: compile_cache.PersistentCompile(f, ...)`` to
+    compile once per machine instead of once per process)."""
 
-    def __init__(self, fn: Callable, **compile_kwargs):
+    def __init__(self, fn: Callable, *, compiler: Optional[Callable[[Callable], Callable]] = None,
+                 **compile_kwargs):
         self.eager = fn
         self.ok = True
         try:
-            self.compiled = torch.compile(fn, **compile_kwargs)
+            self.compiled = compiler(fn) if compiler is not None else torch.compile(fn, **compile_kwargs)
         except Exception as exc:  # pragma: no cover - depends on the platform
             log.warning("torch.compile unavailable (%s); running eagerly", exc)
             self.ok = False

@@ -34,6 +34,7 @@ NODE_REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "LGMTextToMultiView": ("diffusers", "transformers", "pillow"),
     "LGMImageToMultiView": ("diffusers", "transformers", "pillow"),
     "LGMPrepareImage": (),
+    "LGMExampleViews": ("pillow",),
     "LGMReconstruct": (),
     "LGMOrbitCameras": (),
     "LGMRenderSplat": (),

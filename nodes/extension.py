@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from . import comfy_api as api
+from . import comfy_api as api, devices, files
 from . import dependencies
+from .examples import LGMExampleViews
 from .loaders import LGMModelLoader, LGMMultiViewLoader
 from .mesh import LGMSaveMesh, LGMSplatToMesh
 from .multiview import LGMImageToMultiView, LGMPrepareImage, LGMTextToMultiView
@@ -13,7 +14,7 @@ from .splat_files import LGMLoadSplat, LGMSaveSplat
 
 NODES = [
     LGMModelLoader, LGMMultiViewLoader,
-    LGMTextToMultiView, LGMImageToMultiView, LGMPrepareImage,
+    LGMTextToMultiView, LGMImageToMultiView, LGMPrepareImage, LGMExampleViews,
     LGMReconstruct,
     LGMOrbitCameras, LGMRenderSplat,
     LGMSaveSplat, LGMLoadSplat,
@@ -27,8 +28,8 @@ for _node in NODES:
 class LGMExtension(api.ComfyExtension):
     def __init__(self):
         # ComfyUI 0.3.x never awaits on_load, so start-up work happens here (once, at load time)
-        api.register_model_folders()
-        api.log_accelerators()
+        files.register_model_folders()
+        devices.log_accelerators()
         deps = dependencies.report()
         if not deps.ok:  # the nodes still load (workflows open); each affected node fails with this message
             api.log.error(deps.message())

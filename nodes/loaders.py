@@ -6,12 +6,14 @@ import os
 
 from lgm_core import hub
 
-from . import comfy_api as api
+from . import comfy_api as api, devices, files
 from .comfy_api import io
 from .model_management import ManagedModel
 from .types import CATEGORY, PRECISIONS, LGMModel, MultiViewPipelineType, check_choice, first_error
 
 LGM_OFFICIAL = hub.LGM_WEIGHTS.filename
+LGM_DEMO = "demo (bundled, lgm_demo.safetensors)"
+"""The small LGM shipped inside the pack (lgm_core/assets/demo), listed first: works offline, no copying."""
 MV_MODELS = {m.name: m for m in (hub.MVDREAM, hub.IMAGEDREAM)}
 """Official multi-view models by their folder name in models/diffusers (from lgm_core.hub's registry)."""
 
@@ -22,8 +24,7 @@ _DOWNLOAD_TIP = ("Download the official file from the Hugging Face hub into the 
 class LGMModelLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        names = api.lgm_checkpoint_names()
-        options = names + [n for n in [LGM_OFFICIAL] if n not in names]
+        options = _lgm_options()
         return io.Schema(
             node_id="LGMModelLoader",
             display_name="LGM Model Loader",
@@ -33,7 +34,8 @@ class LGMModelLoader(io.ComfyNode):
                         "ComfyUI's memory manager moves the model between devices.",
             inputs=[
                 io.Combo.Input("ckpt_name", options=options, default=LGM_OFFICIAL,
-                               tooltip="Checkpoint file in models/lgm. The official one is "
+                               tooltip="Checkpoint file in models/lgm, or the small demo model bundled with the pack "
+                                       "(offline, CPU-sized, for trying it out). The official one is "
                                        f"{LGM_OFFICIAL} from huggingface.co/{hub.LGM_WEIGHTS.repo_id}."),
                 io.Combo.Input("precision", options=PRECISIONS, default="auto",
                                tooltip="Weights dtype. auto: fp16 on GPUs that support it, fp32 on the CPU."),
@@ -44,24 +46,28 @@ class LGMModelLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, ckpt_name, precision):
-        names = api.lgm_checkpoint_names()
         return first_error(check_choice("precision", precision, PRECISIONS),
-                           check_choice("ckpt_name", ckpt_name, names + [n for n in [LGM_OFFICIAL] if n not in names]))
+                           check_choice("ckpt_name", ckpt_name, _lgm_options()))
 
     @classmethod
     def execute(cls, ckpt_name, precision, allow_download) -> io.NodeOutput:
         from lgm_core.weights import load_lgm
 
-        path = api.lgm_checkpoint_path(ckpt_name)  # contained in models/lgm, or UnsafePathError
+        if ckpt_name == LGM_DEMO:
+            from lgm_core.demo_assets import demo_weights_path
+
+            path = str(demo_weights_path())
+        else:
+            path = files.lgm_checkpoint_path(ckpt_name)  # contained in models/lgm, or UnsafePathError
         if path is None:
             if not allow_download or ckpt_name != LGM_OFFICIAL:
                 raise FileNotFoundError(
-                    f"{ckpt_name} is not in {api.lgm_folder()}. Download "
+                    f"{ckpt_name} is not in {files.lgm_folder()}. Download "
                     f"{hub.file_url(hub.LGM_WEIGHTS.repo_id, LGM_OFFICIAL)} there, or enable allow_download.")
-            api.log.info("downloading %s/%s into %s", hub.LGM_WEIGHTS.repo_id, LGM_OFFICIAL, api.lgm_folder())
+            api.log.info("downloading %s/%s into %s", hub.LGM_WEIGHTS.repo_id, LGM_OFFICIAL, files.lgm_folder())
             path = hub.fetch_file(hub.LGM_WEIGHTS.repo_id, LGM_OFFICIAL, what=hub.LGM_WEIGHTS.what,
-                                  local_dir=api.lgm_folder(), place_hint=api.lgm_folder())
-        dtype = api.pick_dtype(precision)
+                                  local_dir=files.lgm_folder(), place_hint=files.lgm_folder())
+        dtype = devices.pick_dtype(precision)
         # the CUDA-graph path by default (inert while ComfyUI keeps the model on the CPU)
         model = load_lgm(path, dtype=dtype, device="cpu").optimize_for_inference()
         managed = ManagedModel(model, dtype, kind="lgm", preset=model.preset or "custom",
@@ -69,10 +75,16 @@ class LGMModelLoader(io.ComfyNode):
         return io.NodeOutput(managed)
 
 
+def _lgm_options() -> list[str]:
+    """The bundled demo model first, then models/lgm's files, then the official file (downloadable)."""
+    names = files.lgm_checkpoint_names()
+    return [LGM_DEMO] + names + [n for n in [LGM_OFFICIAL] if n not in names]
+
+
 class LGMMultiViewLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        names = api.diffusers_model_names()
+        names = files.diffusers_model_names()
         options = names + [n for n in MV_MODELS if n not in names]
         return io.Schema(
             node_id="LGMMultiViewLoader",
@@ -94,7 +106,7 @@ class LGMMultiViewLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, model_name, precision):
-        names = api.diffusers_model_names()
+        names = files.diffusers_model_names()
         return first_error(check_choice("precision", precision, PRECISIONS),
                            check_choice("model_name", model_name, names + [n for n in MV_MODELS if n not in names]))
 
@@ -102,18 +114,18 @@ class LGMMultiViewLoader(io.ComfyNode):
     def execute(cls, model_name, precision, allow_download) -> io.NodeOutput:
         from lgm_core.mvdiffusion import MultiViewPipeline
 
-        path = api.diffusers_model_path(model_name)  # contained in models/diffusers, or UnsafePathError
+        path = files.diffusers_model_path(model_name)  # contained in models/diffusers, or UnsafePathError
         if path is None:
             official = MV_MODELS.get(model_name)
-            dest = os.path.join(api.diffusers_folder(), model_name)
+            dest = os.path.join(files.diffusers_folder(), model_name)
             if not allow_download or official is None:
                 hint = f"huggingface.co/{official.repo_id}" if official else "its diffusers-format repository"
-                raise FileNotFoundError(f"{model_name} is not in {api.diffusers_folder()}. Download {hint} into "
+                raise FileNotFoundError(f"{model_name} is not in {files.diffusers_folder()}. Download {hint} into "
                                         f"{dest}, or enable allow_download.")
             api.log.info("downloading %s into %s", official.repo_id, dest)
             path = hub.fetch_snapshot(official.repo_id, what=official.what, files=official.files, local_dir=dest,
                                       place_hint=dest)
-        dtype = api.pick_dtype(precision)
+        dtype = devices.pick_dtype(precision)
         pipe = MultiViewPipeline.from_pretrained(path, dtype=dtype, device="cpu")
         managed = ManagedModel(pipe, dtype, modules=pipe.torch_modules(),
                                kind="imagedream" if pipe.is_imagedream else "mvdream", name=model_name)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import torch
-
-from . import comfy_api as api
+from . import devices, files
+from .bridge import mesh_batch_size, mesh_from_core, mesh_to_core, splat_to_gaussians
 from .comfy_api import io
-from .types import CATEGORY, Splat, check_choice, first_error, splat_to_gaussians
+from .progress import Progress
+from .types import CATEGORY, Splat, check_choice, first_error
 
 MESH_FORMATS = ["glb", "obj", "ply"]
 
@@ -45,49 +45,12 @@ class LGMSplatToMesh(io.ComfyNode):
         gaussians = splat_to_gaussians(splat)
         if gaussians.batch_size > 1:
             gaussians = gaussians[0:1]
-        progress = api.Progress(100)
+        progress = Progress(100)
         mesh = extract_mesh(gaussians, resolution=int(resolution), target_faces=int(target_faces),
                             texture_size=int(texture_size), texture=bool(texture), level=float(level),
-                            device=api.torch_device(),
+                            device=devices.torch_device(),
                             progress=lambda _msg, frac: progress.update(int(round(100 * frac))))
-        return io.NodeOutput(_to_core_mesh(mesh))
-
-
-def _to_core_mesh(mesh):
-    """lgm_core Mesh (unbatched, CPU) -> core MESH with a batch axis of 1."""
-    extras = {k: getattr(mesh, k) for k in ("uvs", "vertex_colors", "texture", "normals")}
-    extras = {k: v[None] for k, v in extras.items() if v is not None}
-    return api.make_mesh(mesh.vertices[None], mesh.faces[None], **extras)
-
-
-def _from_core_mesh(mesh, i: int):
-    """Batch item ``i`` of a core MESH (ours or another node's) -> lgm_core Mesh."""
-    from lgm_core.mesh import Mesh
-
-    def item(name):
-        value = getattr(mesh, name, None)
-        if not torch.is_tensor(value):
-            return None
-        batched = value.dim() == (4 if name == "texture" else 3)
-        return value[i] if batched else value
-
-    vertices, faces = item("vertices"), item("faces")
-    if vertices is None or faces is None:
-        raise ValueError(f"expected a MESH with vertices and faces tensors, got {type(mesh).__name__}")
-    counts_v, counts_f = getattr(mesh, "vertex_counts", None), getattr(mesh, "face_counts", None)
-    if torch.is_tensor(counts_v):  # padded batches of newer cores
-        vertices = vertices[: int(counts_v[i])]
-    if torch.is_tensor(counts_f):
-        faces = faces[: int(counts_f[i])]
-    extras = {k: item(k) for k in ("uvs", "vertex_colors", "texture", "normals")}
-    n = vertices.shape[0]
-    for k in ("uvs", "vertex_colors", "normals"):
-        if extras[k] is not None and extras[k].shape[0] != n:
-            extras[k] = None
-    if extras["texture"] is not None and extras["uvs"] is None:
-        extras["texture"] = None
-    return Mesh(vertices=vertices.float().cpu(), faces=faces.long().cpu(),
-                **{k: (v.float().cpu() if v is not None else None) for k, v in extras.items()})
+        return io.NodeOutput(mesh_to_core(mesh))
 
 
 class LGMSaveMesh(io.ComfyNode):
@@ -120,11 +83,9 @@ class LGMSaveMesh(io.ComfyNode):
     @classmethod
     def execute(cls, mesh, filename_prefix, format) -> io.NodeOutput:
         records = []
-        vertices = getattr(mesh, "vertices", None)
-        batch = vertices.shape[0] if torch.is_tensor(vertices) and vertices.dim() == 3 else 1
-        for i in range(batch):
-            path, record = api.output_file_path(filename_prefix, format)
-            _from_core_mesh(mesh, i).export(path)
+        for i in range(mesh_batch_size(mesh)):
+            path, record = files.output_file_path(filename_prefix, format)
+            mesh_from_core(mesh, i).export(path)
             records.append(record)
         first = records[0]
         rel = "/".join(p for p in (first["subfolder"], first["filename"]) if p)

@@ -2,7 +2,7 @@
 
 A :class:`ManagedModel` is what travels on the ``LGM_MODEL`` and ``LGM_MV_PIPELINE`` sockets: the model
 object the nodes call (an ``lgm_core.LGM`` or an ``lgm_core.mvdiffusion.MultiViewPipeline``) plus a
-``comfy.model_patcher.ModelPatcher`` over its torch modules, so ComfyUI loads it on the compute device
+``model_patcher.ModelPatcher`` over its torch modules, so ComfyUI loads it on the compute device
 when a node needs it, evicts other models when VRAM is short, honours --lowvram/--novram/--cpu and may
 move it back to the offload device between uses.
 
@@ -18,11 +18,8 @@ from typing import Any
 
 import torch
 
-import comfy.model_management as model_management
-import comfy.model_patcher
-from comfy.patcher_extension import CallbacksMP
-
-from .comfy_api import torch_device
+from .comfy_api import CallbacksMP, model_management, model_patcher
+from .devices import torch_device
 
 __all__ = ["ManagedModel"]
 
@@ -51,7 +48,7 @@ class ManagedModel:
         self.model = model
         self.dtype = dtype
         self.info = dict(info)
-        self.patcher = comfy.model_patcher.ModelPatcher(
+        self.patcher = model_patcher.ModelPatcher(
             _Holder(modules), load_device=torch_device(), offload_device=model_management.unet_offload_device())
         release = getattr(model, "release_cuda_graphs", None)
         if release is not None:

@@ -6,8 +6,8 @@ import torch
 
 from lgm_core.pipelines import DEFAULT_NEGATIVE_PROMPT
 
-from . import comfy_api as api
 from .comfy_api import io
+from .progress import Progress
 from .types import CATEGORY, CamerasType, MultiViewPipelineType, views_to_image
 
 _VIEWS_TIP = ("The 4 generated views [4,256,256,3] in LGM order: front (azimuth 0), then the object turned by "
@@ -44,7 +44,7 @@ def _generate(managed, stage, **options):
     from lgm_core.views import to_lgm_order
 
     pipe = managed.get()
-    progress = api.Progress(options["steps"])
+    progress = Progress(options["steps"])
     nf = pipe.num_frames
 
     def on_step(step, total, latents):

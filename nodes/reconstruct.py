@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from . import comfy_api as api
+from . import devices
+from .bridge import gaussians_to_splat
 from .comfy_api import io
-from .types import CATEGORY, CamerasType, LGMModel, Splat, gaussians_to_splat, image_to_views
+from .progress import check_interrupted
+from .types import CATEGORY, CamerasType, LGMModel, Splat, image_to_views
 
 
 class LGMReconstruct(io.ComfyNode):
@@ -37,6 +39,6 @@ class LGMReconstruct(io.ComfyNode):
 
         lgm_views = image_to_views(views, cameras, float(elevation))  # validated once, with a clear message
         model = lgm_model.get()
-        api.check_interrupted()
+        check_interrupted()
         gaussians = views_to_gaussians(model, lgm_views.to(lgm_model.device))
-        return io.NodeOutput(gaussians_to_splat(gaussians.to(api.intermediate_device())))
+        return io.NodeOutput(gaussians_to_splat(gaussians.to(devices.intermediate_device())))

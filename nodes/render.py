@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from . import comfy_api as api
+from . import devices
+from .bridge import splat_to_gaussians
 from .comfy_api import io
-from .types import CATEGORY, CamerasType, Splat, check_choice, first_error, splat_to_gaussians
+from .progress import Progress, check_interrupted
+from .types import CATEGORY, CamerasType, Splat, check_choice, first_error
 
 
 DEPTH_MODES = ["normalized", "inverse", "metric"]
@@ -85,16 +87,16 @@ class LGMRenderSplat(io.ComfyNode):
     def execute(cls, splat, cameras, background, scale_modifier, depth_mode) -> io.NodeOutput:
         from lgm_core.render import render
 
-        device = api.torch_device()
+        device = devices.torch_device()
         gaussians = splat_to_gaussians(splat).to(device)
         cams = cameras.to(device)
         n = len(cams)
         chunk = max(1, min(n, 8))
-        progress = api.Progress(n)
+        progress = Progress(n)
         images, alphas, depths = [], [], []
         with torch.inference_mode():
             for start in range(0, n, chunk):
-                api.check_interrupted()
+                check_interrupted()
                 out = render(gaussians, cams[start:start + chunk], background=(float(background),) * 3,
                              scale_modifier=float(scale_modifier))
                 # [B,V,...] -> frames, batch-major
@@ -105,7 +107,7 @@ class LGMRenderSplat(io.ComfyNode):
             image = torch.cat(images)
             alpha = torch.cat(alphas)
             depth = _depth_image(torch.cat(depths), alpha, depth_mode)
-        out_dev = api.intermediate_device()
+        out_dev = devices.intermediate_device()
         return io.NodeOutput(image.to(out_dev), alpha.to(out_dev), depth.to(out_dev))
 
 

@@ -1,4 +1,9 @@
-"""Saving and loading Gaussian splats (.ply, the standard 3DGS layout, +y up LGM frame)."""
+"""Saving and loading Gaussian splats: .ply, .splat, .spz and .ksplat (``lgm_core.splat_io``).
+
+Every file holds the 3DGS frame (y down, z forward), as core's SPLAT and web viewers do, so a file
+saved here opens upright in core's File3DToSplat / PreviewGaussianSplat and in other splat viewers,
+and core's files load upright here (docs/comfyui.md, "Frame contract").
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,18 @@ import os
 
 from lgm_core.paths import split_annotated_name
 
-from . import comfy_api as api
+from . import files
+from .bridge import gaussians_to_splat, splat_to_gaussians
 from .comfy_api import io
-from .types import CATEGORY, Splat, check_choice, first_error, gaussians_to_splat, splat_to_gaussians
+from .types import CATEGORY, Splat, check_choice, first_error
 
-SPLAT_EXTENSIONS = (".ply",)
-SAVE_FORMATS = ["ply", "splat", "ply+splat"]
+SPLAT_EXTENSIONS = (".ply", ".splat", ".spz", ".ksplat")
+SAVE_FORMATS = ["ply", "splat", "spz", "ksplat", "ply+splat"]
+LOAD_FRAMES = ["auto", "3dgs", "lgm"]
+_FRAME_TIP = ("Frame of the file. auto: a .ply that states its frame in its header is read so; the original "
+              "LGM code's .ply (its exact layout, y-up) as lgm; everything else as 3dgs (y down, z forward: "
+              "core, web viewers, 3DGS trainers, this pack's files). Force 3dgs or lgm when a file looks upside "
+              "down.")
 
 
 class LGMSaveSplat(io.ComfyNode):
@@ -21,9 +32,10 @@ class LGMSaveSplat(io.ComfyNode):
             node_id="LGMSaveSplat",
             display_name="LGM Save Splat",
             category=CATEGORY,
-            description="Saves Gaussian splats (one file per batch item) in the output folder: standard 3DGS .ply "
-                        "(LGM frame, +y up, front +z, as the original LGM writes it) and/or compact .splat for web "
-                        "viewers (y-down 3DGS convention, DC colour). Gaussians below min_opacity are dropped.",
+            description="Saves Gaussian splats (one file per batch item) in the output folder, in the 3DGS frame "
+                        "(y down, z forward) that core and web splat viewers expect: standard 3DGS .ply (full SH; "
+                        "embeds the workflow), compact .splat, .spz (Niantic, ~10x smaller) or .ksplat (the DC colour "
+                        "only). Gaussians below min_opacity are dropped.",
             is_output_node=True,
             inputs=[
                 Splat.Input("splat", tooltip="Gaussians to save (from LGM or core nodes)."),
@@ -32,11 +44,13 @@ class LGMSaveSplat(io.ComfyNode):
                 io.Float.Input("min_opacity", default=0.005, min=0.0, max=1.0, step=0.001,
                                tooltip="Gaussians with a lower opacity are left out (0.005 as the original)."),
                 io.Combo.Input("format", options=SAVE_FORMATS, default="ply", optional=True,
-                               tooltip="ply: full 3DGS file (any 3DGS tool, LGM Load Splat); splat: 32 bytes per "
-                                       "Gaussian for web splat viewers; ply+splat: both."),
+                               tooltip="ply: full 3DGS file (any 3DGS tool; the workflow is embedded in its header); "
+                                       "splat: 32 bytes per Gaussian; spz: gzip-compressed, smallest; ksplat: "
+                                       "GaussianSplats3D; ply+splat: both, one counter."),
             ],
             outputs=[io.String.Output(display_name="file",
                                       tooltip="Path of the (first) file relative to the output folder.")],
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
         )
 
     @classmethod
@@ -45,16 +59,15 @@ class LGMSaveSplat(io.ComfyNode):
 
     @classmethod
     def execute(cls, splat, filename_prefix, min_opacity, format="ply") -> io.NodeOutput:
-        from lgm_core.ply import save_ply
-        from lgm_core.splat_formats import save_splat
+        from lgm_core.splat_io import save_splat_file
 
         gaussians = splat_to_gaussians(splat).to("cpu")
-        writers = {"ply": save_ply, "splat": save_splat}
+        metadata = files.workflow_metadata(getattr(cls, "hidden", None))
         records = []
         for i in range(gaussians.batch_size):
             exts = format.split("+")
-            for ext, (path, record) in zip(exts, api.output_file_paths(filename_prefix, exts)):  # one counter
-                writers[ext](gaussians, path, min_opacity=float(min_opacity), index=i)
+            for path, record in files.output_file_paths(filename_prefix, exts):  # one counter per item
+                save_splat_file(gaussians, path, min_opacity=float(min_opacity), index=i, metadata=metadata)
                 records.append(record)
         first = records[0]
         rel = "/".join(p for p in (first["subfolder"], first["filename"]) if p)
@@ -68,44 +81,48 @@ class LGMLoadSplat(io.ComfyNode):
             node_id="LGMLoadSplat",
             display_name="LGM Load Splat",
             category=CATEGORY,
-            description="Loads a 3D Gaussian splatting .ply file (from LGM or any standard 3DGS tool) from the input "
-                        "folder. Files are read as they are: 3DGS scenes from COLMAP pipelines are y-down.",
+            description="Loads a Gaussian splat file (.ply, .splat, .spz, .ksplat; from LGM, core's Save nodes or any "
+                        "3DGS tool) from the input folder, as a SPLAT in core's frame.",
             inputs=[
-                io.Combo.Input("ply_file", options=api.input_file_names(SPLAT_EXTENSIONS),
+                io.Combo.Input("ply_file", display_name="splat_file", options=files.input_file_names(SPLAT_EXTENSIONS),
                                upload=io.UploadType.model,
-                               tooltip="A .ply file in ComfyUI's input folder (upload one with the button)."),
+                               tooltip="A .ply/.splat/.spz/.ksplat file in ComfyUI's input folder (upload one with "
+                                       "the button)."),
+                io.Combo.Input("frame", options=LOAD_FRAMES, default="auto", optional=True, tooltip=_FRAME_TIP),
             ],
             outputs=[Splat.Output(display_name="splat", tooltip="The loaded Gaussians (batch of 1).")],
         )
 
     @classmethod
-    def execute(cls, ply_file) -> io.NodeOutput:
-        from lgm_core.ply import load_ply
+    def execute(cls, ply_file, frame="auto") -> io.NodeOutput:
+        from lgm_core.splat_io import load_splat_file
 
-        path = api.input_file_path(ply_file)  # contained in its folder, or UnsafePathError
+        path = files.input_file_path(ply_file)  # contained in its folder, or UnsafePathError
         if not os.path.isfile(path):
             raise FileNotFoundError(f"splat file not found: {ply_file} (looked in the input folder)")
-        return io.NodeOutput(gaussians_to_splat(load_ply(path)))
+        return io.NodeOutput(gaussians_to_splat(load_splat_file(path, frame=frame)))
 
     @classmethod
-    def fingerprint_inputs(cls, ply_file):
+    def fingerprint_inputs(cls, ply_file, frame="auto"):
         try:
-            path = api.input_file_path(ply_file)
+            path = files.input_file_path(ply_file)
         except ValueError:  # validate_inputs reports it; never stat a path outside the folders
             return ply_file
-        return os.path.getmtime(path) if os.path.isfile(path) else ply_file
+        return (os.path.getmtime(path) if os.path.isfile(path) else ply_file, frame)
 
     @classmethod
-    def validate_inputs(cls, ply_file):
+    def validate_inputs(cls, ply_file, frame="auto"):
         if not isinstance(ply_file, str):
-            return f"ply_file must be a file name, got {type(ply_file).__name__}"
+            return f"splat_file must be a file name, got {type(ply_file).__name__}"
+        if frame not in LOAD_FRAMES:
+            return check_choice("frame", frame, LOAD_FRAMES)
         base = split_annotated_name(ply_file)[0]
         if not base.lower().endswith(SPLAT_EXTENSIONS):
-            return f"not a .ply file: {ply_file}"
+            return f"not a splat file ({', '.join(SPLAT_EXTENSIONS)}): {ply_file}"
         try:
-            path = api.input_file_path(ply_file)
+            path = files.input_file_path(ply_file)
         except ValueError as exc:
-            return f"ply_file: {exc}"
+            return f"splat_file: {exc}"
         if not os.path.isfile(path):
             return f"splat file not found: {ply_file} (looked in the {split_annotated_name(ply_file)[1]} folder)"
         return True

@@ -6,7 +6,7 @@ Socket types:
 - ``LGM_CAMERAS``: an ``lgm_core.cameras.Cameras`` (OpenGL camera-to-world poses, LGM world frame:
   +y up, object front facing +z; elevation positive = camera above).
 - ``SPLAT``: core's SPLAT class when the running ComfyUI has one, else an equivalent object with the
-  same attributes (see ``comfy_api.SPLAT``). Any object with those attributes is accepted as input.
+  same attributes, in core's 3DGS frame (see ``bridge``, which converts it to and from ``Gaussians``).
 
 Image layouts: ComfyUI IMAGE is [B,H,W,3] float in [0,1]; LGM takes ``lgm_core.views.Views`` (4 views per
 object, channels-first, LGM order) — ``image_to_views`` / ``views_to_image`` convert.
@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from .comfy_api import SplatSocket, io, make_splat
+from .bridge import SplatSocket
+from .comfy_api import io
 
 LGMModel = io.Custom("LGM_MODEL")
 MultiViewPipelineType = io.Custom("LGM_MV_PIPELINE")
@@ -25,41 +26,6 @@ Splat = SplatSocket
 
 CATEGORY = "LGM"
 PRECISIONS = ["auto", "fp16", "bf16", "fp32"]
-
-_SPLAT_FIELDS = ("positions", "scales", "rotations", "opacities", "sh")
-
-
-def gaussians_to_splat(g):
-    """``lgm_core.Gaussians`` -> SPLAT object (no copy). Legacy-checkpoint Gaussians, whose quaternions
-    are intentionally not unit length, carry ``normalized_rotations=False`` as an extra attribute."""
-    splat = make_splat(g.positions, g.scales, g.rotations, g.opacities, g.sh, g.counts)
-    if not g.normalized_rotations:
-        splat.normalized_rotations = False
-    return splat
-
-
-def splat_to_gaussians(splat):
-    """Any SPLAT-like object (duck-typed by attributes: ours, core's, another pack's) -> Gaussians.
-
-    Tensors are accepted with or without the batch dimension ([N,3] becomes [1,N,3]).
-    """
-    from lgm_core.gaussians import Gaussians
-
-    if isinstance(splat, Gaussians):
-        return splat
-    missing = [f for f in _SPLAT_FIELDS if not torch.is_tensor(getattr(splat, f, None))]
-    if missing:
-        raise ValueError(f"expected a SPLAT (Gaussian splats) with tensor attributes {', '.join(_SPLAT_FIELDS)}; "
-                         f"got {type(splat).__name__} without {', '.join(missing)}")
-    values = {f: getattr(splat, f) for f in _SPLAT_FIELDS}
-    if values["positions"].dim() == 2:
-        values = {f: v[None] for f, v in values.items()}
-    if values["sh"].dim() == 3:  # [B,N,3] colours-as-DC without the K axis
-        values["sh"] = values["sh"][:, :, None, :]
-    counts = getattr(splat, "counts", None)
-    normalized = bool(getattr(splat, "normalized_rotations", True))
-    return Gaussians(counts=counts, normalized_rotations=normalized, **values)
-
 
 _VIEWS_HINTS = {
     "count": " The IMAGE is a batch of {n}: use a multi-view node, or batch 4 images with 'Batch Images'.",

@@ -24,7 +24,7 @@ const browser = await chromium.launch({
 });
 const results = {};
 try {
-  const context = await browser.newContext({ viewport: { width: 1600, height: 900 } });
+  const context = await browser.newContext({ viewport: { width: 1920, height: 1080 } });
   await context.route("**/*", (route) => {
     const u = new URL(route.request().url());
     if (["127.0.0.1", "localhost"].includes(u.hostname)) return route.continue();
@@ -73,10 +73,10 @@ try {
         const el = c.canvas;
         const w = el.clientWidth || el.width, h = el.clientHeight || el.height;
         // leave room for the side bar (left) and the top bar
-        const scale = Math.min((w - 110) / (x1 - x0), (h - 110) / (y1 - y0), 1.0);
+        const scale = Math.min((w - 110) / (x1 - x0), (h - 135) / (y1 - y0), 1.0);
         c.ds.scale = scale;
         c.ds.offset[0] = 85 / scale - x0;
-        c.ds.offset[1] = 75 / scale - y0;
+        c.ds.offset[1] = 100 / scale - y0;
         c.setDirty(true, true);
         c.draw(true, true);
       });

@@ -7,7 +7,11 @@ lay them out and saves what the frontend serialises as the UI-format files ``wor
 
 Input files the graphs reference (put them in ComfyUI's input folder, or pick your own in the UI):
 ``lgm_example_object.png`` (an RGBA object photo), ``lgm_view_0..3.png`` (your 4 views) and
-``lgm_example.ply`` (a 3DGS .ply).
+``lgm_example.ply`` (a 3DGS .ply). The ``lgm_demo_*`` graphs need nothing: they read the example views
+bundled with the pack (LGM Example Views) and the bundled demo model (LGM Model Loader's first entry).
+
+``CORES`` names the ComfyUI cores a graph needs (default: every tested core): the ``*_core3d`` graphs use
+core's 3D nodes (SplatToFile3D, PreviewGaussianSplat, SaveGLB, MeshToFile3D), which ComfyUI 0.3.75 lacks.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ from lgm_core.hub import LGM_WEIGHTS
 from lgm_core.pipelines import DEFAULT_NEGATIVE_PROMPT as NEGATIVE
 
 LGM_CKPT = LGM_WEIGHTS.filename
+LGM_DEMO = "demo (bundled, lgm_demo.safetensors)"
+"""LGM Model Loader's entry for the demo model bundled in the pack (nodes/loaders.py LGM_DEMO)."""
 
 
-def _lgm_loader():
+def _lgm_loader(ckpt: str = LGM_CKPT):
     return {"class_type": "LGMModelLoader",
-            "inputs": {"ckpt_name": LGM_CKPT, "precision": "auto", "allow_download": False}}
+            "inputs": {"ckpt_name": ckpt, "precision": "auto", "allow_download": False}}
 
 
 def _outputs(splat: list, first_id: int, prefix: str) -> dict:
@@ -99,7 +105,7 @@ def views_to_3d() -> dict:
 
 def ply_to_mesh() -> dict:
     return {
-        "1": {"class_type": "LGMLoadSplat", "inputs": {"ply_file": "lgm_example.ply"}},
+        "1": {"class_type": "LGMLoadSplat", "inputs": {"ply_file": "lgm_example.ply", "frame": "auto"}},
         "2": {"class_type": "LGMOrbitCameras",
               "inputs": {"num_frames": 4, "elevation": 10.0, "radius": 1.5, "fovy": 49.1, "width": 256,
                          "height": 256, "start_azimuth": 0.0}},
@@ -116,9 +122,81 @@ def ply_to_mesh() -> dict:
     }
 
 
+def demo_views_to_3d() -> dict:
+    """Runs out of the box: bundled example views -> bundled demo model -> splat, turntable, mesh."""
+    g = {
+        "1": {"class_type": "LGMExampleViews", "inputs": {"example": "demo"}},
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+        "3": _lgm_loader(LGM_DEMO),
+        "4": {"class_type": "LGMReconstruct", "inputs": {"lgm_model": ["3", 0], "views": ["1", 0], "elevation": 0.0}},
+    }
+    g.update(_outputs(["4", 0], 5, "demo"))
+    return g
+
+
+def _viewport_state() -> dict:
+    """The viewer state 0.33's frontend serialises for a fresh PreviewGaussianSplat (its default camera)."""
+    return {"image": "", "mask": "", "normal": "",
+            "camera_info": {"position": {"x": 10, "y": 10, "z": 10.000000000000002}, "target": {"x": 0, "y": 0, "z": 0},
+                            "zoom": 1, "cameraType": "perspective",
+                            "quaternion": {"x": -0.2798481423331213, "y": 0.3647051996310008, "z": 0.11591689595929511,
+                                           "w": 0.8804762392171493},
+                            "fov": 35, "aspect": 1, "near": 0.01, "far": 10000,
+                            "frustum": {"left": -5, "right": 5, "top": 5, "bottom": -5}},
+            "recording": "", "model_3d_info": []}
+
+
+def _core_3d_outputs(splat: list, first_id: int, prefix: str) -> dict:
+    """Core's 3D nodes on the pack's objects: the splat in core's splat viewer, the mesh saved by core's
+    SaveGLB and shown by Preview 3D, plus the pack's .ply (with the workflow in its header)."""
+    ids = [str(first_id + k) for k in range(6)]
+    return {
+        ids[0]: {"class_type": "SplatToFile3D", "inputs": {"splat": splat, "format": "spz"}},
+        ids[1]: {"class_type": "PreviewGaussianSplat",
+                 "inputs": {"model_3d": [ids[0], 0], "viewport_state": _viewport_state(), "width": 1024,
+                            "height": 1024}},
+        ids[2]: {"class_type": "LGMSplatToMesh",
+                 "inputs": {"splat": splat, "resolution": 128, "target_faces": 30000, "texture": True,
+                            "texture_size": 512, "level": 1.0}},
+        ids[3]: {"class_type": "SaveGLB",
+                 "inputs": {"mesh": [ids[2], 0], "filename_prefix": f"lgm/{prefix}_mesh", "image": ""}},
+        ids[4]: {"class_type": "MeshToFile3D", "inputs": {"mesh": [ids[2], 0]}},
+        ids[5]: {"class_type": "Preview3D", "inputs": {"model_file": [ids[4], 0], "image": ""}},
+    }
+
+
+def demo_core3d() -> dict:
+    """Out of the box, with core's 3D viewers (ComfyUI >= 0.33)."""
+    g = {
+        "1": {"class_type": "LGMExampleViews", "inputs": {"example": "demo"}},
+        "2": _lgm_loader(LGM_DEMO),
+        "3": {"class_type": "LGMReconstruct", "inputs": {"lgm_model": ["2", 0], "views": ["1", 0], "elevation": 0.0}},
+        "4": {"class_type": "LGMSaveSplat",
+              "inputs": {"splat": ["3", 0], "filename_prefix": "lgm/demo_core3d", "min_opacity": 0.005,
+                         "format": "ply"}},
+    }
+    g.update(_core_3d_outputs(["3", 0], 5, "demo_core3d"))
+    return g
+
+
+def image_to_3d_core3d() -> dict:
+    """Image -> 3D (official models) shown and saved by core's 3D nodes (ComfyUI >= 0.33)."""
+    g = {k: v for k, v in image_to_3d().items() if int(k) <= 6}
+    g.update(_core_3d_outputs(["6", 0], 7, "image_to_3d_core3d"))
+    return g
+
+
 WORKFLOWS = {
+    "lgm_demo_views_to_3d": demo_views_to_3d,
     "lgm_text_to_3d": text_to_3d,
     "lgm_image_to_3d": image_to_3d,
     "lgm_views_to_3d": views_to_3d,
     "lgm_ply_to_mesh": ply_to_mesh,
+    "lgm_demo_core3d": demo_core3d,
+    "lgm_image_to_3d_core3d": image_to_3d_core3d,
 }
+
+ALL_CORES = ("0.3.75", "0.33.0")
+CORES = {name: ALL_CORES for name in WORKFLOWS}
+CORES.update({"lgm_demo_core3d": ("0.33.0",), "lgm_image_to_3d_core3d": ("0.33.0",)})
+"""The ComfyUI cores each graph runs on (and whose frontend builds it: the oldest listed)."""

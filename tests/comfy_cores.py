@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,9 @@ DEFAULT_CORE = CORES[0]
 ENV_CORE = "LGM_COMFY_CORE"          # set in an inner session: the core it runs
 ENV_REPORT_FD = "LGM_COMFY_REPORT_FD"  # inner session: write end of the report pipe
 REPO_ROOT = Path(__file__).resolve().parents[1]
-COMFY_ROOT = Path(os.environ.get("LGM_COMFYUI_DIR", REPO_ROOT / ".comfyui")).resolve()
+if str(REPO_ROOT / "scripts") not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+from comfy_runner import COMFY_ROOT  # noqa: E402  (one definition: LGM_COMFYUI_DIR or .comfyui/)
 SETUP_HINT = "run `bash scripts/setup_comfyui.sh` (or `bash scripts/test.sh`) to build the ComfyUI test environments"
 
 

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.comfyui, pytest.mark.usefixtures("comfy_core")]  # onc
 LGM_NODES = [
     "LGMModelLoader", "LGMMultiViewLoader", "LGMTextToMultiView", "LGMImageToMultiView", "LGMPrepareImage",
     "LGMReconstruct", "LGMOrbitCameras", "LGMRenderSplat", "LGMSaveSplat", "LGMLoadSplat", "LGMSplatToMesh",
-    "LGMSaveMesh",
+    "LGMSaveMesh", "LGMExampleViews",
 ]
 
 
@@ -230,7 +230,7 @@ def test_only_the_adapter_imports_comfyui():
     pattern = re.compile(r"^\s*(from|import)\s+(comfy|comfy_api|comfy_extras|folder_paths|server|execution|"
                          r"latent_preview|nodes)\b", re.M)
     for path in (REPO_ROOT / "nodes").glob("*.py"):
-        if path.name in ("comfy_api.py", "model_management.py"):  # the adapter modules
+        if path.name == "comfy_api.py":  # the one ComfyUI import point
             continue
         assert not pattern.search(path.read_text()), f"{path.name} imports ComfyUI directly"
     for path in (REPO_ROOT / "lgm_core").rglob("*.py"):
@@ -238,6 +238,35 @@ def test_only_the_adapter_imports_comfyui():
     init = (REPO_ROOT / "__init__.py").read_text()
     assert "comfy_entrypoint" in init and "NODE_CLASS_MAPPINGS =" not in init
 
+
+def test_pack_loads_its_own_lgm_core_without_touching_sys_path(tmp_path):
+    """Importing the pack (as ComfyUI does: its folder as a package) makes ``lgm_core`` the pack's own
+    copy even when another ``lgm_core`` comes first on sys.path or was imported already, and leaves
+    sys.path as it was."""
+    import subprocess
+    import sys
+
+    decoy = tmp_path / "elsewhere" / "lgm_core"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text("DECOY = True\n")
+    (tmp_path / "custom_nodes").mkdir()
+    (tmp_path / "custom_nodes" / "comfyui-lgm").symlink_to(REPO_ROOT)
+    code = (
+        "import importlib.util, sys\n"
+        f"sys.path.insert(0, {str(decoy.parent)!r})\n"
+        "import lgm_core; assert getattr(lgm_core, 'DECOY', False)\n"  # another copy imported first
+        "before = list(sys.path)\n"
+        f"spec = importlib.util.spec_from_file_location('comfyui-lgm', {str(tmp_path / 'custom_nodes' / 'comfyui-lgm' / '__init__.py')!r})\n"
+        "pack = importlib.util.module_from_spec(spec); sys.modules['comfyui-lgm'] = pack; spec.loader.exec_module(pack)\n"
+        "import lgm_core, lgm_core.gaussians\n"
+        "assert sys.path == before, 'sys.path changed'\n"
+        "print(lgm_core.__file__, lgm_core.gaussians.__file__)\n")
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    init, gaussians = out.stdout.split()
+    assert Path(init).resolve() == (REPO_ROOT / "lgm_core" / "__init__.py").resolve()
+    assert Path(gaussians).resolve() == (REPO_ROOT / "lgm_core" / "gaussians.py").resolve()
+    assert "replacing the lgm_core imported from" in out.stderr
 
 def test_save_splat_formats_and_core_save_glb(harness):
     """.splat files round-trip; our MESH goes into core's SaveGLB unchanged."""

@@ -70,7 +70,7 @@ def test_load_splat_accepts_inside_and_annotated_names(harness, secret):
     assert node.validate_inputs("inside.ply") is True
     assert node.validate_inputs("made.ply [output]") is True  # ComfyUI's annotation for output files
     assert "not found" in node.validate_inputs("nope.ply")
-    assert "not a .ply" in node.validate_inputs("inside.png")
+    assert "not a splat file" in node.validate_inputs("inside.png")
     result = harness.run(_load_graph("made.ply [output]"))
     (record,) = result.files("2")
     from lgm_core.ply import load_ply
@@ -140,9 +140,9 @@ def _comfy_api():
     import sys
 
     for name, mod in sys.modules.items():
-        if name.endswith("nodes.comfy_api") and hasattr(mod, "diffusers_model_names"):
+        if name.endswith("nodes.files") and hasattr(mod, "diffusers_model_names"):
             return mod
-    raise RuntimeError("the pack's comfy_api module is not loaded")
+    raise RuntimeError("the pack's nodes.files module is not loaded")
 
 
 def test_symlink_loop_in_model_folders_does_not_hang(harness):

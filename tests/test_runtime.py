@@ -93,3 +93,22 @@ def test_lgm_graph_path_is_inert_on_cpu():
     with torch.no_grad():
         torch.testing.assert_close(model.forward_gaussians(x), model._forward_gaussians(x))
     assert not model._graph_runner.graphs
+
+
+def test_compiled_or_eager_uses_the_given_compiler_and_falls_back():
+    from lgm_core.runtime import CompiledOrEager
+
+    calls = []
+
+    def compiler(fn):
+        def compiled(x):
+            calls.append("compiled")
+            if x < 0:
+                raise RuntimeError("no Triton here")
+            return fn(x) + 100
+        return compiled
+
+    f = CompiledOrEager(lambda x: x * 2, compiler=compiler)
+    assert f(3) == 106 and calls == ["compiled"]
+    assert f(-1) == -2 and not f.ok      # compiled call failed: eager from now on
+    assert f(3) == 6 and calls == ["compiled", "compiled"]

@@ -10,10 +10,13 @@ import pytest
 
 from comfy_harness import (API_DIR, CPU_COST_OVERRIDES, WORKFLOW_DIR, harness, load_api_workflow,  # noqa: F401
                            workflow_names, write_example_inputs)
+from workflow_graphs import CORES, WORKFLOWS  # scripts/ (on sys.path through comfy_harness)
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.usefixtures("comfy_core")]  # once per ComfyUI core
 
-EXPECTED = {"lgm_text_to_3d", "lgm_image_to_3d", "lgm_views_to_3d", "lgm_ply_to_mesh"}
+EXPECTED = set(WORKFLOWS)
+OUT_OF_THE_BOX = {"lgm_demo_views_to_3d", "lgm_demo_core3d"}
+"""Graphs that need nothing but the pack: no input files, no model downloads."""
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 
 
@@ -45,6 +48,13 @@ def _check_outputs(harness, name, result):
         (record,) = result.files(node_id)
         g = load_ply(harness.output_path(record))
         assert g.num_gaussians > 100 and g.positions.isfinite().all()
+    for node_id in by_type.get("SaveGLB", []):
+        (record,) = result.files(node_id, "3d")
+        mesh = trimesh.load(harness.output_path(record), force="mesh")
+        assert len(mesh.faces) > 10
+    if by_type.get("PreviewGaussianSplat"):  # the viewer's file, written to the temp folder
+        shown = sorted(harness.temp_dir.glob("preview_splat_*.spz"), key=lambda p: p.stat().st_mtime)
+        assert shown and shown[-1].stat().st_size > 1000
     for node_id in by_type.get("LGMSaveMesh", []):
         (record,) = result.files(node_id, "3d")
         path = harness.output_path(record)
@@ -60,7 +70,8 @@ def _check_outputs(harness, name, result):
     for node_id in by_type.get("PreviewImage", []):
         records = result.files(node_id, "images")
         source = prompt[node_id]["inputs"]["images"][0]
-        expected = 4 if prompt[source]["class_type"].endswith("MultiView") else CPU_COST_OVERRIDES["num_frames"]
+        four_views = prompt[source]["class_type"].endswith("MultiView") or prompt[source]["class_type"] == "LGMExampleViews"
+        expected = 4 if four_views else CPU_COST_OVERRIDES["num_frames"]
         assert len(records) == expected
         size = (256, 256) if expected == 4 else (CPU_COST_OVERRIDES["width"], CPU_COST_OVERRIDES["height"])
         for r in records:
@@ -71,7 +82,31 @@ def _check_outputs(harness, name, result):
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_workflow_runs(harness, inputs, name):
+    if harness.paths.core not in CORES[name]:
+        pytest.skip(f"{name} needs ComfyUI {' or '.join(CORES[name])} (core 3D nodes)")
     prompt = load_api_workflow(name, CPU_COST_OVERRIDES)
     result = harness.run(prompt)
+    assert result.success
+    _check_outputs(harness, name, result)
+
+
+@pytest.mark.parametrize("name", sorted(OUT_OF_THE_BOX))
+def test_demo_workflows_run_on_a_fresh_install(harness, name, tmp_path):
+    """With an empty input folder and no models in models/lgm (a fresh ComfyUI with only the pack), the
+    demo graphs run as shipped except the CPU cost knobs."""
+    import folder_paths
+
+    if harness.paths.core not in CORES[name]:
+        pytest.skip(f"{name} needs ComfyUI {' or '.join(CORES[name])}")
+    saved_input = folder_paths.get_input_directory()
+    saved_lgm = list(folder_paths.folder_names_and_paths["lgm"][0])
+    (tmp_path / "empty_input").mkdir()
+    folder_paths.set_input_directory(str(tmp_path / "empty_input"))
+    folder_paths.folder_names_and_paths["lgm"][0][:] = [str(tmp_path / "no_models")]
+    try:
+        result = harness.run(load_api_workflow(name, CPU_COST_OVERRIDES))
+    finally:
+        folder_paths.set_input_directory(saved_input)
+        folder_paths.folder_names_and_paths["lgm"][0][:] = saved_lgm
     assert result.success
     _check_outputs(harness, name, result)

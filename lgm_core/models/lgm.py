@@ -238,14 +238,20 @@ class LGM(nn.Module):
     def optimize_for_inference(self, compile: bool = False) -> "LGM":
         """The fast CUDA path: CUDA graphs (inert on other devices, so it may be called before the
         model is moved to the GPU), and with ``compile=True`` on a CUDA model also channels-last +
-        ``torch.compile`` (fuses GroupNorm/SiLU; ~1 min to compile on first call, falls back to eager
-        if compilation is impossible). On the H100, ``big`` fp16 batch 1: eager 17 ms, graphs 13 ms,
-        compile + graphs 6.5 ms (docs/benchmarks.md)."""
+        ``torch.compile`` (fuses GroupNorm/SiLU; falls back to eager if compilation is impossible). The
+        compiled code is kept per machine by :mod:`lgm_core.compile_cache` (``LGM_CACHE_DIR``): ~1 min
+        the first time for a config/dtype/input shape, loaded from the cache in later processes. On the
+        H100, ``big`` fp16 batch 1: eager 17 ms, graphs 13 ms, compile + graphs 6.5 ms (docs/benchmarks.md)."""
         if compile and self.device.type == "cuda":
+            from ..compile_cache import PersistentCompile
             from ..runtime import CompiledOrEager
 
             self.use_channels_last()
-            self._forward_gaussians = CompiledOrEager(type(self)._forward_gaussians.__get__(self))
+            options = {"attention": sorted({getattr(m, "backend", "") for m in self.modules()} - {""}),
+                       "channels_last": True}
+            self._forward_gaussians = CompiledOrEager(
+                type(self)._forward_gaussians.__get__(self),
+                compiler=lambda fn: PersistentCompile(fn, "lgm", self.config, module=self, options=options))
         return self.use_cuda_graphs()
 
     # ------------------------------------------------------------------ the network
