@@ -143,8 +143,10 @@ def test_projection_stage_matches_gsplat():
     inp = prepare_gaussians(g)
     vm, Ks = camera_matrices(cams, "cuda")
     ours = project(inp.means[0], inp.covs[0], vm, Ks, cams.width, cams.height, near=cams.near)
+    c = inp.covs[0]  # gsplat takes the upper triangle [N, 6]: xx xy xz yy yz zz
+    triu = torch.stack([c[:, 0, 0], c[:, 0, 1], c[:, 0, 2], c[:, 1, 1], c[:, 1, 2], c[:, 2, 2]], -1)
     radii, means2d, depths, conics, _ = gsplat.fully_fused_projection(
-        inp.means[0], inp.covs[0], None, None, vm, Ks, cams.width, cams.height, eps2d=0.3, near_plane=cams.near)
+        inp.means[0], triu, None, None, vm, Ks, cams.width, cams.height, eps2d=0.3, near_plane=cams.near)
     seen = radii if radii.dim() == 2 else radii.amax(-1)
     both = (seen > 0) & (ours.radii > 0)
     assert bool(both.any())
