@@ -123,16 +123,6 @@ def splat_to_gaussians(splat):
 # MESH
 # ---------------------------------------------------------------------------------------------------
 
-def _srgb_to_linear(c: torch.Tensor) -> torch.Tensor:
-    c = c.clamp(0, 1)
-    return torch.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-
-
-def _linear_to_srgb(c: torch.Tensor) -> torch.Tensor:
-    c = c.clamp(0, 1)
-    return torch.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1 / 2.4) - 0.055)
-
-
 def _colours(colours: torch.Tensor | None, convert) -> torch.Tensor | None:
     """RGB(A) colours with ``convert`` applied to RGB (alpha is linear coverage either way)."""
     if colours is None:
@@ -162,7 +152,9 @@ def mesh_to_core(mesh):
     are attached as attributes (LGM Save Mesh reads them)."""
     textured = mesh.texture is not None and mesh.uvs is not None
     uvs = _flip_v(mesh.uvs)
-    colours = None if textured else _colours(mesh.vertex_colors, _srgb_to_linear)
+    from lgm_core.mesh.texturing import srgb_to_linear
+
+    colours = None if textured else _colours(mesh.vertex_colors, srgb_to_linear)
     texture = mesh.texture.float()[None] if textured else None
     pack, _ = core_mesh_batch_helpers()
     if pack is not None:
@@ -217,6 +209,7 @@ def mesh_from_core(mesh, i: int = 0):
     """Batch item ``i`` of a core MESH (ours or any node's: SplatToMesh, TRELLIS, Hunyuan3D ...) ->
     ``lgm_core.Mesh`` (OBJ-style UVs, sRGB colours; per-vertex fields of the wrong length dropped)."""
     from lgm_core.mesh import Mesh
+    from lgm_core.mesh.texturing import linear_to_srgb
 
     f = _item_fields(mesh, i)
     n = f["vertices"].shape[0]
@@ -227,6 +220,6 @@ def mesh_from_core(mesh, i: int = 0):
         f["texture"] = None
     cpu = lambda t: None if t is None else t.detach().float().cpu()  # noqa: E731
     return Mesh(vertices=cpu(f["vertices"]), faces=f["faces"].detach().long().cpu(), uvs=cpu(_flip_v(f["uvs"])),
-                vertex_colors=cpu(_colours(f["vertex_colors"], _linear_to_srgb)), texture=cpu(f["texture"]),
+                vertex_colors=cpu(_colours(f["vertex_colors"], linear_to_srgb)), texture=cpu(f["texture"]),
                 normals=cpu(f["normals"]))
 

@@ -71,6 +71,7 @@ class LGMSaveMesh(io.ComfyNode):
                                tooltip="glb: one file, textured, y-up (viewers, Blender); obj: + .mtl and .png; "
                                        "ply: vertex colours."),
             ],
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
             outputs=[io.String.Output(display_name="model_file",
                                       tooltip="Path of the (first) file relative to the output folder, for "
                                               "core's Preview 3D.")],
@@ -83,9 +84,10 @@ class LGMSaveMesh(io.ComfyNode):
     @classmethod
     def execute(cls, mesh, filename_prefix, format) -> io.NodeOutput:
         records = []
+        metadata = files.workflow_metadata(getattr(cls, "hidden", None))  # embedded in .glb (asset.extras)
         for i in range(mesh_batch_size(mesh)):
             path, record = files.output_file_path(filename_prefix, format)
-            mesh_from_core(mesh, i).export(path)
+            mesh_from_core(mesh, i).export(path, metadata=metadata)
             records.append(record)
         first = records[0]
         rel = "/".join(p for p in (first["subfolder"], first["filename"]) if p)

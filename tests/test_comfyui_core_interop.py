@@ -150,6 +150,16 @@ def _glb_vertex_colours(path) -> np.ndarray:
         np.asarray(mesh.vertices)
 
 
+def _glb_json(path) -> dict:
+    import json
+    import struct
+
+    data = path.read_bytes()
+    length, kind = struct.unpack_from("<II", data, 12)
+    assert kind == 0x4E4F534A  # "JSON"
+    return json.loads(data[20:20 + length])
+
+
 def test_pack_mesh_in_core_save_glb_looks_like_the_pack_glb(harness):
     """A textured LGM mesh through core's SaveGLB and MeshToFile3D -> SaveGLB reads back like the pack's
     own GLB (same texture colour at every vertex, >= 40 dB): UVs cross with core's top-left origin."""
@@ -169,8 +179,10 @@ def test_pack_mesh_in_core_save_glb_looks_like_the_pack_glb(harness):
         "5": {"class_type": "MeshToFile3D", "inputs": {"mesh": ["2", 0]}},
         "6": {"class_type": "SaveGLB", "inputs": {"mesh": ["5", 0], "filename_prefix": "interop/file3d"}},
     }
-    result = harness.run(graph)
+    result = harness.run(graph, extra_data={"extra_pnginfo": {"workflow": {"nodes": ["mesh"]}}})
     ref, ref_v = _glb_vertex_colours(harness.output_path(result.files("3")[0]))
+    extras = _glb_json(harness.output_path(result.files("3")[0]))["asset"]["extras"]  # the workflow travels
+    assert extras["workflow"] == {"nodes": ["mesh"]} and extras["prompt"]["3"]["class_type"] == "LGMSaveMesh"
     for node, label in (("4", "SaveGLB"), ("6", "MeshToFile3D -> SaveGLB")):
         got, got_v = _glb_vertex_colours(harness.output_path(result.files(node, "3d")[0]))
         assert got_v.shape == ref_v.shape and np.allclose(got_v, ref_v, atol=1e-5), "geometry changed"

@@ -162,7 +162,10 @@ def validate_glb(path: Path) -> dict:
 
 @pytest.mark.parametrize("textured,unlit", [(True, False), (False, False), (False, True)])
 def test_glb_passes_the_khronos_validator(tmp_path, textured, unlit):
-    path = _uv_sphere(textured).export(tmp_path / "m.glb", unlit=unlit)
+    meta = {"prompt": {"3": {"class_type": "LGMSaveMesh"}}, "workflow": {"nodes": []}} if textured else None
+    path = _uv_sphere(textured).export(tmp_path / "m.glb", unlit=unlit, metadata=meta)
+    if meta:  # a ComfyUI workflow travels in asset.extras
+        assert _glb_json(path.read_bytes())["asset"]["extras"] == meta
     issues = validate_glb(path)
     bad = [m for m in issues["messages"] if m["severity"] <= 1]
     assert issues["numErrors"] == 0 and issues["numWarnings"] == 0, bad

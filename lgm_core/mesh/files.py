@@ -17,7 +17,7 @@ import json
 import re
 import struct
 from pathlib import Path
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -31,8 +31,11 @@ MESH_SUFFIXES = (".glb", ".obj", ".ply")
 OBJ_HEADER = "# written by lgm_core\n"
 
 
-def export_mesh(mesh: "Mesh", path, *, flip_yz: bool = False, unlit: bool = False) -> Path:
-    """Write ``mesh`` to ``path``; the format follows the extension (see :meth:`Mesh.export`)."""
+def export_mesh(mesh: "Mesh", path, *, flip_yz: bool = False, unlit: bool = False,
+                metadata: Optional[dict] = None) -> Path:
+    """Write ``mesh`` to ``path``; the format follows the extension (see :meth:`Mesh.export`).
+    ``metadata`` (JSON-serialisable, e.g. a ComfyUI prompt/workflow) goes into a GLB's ``asset.extras``;
+    OBJ and PLY files do not carry it."""
     path = Path(path)
     mesh.check_finite(path)
     ext = path.suffix.lower()
@@ -43,7 +46,7 @@ def export_mesh(mesh: "Mesh", path, *, flip_yz: bool = False, unlit: bool = Fals
     if mesh.normals is None:
         mesh = mesh.compute_normals()
     if ext == ".glb":
-        atomic_write_bytes(path, glb_bytes(mesh, unlit=unlit))
+        atomic_write_bytes(path, glb_bytes(mesh, unlit=unlit, extras=metadata))
     elif ext == ".obj":
         write_obj(mesh, path)
     else:
@@ -60,7 +63,7 @@ def _png_bytes(texture: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def glb_bytes(mesh: "Mesh", *, unlit: bool = False) -> bytes:
+def glb_bytes(mesh: "Mesh", *, unlit: bool = False, extras: Optional[dict] = None) -> bytes:
     """Binary glTF 2.0 of ``mesh`` (normals required): textured (base-colour PNG, TEXCOORD_0) when
     the mesh has a texture, else vertex colours as linear ``COLOR_0`` (else plain grey-white)."""
     blob = bytearray()
@@ -89,6 +92,8 @@ def glb_bytes(mesh: "Mesh", *, unlit: bool = False) -> bytes:
     material = {"name": "lgm_material", "pbrMetallicRoughness": {
         "baseColorFactor": [1.0, 1.0, 1.0, 1.0], "metallicFactor": 0.0, "roughnessFactor": 1.0}}
     doc = {"asset": {"version": "2.0", "generator": "lgm_core"}}
+    if extras:
+        doc["asset"]["extras"] = json.loads(json.dumps(extras))  # fails here, before writing, if not JSON
     if mesh.texture is not None:
         uv = mesh.uvs.numpy().astype(np.float32).copy()
         uv[:, 1] = 1.0 - uv[:, 1]

@@ -143,7 +143,8 @@ class Mesh:
 
         return from_trimesh(tm, cls)
 
-    def export(self, path: PathLike, *, flip_yz: bool = False, unlit: bool = False) -> Path:
+    def export(self, path: PathLike, *, flip_yz: bool = False, unlit: bool = False,
+               metadata: Optional[dict] = None) -> Path:
         """Write the mesh; the format follows the extension:
 
         - ``.glb``: binary glTF, an explicit non-metallic material (``unlit``: ``KHR_materials_unlit``,
@@ -155,12 +156,13 @@ class Mesh:
         - ``.ply``: binary PLY, vertices welded (UV-seam copies merged), normals, vertex colours
           (a texture is sampled into them).
 
-        ``flip_yz`` applies :meth:`flip_yz` first. Every file is written atomically. Raises
+        ``flip_yz`` applies :meth:`flip_yz` first; ``metadata`` (JSON, e.g. a ComfyUI workflow) goes
+        into a GLB's ``asset.extras``. Every file is written atomically. Raises
         ``ValueError`` for a mesh with NaN/Inf values (nothing is written). See :mod:`lgm_core.mesh.files`.
         """
         from .files import export_mesh
 
-        return export_mesh(self, path, flip_yz=flip_yz, unlit=unlit)
+        return export_mesh(self, path, flip_yz=flip_yz, unlit=unlit, metadata=metadata)
 
     def check_finite(self, name: PathLike = "mesh") -> "Mesh":
         """Raise ``ValueError`` naming ``name`` when any field holds NaN/Inf (the mesh otherwise)."""
