@@ -41,6 +41,8 @@ def register(sub) -> None:
     p.add_argument("--flip-yz", action="store_true",
                    help="output (x, -y, -z): for Gaussians in the y-down 3DGS/COLMAP convention (not for LGM's)")
     p.add_argument("--min-opacity", type=float, default=0.005, help="ignore Gaussians below this opacity")
+    p.add_argument("--keep-clamped", action="store_true",
+                   help="keep Gaussians piled on LGM's position clamp (a centre at +-1; ignored by default)")
     add_device_argument(p)
     p.set_defaults(func=run)
 
@@ -83,6 +85,7 @@ def run(args) -> int:
         component_ratio=None if args.largest_only else args.keep_components,
         snap=args.snap,
         flip_yz=args.flip_yz,
+        keep_clamped=args.keep_clamped,
     )
     mesh.export(out, unlit=args.unlit)
     progress(f"wrote {out} ({mesh.num_vertices} vertices, {mesh.num_faces} faces)")

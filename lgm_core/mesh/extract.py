@@ -7,7 +7,9 @@ xatlas on the CPU):
    opacity-weighted quartiles, widened by 6 times the largest inter-quartile range: twice
    Tukey's far-out fence, so only far strays are cut), and
    Gaussians wider than the whole allowed box, are ignored with a warning that counts them, so a
-   few stray Gaussians cannot stretch the grid (and collapse the object into a few voxels);
+   few stray Gaussians cannot stretch the grid (and collapse the object into a few voxels); so are
+   Gaussians piled on LGM's position clamp (a centre within ``CLAMP_TOLERANCE`` of +-1 on an axis,
+   when every centre lies in [-1, 1]^3 as LGM's do), unless ``keep_clamped``;
 1. splat the Gaussians' opacity density, colour and centre fields into a voxel grid
    (:mod:`lgm_core.mesh.field`);
 2. mark voxels with density > ``level`` as occupied, flood-fill the outside from the grid border and
@@ -52,6 +54,10 @@ MIN_ISLAND_FACES = 16
 OUTLIER_FENCE = 6.0
 """Centres more than this many inter-quartile ranges (the largest over the axes) outside the
 opacity-weighted quartiles of the centres are strays (twice Tukey's far-out fence)."""
+CLAMP_BOUND = 1.0
+CLAMP_TOLERANCE = 1e-3
+"""LGM clamps its positions to [-CLAMP_BOUND, CLAMP_BOUND]^3; a centre within CLAMP_TOLERANCE of the
+bound on any axis was clamped there (no real surface of LGM's normalised objects reaches the bound)."""
 
 
 def default_resolution(device) -> int:
@@ -81,6 +87,7 @@ def extract_mesh(
     min_island_faces: int = MIN_ISLAND_FACES,
     fill_cavities: bool = True,
     flip_yz: bool = False,
+    keep_clamped: bool = False,
 ) -> Mesh:
     """Turn batch item 0 of ``gaussians`` (a batch of size 1) into a :class:`Mesh`.
 
@@ -98,7 +105,9 @@ def extract_mesh(
     frame is already y-up with the front on +z, as glTF wants, so leave it off for LGM output).
     The mesh is in the Gaussians' frame, faces wind counter-clockwise seen from outside.
     Stray Gaussians far from the object are ignored (step 0 of the module docstring; the count is
-    logged and passed to ``progress``). Raises ValueError for bad arguments, NaN/Inf Gaussians
+    logged and passed to ``progress``), and so are those piled on LGM's position clamp (a centre
+    within 1e-3 of +-1 on any axis, checked only when all centres lie in [-1, 1]^3) unless
+    ``keep_clamped``. Raises ValueError for bad arguments, NaN/Inf Gaussians
     (docs/robustness.md), and empty or degenerate input.
     """
     t0 = time.perf_counter()
@@ -127,11 +136,23 @@ def extract_mesh(
     g = g.select(keep)
 
     # 0. bound the object
-    inside = _within_object(g)
+    clamped = torch.zeros(g.positions.shape[1], dtype=torch.bool, device=dev)
+    if not keep_clamped:
+        clamped = _on_position_clamp(g)
+    inside = ~clamped  # the fences are computed without the clamp pile
+    if int(inside.sum()) >= 4:
+        inside[inside.clone()] = _within_object(g.select(inside))
     n_out = int((~inside).sum())
     if n_out:
-        message = (f"ignored {n_out} of {n_vis} visible Gaussians far outside the object (strays beyond "
-                   f"{OUTLIER_FENCE:g} inter-quartile ranges of the centres, or wider than that box)")
+        n_clamped = int(clamped.sum())
+        why = []
+        if n_out > n_clamped:
+            why.append(f"{n_out - n_clamped} far outside the object (strays beyond {OUTLIER_FENCE:g} "
+                       "inter-quartile ranges of the centres, or wider than that box)")
+        if n_clamped:
+            why.append(f"{n_clamped} piled on the position clamp (a centre at +-{CLAMP_BOUND:g}; "
+                       "keep_clamped=True keeps them)")
+        message = f"ignored {n_out} of {n_vis} visible Gaussians: " + " and ".join(why)
         log.warning("extract_mesh: %s", message)
         report(message, 0.0)
         if n_vis - n_out < 4:
@@ -232,6 +253,17 @@ def _weighted_quantiles(x: torch.Tensor, w: torch.Tensor, q: float) -> Tuple[tor
     n = x.shape[0] - 1
     cols = torch.arange(x.shape[1], device=x.device)
     return xs[lo_i[:, 0].clamp(0, n), cols], xs[hi_i[:, 0].clamp(0, n), cols]
+
+
+def _on_position_clamp(g: Gaussians) -> torch.Tensor:
+    """[N] bool: Gaussians of item 0 whose centre sits on LGM's position clamp.
+
+    Only when every centre lies within [-1, 1]^3 (+ tolerance), i.e. the output looks clamped;
+    other scenes (3DGS captures, unnormalised objects) are left alone."""
+    pos = g.positions[0].float().abs()
+    if not bool((pos <= CLAMP_BOUND + CLAMP_TOLERANCE).all()):
+        return torch.zeros(pos.shape[0], dtype=torch.bool, device=pos.device)
+    return (pos >= CLAMP_BOUND - CLAMP_TOLERANCE).any(-1)
 
 
 def _within_object(g: Gaussians) -> torch.Tensor:
