@@ -148,7 +148,11 @@ class InnerSession:
         if data is None:
             return _synthetic_reports(item, "failed", self._why_missing())
         hook = self.config.hook
-        return [hook.pytest_report_from_serializable(config=self.config, data=d) for d in data]
+        reports = [hook.pytest_report_from_serializable(config=self.config, data=d) for d in data]
+        for r in reports:  # JSON turned a skip's (path, line, reason) tuple into a list; -ra's summary needs the tuple
+            if r.skipped and isinstance(r.longrepr, list):
+                r.longrepr = tuple(r.longrepr)
+        return reports
 
     def _why_missing(self) -> str:
         rc = self.proc.wait() if self.proc is not None else None
