@@ -77,9 +77,9 @@ def bench(name: str, batch: int, data: Path, steps: int, warmup: int, lpips_weig
             times.append(time.perf_counter() - t)
         world = trainer.world
         # every process's median; the step of the slowest process is the step of the run
-        ms = _reduce(statistics.median(times) * 1000, "max", trainer)
+        ms = _max_over_processes(statistics.median(times) * 1000, trainer)
         peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-        peak = _reduce(peak, "max", trainer) if cuda else peak
+        peak = _max_over_processes(peak, trainer) if cuda else peak
         views = run.train.num_views
         return {"processes": world,
             "config": name, "batch": batch, "in": run.model.input_size, "out": run.model.output_size, "views": views,
@@ -90,13 +90,12 @@ def bench(name: str, batch: int, data: Path, steps: int, warmup: int, lpips_weig
         }
 
 
-def _reduce(value: float, op: str, trainer) -> float:
-    """``value`` reduced over the processes of the run (itself when there is one)."""
+def _max_over_processes(value: float, trainer) -> float:
+    """The largest ``value`` of the run's processes (itself when there is one)."""
     if trainer.world == 1:
         return value
     t = torch.tensor([value], dtype=torch.float64, device=trainer.device)
-    return float(trainer.acc.reduce(t, reduction="sum").item()) if op == "sum" else float(
-        trainer.acc.gather(t).max().item())
+    return float(trainer.acc.gather(t).max().item())
 
 
 def main() -> int:

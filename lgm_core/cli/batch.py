@@ -115,7 +115,7 @@ def run(args) -> int:
     import torch
 
     from .. import hub
-    from ..pipelines import DEFAULT_NEGATIVE_PROMPT, image_to_views, prepare_input_image, text_to_views
+    from ..pipelines import DEFAULT_NEGATIVE_PROMPT, image_to_3d, text_to_3d
     from .common import resolve_device, resolve_dtype
     from .generate import check_generation_arguments, resolve_models
 
@@ -137,7 +137,6 @@ def run(args) -> int:
 
     from ..image_io import load_image, write_image
     from ..mvdiffusion import MultiViewPipeline
-    from ..pipelines import views_to_gaussians
     from ..ply import save_ply
     from ..weights import load_lgm
 
@@ -163,12 +162,11 @@ def run(args) -> int:
                             seed=args.seed + it.index)
             if text:
                 negative = DEFAULT_NEGATIVE_PROMPT if args.negative_prompt is None else args.negative_prompt
-                views = text_to_views(pipe, it.source, negative_prompt=negative, **sampling)
+                result = text_to_3d(pipe, model, it.source, negative_prompt=negative, **sampling)
             else:
-                image = prepare_input_image(load_image(it.source), border_ratio=args.border_ratio)
-                views = image_to_views(pipe, image, prepared=True, prompt=args.prompt,
-                                       negative_prompt=args.negative_prompt or "", **sampling)
-            gaussians = views_to_gaussians(model, views)
+                result = image_to_3d(pipe, model, load_image(it.source), border_ratio=args.border_ratio,
+                                     prompt=args.prompt, negative_prompt=args.negative_prompt or "", **sampling)
+            views, gaussians = result.views, result.gaussians
             folder = out_dir / it.name
             folder.mkdir(exist_ok=True)
             write_image(views.grid(0), folder / "views.png")
