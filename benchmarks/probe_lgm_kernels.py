@@ -1,0 +1,310 @@
+"""Where LGM ``big``'s fp16 batch-1 time goes on a GPU, and what each compiler setting buys (issue 15).
+
+One process, random weights (bench_lgm's init), input [B, 4, 9, 256, 256]; every row in try/except
+under one time budget (rows that no longer fit are skipped with a note):
+
+1. eager, contiguous vs channels-last, cuDNN benchmark off/on, each also under CUDA graphs;
+2. a kernel profile (``torch.profiler``, CUDA time per kernel family) of the fastest eager mode and of
+   the compiled one;
+3. ``torch.compile`` settings (default; ``freezing``; ``max-autotune-no-cudagraphs``), each wrapped in
+   our CUDA-graph runner, with compile seconds;
+4. AOTInductor: export + ``aoti_compile_and_package`` seconds, package size, a fresh process's
+   load-to-first-output seconds and its median ms.
+
+Prints markdown tables; ``--json`` writes the rows. Usage on the device (about 6-9 min):
+    python benchmarks/probe_lgm_kernels.py --out $OUT
+CPU smoke (tiny config, no profile of CUDA kernels): python benchmarks/probe_lgm_kernels.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+
+from bench_lgm import build, timed  # noqa: E402
+from lgm_core.models.lgm import LGMConfig  # noqa: E402
+from lgm_core.runtime import CUDAGraphRunner  # noqa: E402
+
+QUICK = dict(down_channels=(32, 64), down_attention=(False, True), up_channels=(64,),
+             up_attention=(True,), splat_size=16, input_size=32, output_size=32)
+
+
+def family(name: str) -> str:
+    n = name.lower()
+    if any(k in n for k in ("conv", "cudnn", "implicit", "dgrad", "fprop", "xmma", "sm90_xmma")):
+        return "convolution"
+    if any(k in n for k in ("flash", "fmha", "attention", "mem_eff")):
+        return "attention"
+    if any(k in n for k in ("gemm", "cutlass", "cublas", "nvjet", "matmul")):
+        return "gemm"
+    if "group_norm" in n or "groupnorm" in n or "welford" in n or "red_fused" in n or "per_fused" in n:
+        return "norm / reduction (fused)"
+    if "triton" in n:
+        return "triton pointwise"
+    if "elementwise" in n or "vectorized" in n or "unrolled" in n:
+        return "eager pointwise"
+    if "copy" in n or "memcpy" in n or "nchw" in n or "nhwc" in n:
+        return "layout / copy"
+    return "other"
+
+
+def kernel_profile(fn, steps=5):
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+    fam, top = defaultdict(float), []
+    for e in prof.key_averages():
+        t = getattr(e, "device_time_total", None)
+        if t is None:
+            t = getattr(e, "cuda_time_total", 0.0)
+        if t <= 0 or e.key.startswith("ProfilerStep"):
+            continue
+        fam[family(e.key)] += t / steps / 1000
+        top.append((t / steps / 1000, e.count // steps, e.key[:90]))
+    top.sort(reverse=True)
+    return dict(sorted(fam.items(), key=lambda kv: -kv[1])), top[:15]
+
+
+AOT_LOAD = r"""
+import sys, time, torch
+t0 = time.perf_counter()
+sys.path[:0] = [{repo!r}, {bench!r}]
+from bench_lgm import build, timed
+from lgm_core.models.lgm import LGMConfig
+cfg = {cfg}
+dev = {device!r}
+model = build(cfg, dev, torch.float16 if dev == "cuda" else torch.float32).use_channels_last()
+x = torch.randn({shape}, device=dev)
+t1 = time.perf_counter()
+pkg = torch._inductor.aoti_load_package({path!r})
+sd = {{'m.' + k: v for k, v in model.state_dict().items()}}
+consts = {{k: sd[k] for k in pkg.get_constant_fqns()}}
+if {external}:
+    pkg.load_constants(consts, check_full_update=True, user_managed=True)
+with torch.no_grad():
+    out = pkg(x)
+    if dev == "cuda": torch.cuda.synchronize()
+    t2 = time.perf_counter()
+    ms, peak, _ = timed(lambda: pkg(x), 30, 5, dev)
+print("AOTRESULT", t2 - t1, t2 - t0, ms)
+"""
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--budget", type=float, default=520.0)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--skip", default="", help="comma list of sections to skip: eager,profile,compile,freezing,autotune,aot")
+    args = ap.parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
+    t_start = time.perf_counter()
+    left = lambda: args.budget - (time.perf_counter() - t_start)  # noqa: E731
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    cfg = LGMConfig(**QUICK) if args.quick else LGMConfig.preset("big")
+    cfg_src = f"LGMConfig(**{QUICK!r})" if args.quick else "LGMConfig.preset('big')"
+    iters, warm = (5, 1) if args.quick else (50, 10)
+    rows, notes = [], []
+    if device == "cuda":
+        notes.append(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
+
+    def add(**r):
+        rows.append(r)
+        print("ROW", json.dumps(r, default=str), flush=True)
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            Path(args.out, "probe_lgm_kernels.json").write_text(json.dumps(rows, indent=1, default=str))
+
+    def attempt(name, cost, fn):
+        if name.split(":")[0] in skip:
+            return
+        if left() < cost:
+            notes.append(f"{name}: skipped ({left():.0f} s left, needs ~{cost:.0f} s)")
+            return
+        t = time.perf_counter()
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            add(section=name, error=f"{type(e).__name__}: {str(e)[:300]}")
+        print(f"[probe] {name} took {time.perf_counter() - t:.1f} s; {left():.0f} s left", flush=True)
+
+    model = build(cfg, device, dtype)
+    xs = {b: torch.randn(b, 4, 9, cfg.input_size, cfg.input_size, device=device) for b in (1, 4)}
+    with torch.no_grad():
+        ref = {b: model._forward_gaussians(xs[b]).float() for b in xs}
+
+    def err(out, b):
+        return float((out.float() - ref[b]).abs().max())
+
+    # 1. eager variants
+    def eager():
+        for cl in (False, True):
+            model.use_channels_last(cl)
+            for bench in (False, True):
+                torch.backends.cudnn.benchmark = bench
+                for b in (1, 4):
+                    with torch.no_grad():
+                        ms, peak, out = timed(lambda: model._forward_gaussians(xs[b]), iters, warm, device)
+                        runner = CUDAGraphRunner(model._forward_gaussians, weights=model)
+                        gms, gpeak, gout = timed(lambda: runner(xs[b]), iters, warm, device)
+                    add(section="eager", batch=b, channels_last=cl, cudnn_benchmark=bench, ms=ms,
+                        graphs_ms=gms, peak_gb=gpeak, max_err=err(gout, b))
+                    del runner
+        torch.backends.cudnn.benchmark = False
+        model.use_channels_last(True)
+
+    attempt("eager", 60, eager)
+
+    def profile_eager():
+        if device != "cuda":
+            return
+        model.use_channels_last(True)
+        runner = CUDAGraphRunner(model._forward_gaussians, weights=model)
+        with torch.no_grad():
+            fam, top = kernel_profile(lambda: model._forward_gaussians(xs[1]))
+        add(section="profile", mode="eager channels-last b1", families=fam, top=top)
+
+    attempt("profile", 20, profile_eager)
+
+    # 3. torch.compile variants
+    def compiled(label, mode=None, freezing=False, batches=(1, 4)):
+        def run():
+            import torch._dynamo
+            import torch._inductor.config as ic
+
+            torch._dynamo.reset()
+            ic.freezing = freezing
+            model.use_channels_last(True)
+            fn = torch.compile(model._forward_gaussians, mode=mode, dynamic=False)
+            for b in batches:
+                t = time.perf_counter()
+                with torch.no_grad():
+                    out = fn(xs[b])
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                    first = time.perf_counter() - t
+                    ms, peak, out = timed(lambda: fn(xs[b]), iters, warm, device)
+                    runner = CUDAGraphRunner(fn, weights=model)
+                    gms, gpeak, gout = timed(lambda: runner(xs[b]), iters, warm, device)
+                add(section="compile", setting=label, batch=b, compile_s=first, ms=ms, graphs_ms=gms,
+                    peak_gb=gpeak, max_err=err(gout, b))
+                if b == 1 and device == "cuda" and label == "default":
+                    with torch.no_grad():
+                        fam, top = kernel_profile(lambda: runner(xs[1]))
+                    add(section="profile", mode="compiled default + graphs b1", families=fam, top=top)
+                del runner
+            ic.freezing = False
+        return run
+
+    attempt("compile:default", 120, compiled("default"))
+
+    # 4. AOTInductor
+    def aot():
+        import torch._inductor.config as ic
+
+        model.use_channels_last(True)
+        tmp = Path(tempfile.mkdtemp(prefix="lgm_aot_"))
+
+        class Wrap(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, x):
+                return self.m._forward_gaussians(x)
+
+        for external in (True,):
+            path = tmp / f"lgm_b1_ext{int(external)}.pt2"
+            t = time.perf_counter()
+            with torch.no_grad():
+                ep = torch.export.export(Wrap(model), (xs[1],), strict=False)
+            t_export = time.perf_counter() - t
+            opts = {"aot_inductor.package_constants_in_so": not external} if external else {}
+            t = time.perf_counter()
+            torch._inductor.aoti_compile_and_package(ep, package_path=str(path), inductor_configs=opts)
+            t_build = time.perf_counter() - t
+            size = path.stat().st_size / 2**20
+            code = AOT_LOAD.format(repo=str(REPO), bench=str(REPO / "benchmarks"), cfg=cfg_src,
+                                   shape=tuple(xs[1].shape), path=str(path), external=external, device=device)
+            res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=max(30, left() - 5))
+            line = [l for l in res.stdout.splitlines() if l.startswith("AOTRESULT")]
+            if not line:
+                add(section="aot", external_weights=external, build_s=t_build, package_mb=size,
+                    error=f"fresh process rc {res.returncode}; stdout {res.stdout[-400:]!r}; stderr {res.stderr[-1500:]!r}")
+                load_s = start_s = ms = float("nan")
+            else:
+                load_s, start_s, ms = map(float, line[0].split()[1:])
+            # in this process: the package under our graph runner
+            pkg = torch._inductor.aoti_load_package(str(path))
+            if external:
+                sd = dict(Wrap(model).state_dict())
+                pkg.load_constants({k: sd[k] for k in pkg.get_constant_fqns()}, check_full_update=True, user_managed=True)
+            with torch.no_grad():
+                out = pkg(xs[1])
+                e = err(out, 1)
+                pms, _, _ = timed(lambda: pkg(xs[1]), iters, warm, device)
+                try:
+                    runner = CUDAGraphRunner(pkg, weights=model)
+                    gms, gpeak, gout = timed(lambda: runner(xs[1]), iters, warm, device)
+                    gerr = err(gout, 1)
+                except Exception as ex:  # noqa: BLE001
+                    gms, gpeak, gerr = f"failed: {type(ex).__name__}: {str(ex)[:120]}", None, None
+            add(section="aot", external_weights=external, export_s=t_export, build_s=t_build, package_mb=size,
+                fresh_load_s=load_s, fresh_start_s=start_s, fresh_ms=ms, in_process_ms=pms, max_err=e, graphs_ms=gms,
+                graphs_peak_gb=gpeak, graphs_err=gerr)
+
+    attempt("aot", 150, aot)
+    attempt("freezing", 120, compiled("freezing", freezing=True))
+    attempt("autotune", 150, compiled("max-autotune-no-cudagraphs", mode="max-autotune-no-cudagraphs", batches=(1,)))
+
+    # report
+    lines = ["# LGM big kernel probe" + (" (quick, CPU)" if args.quick else ""), ""] + [f"- {n}" for n in notes]
+    lines += ["", "| section | setting | batch | ms | + CUDA graphs ms | peak GB | compile s | max err |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["section"] in ("eager", "compile"):
+            setting = r.get("setting") or f"channels_last={r['channels_last']} cudnn.benchmark={r['cudnn_benchmark']}"
+            lines.append(f"| {r['section']} | {setting} | {r['batch']} | {r['ms']:.2f} | {r['graphs_ms']:.2f} | "
+                         f"{r['peak_gb']:.3f} | {r.get('compile_s', 0):.1f} | {r['max_err']:.3g} |")
+        elif "error" in r:
+            lines.append(f"| {r['section']} | ERROR {r['error'][:200]} | | | | | | |")
+    for r in rows:
+        if r["section"] == "profile":
+            lines += ["", f"## kernel families, {r['mode']} (GPU ms per call)", "", "| family | ms |", "|---|---|"]
+            lines += [f"| {k} | {v:.3f} |" for k, v in r["families"].items()]
+            lines += ["", "| top kernels | ms | calls |", "|---|---|---|"]
+            lines += [f"| `{k}` | {t:.3f} | {c} |" for t, c, k in r["top"]]
+        if r["section"] == "aot" and "error" not in r:
+            lines += ["", "## AOTInductor package (batch 1)", ""]
+            lines += [f"- {k}: {v}" for k, v in r.items() if k != "section"]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        Path(args.out, "probe_lgm_kernels.md").write_text(text + "\n")
+        Path(args.out, "probe_lgm_kernels.json").write_text(json.dumps(rows, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
