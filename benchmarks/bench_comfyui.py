@@ -416,6 +416,50 @@ def direct_text_to_3d(env, steps, frames, size, iters):
     return statistics.median(times)
 
 
+def reconstruct_breakdown(env, iters: int, warmup: int = 3) -> dict:
+    """Where LGM Reconstruct's node time goes (ms, medians, CUDA-synchronised): the node's ``execute``
+    on a CPU IMAGE batch (as ComfyUI hands it over: validation, copy to the GPU, network, SPLAT frame
+    conversion, copy to ComfyUI's intermediate device), ``LGM.reconstruct`` on views already on the GPU,
+    and ``forward_gaussians`` alone on a prepared input (the library's number)."""
+    import torch
+
+    classes = env.nodes.NODE_CLASS_MAPPINGS
+    managed = classes["LGMModelLoader"].execute("model_fp16_fixrot.safetensors", "auto", False).result[0]
+    lgm = managed.get()
+    dev = managed.device
+    size = lgm.config.input_size
+    images = torch.rand(4, size, size, 3, generator=torch.Generator().manual_seed(0))
+    node = classes["LGMReconstruct"]
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    def timed(fn):
+        for _ in range(warmup):
+            fn()
+        sync()
+        out = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            out.append((time.perf_counter() - t0) * 1000)
+        return round(statistics.median(out), 2)
+
+    from lgm_core.views import Views
+
+    views = Views.from_channels_last(images).to(dev)
+    res = {"node_execute_ms": timed(lambda: node.execute(managed, images, 0.0))}
+    with torch.inference_mode():
+        res["lgm_reconstruct_ms"] = timed(lambda: lgm.reconstruct(views))
+        x = torch.randn(1, 4, 9, size, size, device=dev, dtype=lgm.dtype)
+        res["forward_gaussians_ms"] = timed(lambda: lgm.forward_gaussians(x))
+    r = lgm._graph_runner
+    res["graph_runner"] = {"set": r is not None, "failed": bool(r and r.failed), "graphs": 0 if r is None else len(r.graphs)}
+    return res
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--comfyui", default=str(REPO / ".comfyui" / "0.33.0" / "ComfyUI"))
@@ -503,6 +547,13 @@ def main() -> int:
                       300))
     env.mm.unload_all_models()
     try:
+        breakdown = reconstruct_breakdown(env, *((1, 0) if a.tiny else (max(5, a.iters), 3)))
+        print(f"LGM Reconstruct breakdown: {breakdown}", flush=True)
+    except Exception as exc:
+        breakdown = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        print(f"breakdown: FAILED {exc}", flush=True)
+    env.mm.unload_all_models()
+    try:
         direct = direct_text_to_3d(env, S, F, Z, max(3, a.iters // 2))
     except Exception as exc:
         print(f"direct: FAILED {exc}", flush=True)
@@ -511,7 +562,7 @@ def main() -> int:
             "gsplat": "gsplat.csrc" in sys.modules, "startup": startup,
             "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
             "allocator_backend": torch.cuda.get_allocator_backend() if cuda else None,
-            "lgm_graph_runners": runners, "rows": rows,
+            "lgm_graph_runners": runners, "reconstruct_breakdown": breakdown, "rows": rows,
             "direct_text_to_3d_s": None if direct is None else round(direct, 3)}
     if direct is not None:
         print(f"direct lgm_core calls, text -> 3D + turntable: median {direct:.3f} s", flush=True)
