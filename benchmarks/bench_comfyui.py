@@ -1,8 +1,10 @@
-"""Benchmark: the pack's graphs executed by a real ComfyUI (v0.3.75) in-process, on CUDA.
+"""Benchmark: the pack's graphs executed by a real ComfyUI (0.33.0 or 0.3.75) in-process, on CUDA.
 
 What runs: ComfyUI's own ``execution.PromptExecutor`` (the code behind the Run button, with its
 CLASSIC output cache, as the server uses) executing API-format graphs made of this pack's nodes,
-loaded through ComfyUI's custom-node loader. Models: the real architectures (LGM ``big``, MVDream
+loaded through ComfyUI's custom-node loader. Start-up as ``main.py`` does it on a GPU (:func:`server_startup`):
+its ``cuda_malloc`` choice (``backend:cudaMallocAsync`` for CUDA torch) before torch is imported and, on
+0.33, comfy-aimdo's DynamicVRAM when main.py would enable it; the JSON says what was active. Models: the real architectures (LGM ``big``, MVDream
 and ImageDream at their hub configs) with random weights written as the real files under the real
 names; ``precision=auto`` (fp16 on the H100). Compute does not depend on the weight values.
 
@@ -21,8 +23,14 @@ after --warmup runs). Peak = torch.cuda.max_memory_allocated over the timed runs
 the graph resident (and, last row, with all three models resident). ``direct`` rows: the same
 lgm_core calls the nodes make, without ComfyUI, for the executor's overhead.
 
-Usage (device): python benchmarks/bench_comfyui.py --comfyui .device/comfyui/ComfyUI --configs .device/comfyui/configs
-Local smoke on CPU with tiny stand-ins: python benchmarks/bench_comfyui.py --tiny --comfyui .comfyui/0.3.75/ComfyUI
+The JSON also records the state of the LGM models' CUDA-graph runners after each graph (the nodes'
+fast path: set by ``optimize_for_inference()``, graphs captured, no failed capture).
+
+Usage (device, ComfyUI 0.33.0): ``bash benchmarks/bench_comfyui_device.sh run`` (see that script), i.e.
+python benchmarks/bench_comfyui.py --comfyui .device/comfyui/ComfyUI --configs .device/comfyui/mvdream_configs
+Local smoke on CPU with tiny stand-ins (inside a core's venv, which has ComfyUI's requirements):
+.comfyui/0.33.0/venv/bin/python benchmarks/bench_comfyui.py --tiny --comfyui .comfyui/0.33.0/ComfyUI
+(the same with 0.3.75).
 """
 
 from __future__ import annotations
@@ -80,6 +88,79 @@ def stub_missing_av() -> bool:
 
     sys.meta_path.insert(0, _Finder())
     return True
+
+
+def server_startup(comfy_root: Path, cpu: bool) -> dict:
+    """What ComfyUI's ``main.py`` sets up before torch is imported, for the in-process executor: the
+    CLI defaults (no flags, ``--cpu`` for the CPU smoke) and its ``cuda_malloc`` module, which puts
+    ``backend:cudaMallocAsync`` into ``PYTORCH_CUDA_ALLOC_CONF`` for CUDA builds of torch (both cores),
+    then, on cores with comfy-aimdo (0.33), its DynamicVRAM native library when main.py's rule enables it.
+    Returns what was switched on."""
+    sys.path.insert(0, str(comfy_root))
+    from comfy.cli_args import args
+
+    args.cpu = cpu
+    args.disable_api_nodes = True  # in-process: no server, no API nodes
+    import cuda_malloc  # noqa: F401  (sets PYTORCH_CUDA_ALLOC_CONF like main.py)
+
+    state = {"cuda_malloc_async": "cudaMallocAsync" in os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
+             "dynamic_vram": False}
+    try:
+        from comfy.cli_args import enables_dynamic_vram
+    except ImportError:  # 0.3.75: no DynamicVRAM
+        return state
+    if enables_dynamic_vram():
+        try:
+            import comfy_aimdo.control
+
+            headroom = None if args.reserve_vram is None else int(args.reserve_vram * 1024 ** 3)
+            comfy_aimdo.control.init(simple_vram_headroom=headroom, nvml_pressure=not args.disable_nvml_pressure)
+            state["aimdo_lib"] = True
+        except Exception as exc:  # recorded, the benchmark goes on with the legacy patcher
+            state["aimdo_error"] = f"{type(exc).__name__}: {exc}"
+    return state
+
+
+def enable_dynamic_vram(state: dict) -> None:
+    """main.py's second DynamicVRAM step (after ``comfy.model_management`` is imported): register the
+    devices with comfy-aimdo and switch ComfyUI's core patcher to the dynamic one. The pack's models
+    use the plain ``ModelPatcher`` either way; this only makes ComfyUI's memory manager run as a server
+    on this GPU would (``aimdo_enabled``)."""
+    if not state.get("aimdo_lib"):
+        return
+    import comfy.memory_management
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy_aimdo.control
+    from comfy.cli_args import args
+
+    if not (mm.is_nvidia() and mm.torch_version_numeric >= (2, 8)):
+        return
+    try:
+        ok = comfy_aimdo.control.init_devices((d.index, int(args.vram_headroom * 1024 ** 3))
+                                              for d in mm.get_all_torch_devices())
+    except Exception as exc:
+        state["aimdo_error"] = f"{type(exc).__name__}: {exc}"
+        return
+    if ok:
+        comfy.model_patcher.CoreModelPatcher = comfy.model_patcher.ModelPatcherDynamic
+        comfy.memory_management.aimdo_enabled = True
+        state["dynamic_vram"] = True
+
+
+def graph_runner_state() -> list[dict]:
+    """Every live LGM model's CUDA-graph runner (the nodes' fast path): set, enabled, failed, number of
+    captured graphs, the weights' device. Found by type name, as ComfyUI loads the pack's own lgm_core."""
+    import gc
+
+    out = []
+    for obj in gc.get_objects():
+        if type(obj).__name__ == "LGM" and hasattr(obj, "_graph_runner") and hasattr(obj, "conv"):
+            r = obj._graph_runner
+            out.append({"device": str(obj.device), "runner": r is not None,
+                        "enabled": bool(r is not None and r.enabled), "failed": bool(r is not None and r.failed),
+                        "graphs": 0 if r is None else len(r.graphs)})
+    return out
 
 
 def load_prebuilt_gsplat(path: str | None) -> None:
@@ -155,12 +236,9 @@ class _Server:
         pass
 
 
-def boot_comfyui(comfy_root: Path, work: Path, models: Path, cpu: bool):
-    sys.path.insert(0, str(comfy_root))
-    from comfy.cli_args import args
-
-    args.cpu = cpu
-    args.disable_api_nodes = True
+def boot_comfyui(comfy_root: Path, work: Path, models: Path, startup: dict):
+    """ComfyUI's executor in this process (after :func:`server_startup`), with core's image nodes and
+    this pack loaded through ComfyUI's custom-node loader."""
     import folder_paths
 
     for sub in ("input", "output", "temp", "user"):
@@ -174,6 +252,8 @@ def boot_comfyui(comfy_root: Path, work: Path, models: Path, cpu: bool):
     import utils.extra_config  # noqa: F401  (before `nodes`)
     import comfy.model_management as mm
     import comfy.utils
+
+    enable_dynamic_vram(startup)
     import execution
     import nodes
     from comfy_api.latest import io
@@ -336,9 +416,53 @@ def direct_text_to_3d(env, steps, frames, size, iters):
     return statistics.median(times)
 
 
+def reconstruct_breakdown(env, iters: int, warmup: int = 3) -> dict:
+    """Where LGM Reconstruct's node time goes (ms, medians, CUDA-synchronised): the node's ``execute``
+    on a CPU IMAGE batch (as ComfyUI hands it over: validation, copy to the GPU, network, SPLAT frame
+    conversion, copy to ComfyUI's intermediate device), ``LGM.reconstruct`` on views already on the GPU,
+    and ``forward_gaussians`` alone on a prepared input (the library's number)."""
+    import torch
+
+    classes = env.nodes.NODE_CLASS_MAPPINGS
+    managed = classes["LGMModelLoader"].execute("model_fp16_fixrot.safetensors", "auto", False).result[0]
+    lgm = managed.get()
+    dev = managed.device
+    size = lgm.config.input_size
+    images = torch.rand(4, size, size, 3, generator=torch.Generator().manual_seed(0))
+    node = classes["LGMReconstruct"]
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    def timed(fn):
+        for _ in range(warmup):
+            fn()
+        sync()
+        out = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            out.append((time.perf_counter() - t0) * 1000)
+        return round(statistics.median(out), 2)
+
+    from lgm_core.views import Views
+
+    views = Views.from_channels_last(images).to(dev)
+    res = {"node_execute_ms": timed(lambda: node.execute(managed, images, 0.0))}
+    with torch.inference_mode():
+        res["lgm_reconstruct_ms"] = timed(lambda: lgm.reconstruct(views))
+        x = torch.randn(1, 4, 9, size, size, device=dev, dtype=lgm.dtype)
+        res["forward_gaussians_ms"] = timed(lambda: lgm.forward_gaussians(x))
+    r = lgm._graph_runner
+    res["graph_runner"] = {"set": r is not None, "failed": bool(r and r.failed), "graphs": 0 if r is None else len(r.graphs)}
+    return res
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--comfyui", default=str(REPO / ".comfyui" / "0.3.75" / "ComfyUI"))
+    ap.add_argument("--comfyui", default=str(REPO / ".comfyui" / "0.33.0" / "ComfyUI"))
     ap.add_argument("--configs", default=str(REPO.parent / "shared" / "spec" / "mvdream_configs"))
     ap.add_argument("--gsplat-so", default=str(REPO / ".device" / "render" / "gsplat_cuda.so"))
     ap.add_argument("--tiny", action="store_true", help="CPU smoke test with tiny stand-in models")
@@ -351,7 +475,11 @@ def main() -> int:
     a = ap.parse_args()
 
     stubbed = stub_missing_av()
-    sys.path.insert(0, str(REPO))
+    comfy_root = Path(a.comfyui).resolve()
+    version = {}
+    exec((comfy_root / "comfyui_version.py").read_text(), version)
+    startup = server_startup(comfy_root, cpu=a.tiny)  # before torch is imported, as main.py
+    sys.path.insert(1, str(REPO))  # lgm_core from this checkout; ComfyUI's root stays first (its `nodes`)
     import torch
 
     cuda = torch.cuda.is_available() and not a.tiny
@@ -373,7 +501,7 @@ def main() -> int:
             configs = work / "configs"
         write_real_size_models(models, configs, "cuda" if cuda else "cpu")
     print(f"# models written in {time.perf_counter() - t0:.1f} s", flush=True)
-    env = boot_comfyui(Path(a.comfyui), work / "comfy", models, cpu=not cuda)
+    env = boot_comfyui(comfy_root, work / "comfy", models, startup)
     from PIL import Image
     import numpy as np
 
@@ -385,6 +513,7 @@ def main() -> int:
 
     dev = torch.cuda.get_device_name() if cuda else "CPU"
     rows = []
+    runners = {}
 
     def add(name, run):
         try:
@@ -399,27 +528,41 @@ def main() -> int:
         print(f"{name}: median {med:.3f} s (min {best:.3f}), peak {peak:.2f} GiB; nodes {per_node}", flush=True)
 
     S, F, Z = a.steps, a.frames, a.size
+    few, few_warm, alt, alt_warm = (1, 0, 2, 0) if a.tiny else (3, 1, 4, 2)  # output-node and alternating rows
     # one model family at a time, so each peak is that graph's own models + activations
     add(f"image -> Gaussians (ImageDream {S} steps + LGM)",
         lambda: bench(env, lambda s: image_graph(s, S, True), a.iters, a.warmup, 1))
-    add("  + LGM Save Splat (.ply) as output", lambda: bench(env, lambda s: image_graph(s, S, False), 3, 1, 50))
+    add("  + LGM Save Splat (.ply) as output", lambda: bench(env, lambda s: image_graph(s, S, False), few, few_warm, 50))
+    runners["after image graph"] = graph_runner_state()
     env.mm.unload_all_models()
     if cuda:
         torch.cuda.empty_cache()
     add(f"text -> 3D + turntable (MVDream {S} steps + LGM + {F} frames {Z}x{Z})",
         lambda: bench(env, lambda s: text_graph(s, S, F, Z, True), a.iters, a.warmup, 100))
-    add("  + Save Animated WEBP as output", lambda: bench(env, lambda s: text_graph(s, S, F, Z, False), 3, 1, 150))
+    add("  + Save Animated WEBP as output", lambda: bench(env, lambda s: text_graph(s, S, F, Z, False), few, few_warm, 150))
+    runners["after text graph"] = graph_runner_state()
     # all three models resident: alternate both graphs
     add("both graphs alternating, all 3 models resident (peak)",
-        lambda: bench(env, lambda s: image_graph(s, S, True) if s % 2 else text_graph(s, S, F, Z, True), 4, 2, 300))
+        lambda: bench(env, lambda s: image_graph(s, S, True) if s % 2 else text_graph(s, S, F, Z, True), alt, alt_warm,
+                      300))
+    env.mm.unload_all_models()
+    try:
+        breakdown = reconstruct_breakdown(env, *((1, 0) if a.tiny else (max(5, a.iters), 3)))
+        print(f"LGM Reconstruct breakdown: {breakdown}", flush=True)
+    except Exception as exc:
+        breakdown = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        print(f"breakdown: FAILED {exc}", flush=True)
     env.mm.unload_all_models()
     try:
         direct = direct_text_to_3d(env, S, F, Z, max(3, a.iters // 2))
     except Exception as exc:
         print(f"direct: FAILED {exc}", flush=True)
         direct = None
-    info = {"device": dev, "torch": torch.__version__, "av_stubbed": stubbed,
-            "gsplat": "gsplat.csrc" in sys.modules, "rows": rows,
+    info = {"device": dev, "torch": torch.__version__, "comfyui": version.get("__version__"), "av_stubbed": stubbed,
+            "gsplat": "gsplat.csrc" in sys.modules, "startup": startup,
+            "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+            "allocator_backend": torch.cuda.get_allocator_backend() if cuda else None,
+            "lgm_graph_runners": runners, "reconstruct_breakdown": breakdown, "rows": rows,
             "direct_text_to_3d_s": None if direct is None else round(direct, 3)}
     if direct is not None:
         print(f"direct lgm_core calls, text -> 3D + turntable: median {direct:.3f} s", flush=True)

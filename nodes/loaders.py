@@ -68,8 +68,9 @@ class LGMModelLoader(io.ComfyNode):
             path = hub.fetch_file(hub.LGM_WEIGHTS.repo_id, LGM_OFFICIAL, what=hub.LGM_WEIGHTS.what,
                                   local_dir=files.lgm_folder(), place_hint=files.lgm_folder())
         dtype = devices.pick_dtype(precision)
-        # the CUDA-graph path by default (inert while ComfyUI keeps the model on the CPU)
-        model = load_lgm(path, dtype=dtype, device="cpu").optimize_for_inference()
+        # ComfyUI places the weights; ManagedModel.get() switches on the library's fast path once they are
+        # on the compute device (LGM.optimize_for_inference())
+        model = load_lgm(path, dtype=dtype, device="cpu")
         managed = ManagedModel(model, dtype, kind="lgm", preset=model.preset or "custom",
                                rotation=model.rotation_mode, file=os.path.basename(path))
         return io.NodeOutput(managed)

@@ -6,10 +6,14 @@ object the nodes call (an ``lgm_core.LGM`` or an ``lgm_core.mvdiffusion.MultiVie
 when a node needs it, evicts other models when VRAM is short, honours --lowvram/--novram/--cpu and may
 move it back to the offload device between uses.
 
-Captured CUDA graphs: the runtime policy's graph runner (``lgm_core.runtime.CUDAGraphRunner``) notices
-by itself when ComfyUI moved the weights and captures again. What this module adds is freeing their
-memory as soon as ComfyUI unloads the model (``release_cuda_graphs()`` of the model, on the patcher's
-detach callback), so offloading really gives the VRAM back.
+The library's fast path: the first time :meth:`ManagedModel.get` has the weights on the compute device
+it calls the model's ``optimize_for_inference()`` (no arguments: whatever the library's default fast
+path is — today CUDA graphs — the nodes get it; once per model, on the device it will run on, since a
+path that compiles for a GPU needs the weights there; inert on the CPU). Captured CUDA graphs: the
+runtime policy's graph runner (``lgm_core.runtime.CUDAGraphRunner``) notices by itself when ComfyUI
+moved the weights and captures again. What this module adds is freeing their memory as soon as ComfyUI
+unloads the model (``release_cuda_graphs()`` of the model, on the patcher's detach callback), so
+offloading really gives the VRAM back.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class ManagedModel:
         self.model = model
         self.dtype = dtype
         self.info = dict(info)
+        self.optimized = not callable(getattr(model, "optimize_for_inference", None))
         self.patcher = model_patcher.ModelPatcher(
             _Holder(modules), load_device=torch_device(), offload_device=model_management.unet_offload_device())
         release = getattr(model, "release_cuda_graphs", None)
@@ -60,9 +65,13 @@ class ManagedModel:
         return self.patcher.load_device
 
     def get(self) -> Any:
-        """Load the weights on the compute device (if they are not there already) and return ``model``."""
+        """Load the weights on the compute device (if they are not there already) and return ``model``,
+        switched to the library's fast inference path on that device the first time."""
         # Modules here have no comfy.ops cast hooks, so they are always loaded whole.
         model_management.load_models_gpu([self.patcher], force_full_load=True)
+        if not self.optimized:
+            self.model.optimize_for_inference()  # the library's default fast path, on the compute device
+            self.optimized = True
         return self.model
 
     def __repr__(self) -> str:

@@ -5,8 +5,14 @@
 //   mode "build": load the API prompt `api` with app.loadApiJson (the frontend lays it out), fix seeds,
 //                 and return the UI workflow it serialises plus its graphToPrompt output.
 //   mode "check": load the UI workflow `ui` with app.loadGraphData and return graphToPrompt's output.
+//   mode "run":   load the API prompt `api`, queue it from the page (app.queuePrompt), wait until the
+//                 server reports it done and `settle_ms` more, then save a PNG of every canvas the node
+//                 widgets drew (3D viewers: WebGL canvases other than the graph) to `canvas_shots`
+//                 (a folder): files canvas_<i>.png, listed in the result's `canvases`.
 //   `screenshot`: path of a PNG of the canvas after loading.
-// Writes {name: {ui, prompt, missing}} to `out`. Only localhost requests are allowed.
+// Writes {name: {ui, prompt, missing, console, blocked}} to `out`: `console` holds the page's console
+// errors/warnings and page errors while the item ran, `blocked` the non-localhost requests refused.
+// Only localhost requests are allowed.
 
 import fs from "node:fs";
 import { createRequire } from "node:module";
@@ -23,11 +29,16 @@ const browser = await chromium.launch({
          "--disable-dev-shm-usage"],
 });
 const results = {};
+let consoleLog = [];
+let blocked = [];
 try {
   const context = await browser.newContext({ viewport: { width: 1920, height: 1080 } });
   await context.route("**/*", (route) => {
     const u = new URL(route.request().url());
-    if (["127.0.0.1", "localhost"].includes(u.hostname)) return route.continue();
+    if (["127.0.0.1", "localhost"].includes(u.hostname) || u.protocol === "blob:" || u.protocol === "data:") {
+      return route.continue();
+    }
+    blocked.push(u.href);
     return route.abort();
   });
   await context.addInitScript(() => {
@@ -35,16 +46,30 @@ try {
     localStorage.setItem("Comfy.TutorialCompleted", "true");
   });
   const page = await context.newPage();
-  page.on("pageerror", (e) => console.error("pageerror:", e.message));
+  page.on("pageerror", (e) => { console.error("pageerror:", e.message); consoleLog.push("pageerror: " + e.message); });
+  page.on("console", (m) => {
+    if (["error", "warning"].includes(m.type())) consoleLog.push(m.type() + ": " + m.text());
+  });
   await page.goto(job.url, { waitUntil: "domcontentloaded" });
   await page.waitForFunction(() => window.app && window.app.graph && window.app.vueAppReady !== false,
                              null, { timeout: 90000 });
   await page.waitForTimeout(1500);
   for (const item of job.items) {
+    consoleLog = [];
+    blocked = [];
     const res = await page.evaluate(async (item) => {
       const app = window.app;
       const opts = { showMissingNodesDialog: false, showMissingModelsDialog: false };
-      if (item.mode === "build") {
+      if (item.mode === "run") {
+        await app.loadApiJson(item.api, item.name + ".json");
+        const done = new Promise((resolve) => {
+          for (const ev of ["execution_success", "execution_error", "execution_interrupted"]) {
+            app.api.addEventListener(ev, () => resolve(ev), { once: true });
+          }
+        });
+        await app.queuePrompt(0, 1);
+        var ended = await Promise.race([done, new Promise((r) => setTimeout(() => r("timeout"), 60000))]);
+      } else if (item.mode === "build") {
         await app.loadApiJson(item.api, item.name + ".json");
         for (const node of app.graph._nodes) {
           for (const w of node.widgets || []) {
@@ -58,8 +83,21 @@ try {
       const missing = app.graph._nodes.filter((n) => n.type && !window.LiteGraph.registered_node_types[n.type])
         .map((n) => n.type);
       const { output } = await app.graphToPrompt();
-      return { ui: app.graph.serialize(), prompt: output, missing };
+      return { ui: app.graph.serialize(), prompt: output, missing, ended: typeof ended === "undefined" ? null : ended };
     }, item);
+    if (item.mode === "run") {
+      await page.waitForTimeout(item.settle_ms || 5000);
+      const handles = await page.$$("canvas");
+      res.canvases = [];
+      let i = 0;
+      for (const h of handles) {
+        const info = await h.evaluate((c) => ({ id: c.id, w: c.clientWidth, h: c.clientHeight }));
+        if (info.id === "graph-canvas" || info.w < 64 || info.h < 64) continue;
+        const path = `${item.canvas_shots}/canvas_${i++}.png`;
+        await h.screenshot({ path });
+        res.canvases.push({ path, ...info });
+      }
+    }
     if (item.screenshot) {
       await page.evaluate(() => {
         const c = window.app.canvas;
@@ -84,6 +122,8 @@ try {
       const canvas = await page.$("#graph-canvas");
       await (canvas || page).screenshot({ path: item.screenshot });
     }
+    res.console = consoleLog;
+    res.blocked = blocked;
     results[item.name] = res;
   }
 } finally {

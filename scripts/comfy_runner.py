@@ -76,10 +76,16 @@ def write_example_inputs(input_dir: Path) -> dict[str, Path]:
 
 class ComfyServer:
     """``main.py`` of the test ComfyUI on 127.0.0.1, this pack loaded through custom_nodes, models
-    from ``models_dir`` (mapped with --extra-model-paths-config). Use as a context manager."""
+    from ``models_dir`` (mapped with --extra-model-paths-config). Use as a context manager.
 
-    def __init__(self, paths: ComfyPaths, work_dir: Path, models_dir: Path, extra_args: tuple = ()):
+    ``api_nodes``: False (default) starts it with ``--disable-api-nodes``; note that this flag also
+    makes 0.33's server send a content-security policy without ``blob:`` in ``connect-src``, which
+    blocks three.js from loading a GLB's embedded textures (tests of the 3D viewer pass True)."""
+
+    def __init__(self, paths: ComfyPaths, work_dir: Path, models_dir: Path, extra_args: tuple = (),
+                 api_nodes: bool = False):
         self.paths = paths
+        self.api_nodes = api_nodes
         self.work_dir = Path(work_dir)
         self.models_dir = Path(models_dir)
         self.extra_args = tuple(extra_args)
@@ -109,7 +115,7 @@ class ComfyServer:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         cmd = [str(self.paths.venv_python), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--disable-api-nodes", "--database-url", "sqlite:///:memory:",
+               *(() if self.api_nodes else ("--disable-api-nodes",)), "--database-url", "sqlite:///:memory:",
                "--input-directory", str(self.work_dir / "input"),
                "--output-directory", str(self.work_dir / "output"),
                "--user-directory", str(self.work_dir / "user"),

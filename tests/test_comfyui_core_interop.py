@@ -253,6 +253,31 @@ def test_splat_files_round_trip_between_pack_and_core(harness, fmt):
         assert b"comment prompt {" in header and b'comment workflow {"nodes":["x"]}' in header
 
 
+def test_spz_with_higher_sh_between_pack_and_core(harness):
+    """A SPLAT with SH degree 3 (core's SPLAT may carry it: TripoSplat, a 3DGS .ply) keeps every band
+    through LGM Save Splat .spz -> LGM Load Splat, and core's File3DToSplat reads the same file (its
+    reader keeps the base colour) with the same positions and colours."""
+    to_splat = require_core_node(harness, "File3DToSplat")
+    from comfy_api.latest import Types
+
+    bridge = pack_module("bridge")
+    g = marker_scene(seed=4)
+    rest = torch.rand(1, g.num_gaussians, 15, 3, generator=torch.Generator().manual_seed(2)) * 0.6 - 0.3
+    g.sh = torch.cat([g.sh, rest], 2)
+    original = bridge.gaussians_to_splat(g)
+    out = harness.node_classes["LGMSaveSplat"].execute(original, "sh3/spz", 0.0, "spz")
+    saved = harness.output_dir / out.result[0]
+    (harness.input_dir / "sh3.spz").write_bytes(saved.read_bytes())
+    back = harness.node_classes["LGMLoadSplat"].execute("sh3.spz", "auto").result[0]
+    assert back.sh.shape == original.sh.shape == (1, g.num_gaussians, 16, 3)
+    assert float((back.sh[..., 1:, :] - original.sh[..., 1:, :]).abs().max()) <= 0.5 / 128 + 1e-6
+    assert float((back.positions - original.positions).abs().max()) < 2e-4
+    in_core = to_splat.execute(Types.File3D(str(saved))).result[0]
+    assert in_core.positions.shape == back.positions.shape
+    assert float((in_core.positions - back.positions).abs().max()) < 1e-5
+    assert float((in_core.sh[..., 0, :] - back.sh[..., 0, :]).abs().max()) < 0.02  # core's colour decode
+
+
 def _core_mesh_from_glb(path):
     """A core MESH of a .glb as an independent reader (trimesh) sees it, in core's conventions: glTF UVs
     (origin top-left; trimesh flips them to bottom-left on load, flipped back here), the base-colour

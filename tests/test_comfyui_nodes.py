@@ -165,24 +165,42 @@ def test_models_are_managed_by_comfyui(harness):
     assert not mm.current_loaded_models
 
 
-def test_lgm_loader_gives_the_graph_path_and_frees_it_on_unload(harness):
-    """LGM Model Loader turns the CUDA-graph path on (inert on this CPU) and ComfyUI's unload frees the
-    captured graphs (ManagedModel's detach callback)."""
+def test_lgm_loader_gives_the_graph_path_and_frees_it_on_unload(harness, monkeypatch):
+    """The LGM the nodes run is on the library's fast path: ``LGM.optimize_for_inference()`` (no
+    arguments, the library's default) is called exactly once, after ComfyUI put the weights on the compute
+    device (so on a CUDA device the CUDA-graph runner wraps CUDA weights; inert on this CPU), and ComfyUI's
+    unload frees the captured graphs (ManagedModel's detach callback)."""
     import comfy.model_management as mm
 
+    from lgm_core.models.lgm import LGM
+
+    calls = []
+    real = LGM.optimize_for_inference
+
+    def spy(self, *args, **kwargs):
+        calls.append((self.device, args, kwargs))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(LGM, "optimize_for_inference", spy)
     managed = harness.node_classes["LGMModelLoader"].execute("model_fp16_fixrot.safetensors", "fp32", False).result[0]
+    assert not calls and not managed.optimized  # nothing before ComfyUI places the weights
+    assert managed.get() is managed.model and any(m.model is managed.patcher for m in mm.current_loaded_models)
+    assert calls == [(managed.device, (), {})]  # on the load device, the library's default path
     runner = managed.model._graph_runner
     assert runner is not None and runner.enabled
-    assert managed.get() is managed.model and any(m.model is managed.patcher for m in mm.current_loaded_models)
+    assert runner.weights is managed.model  # re-captures when ComfyUI moves these weights
     reconstruct = harness.node_classes["LGMReconstruct"]
     overshoot = torch.rand(4, 64, 64, 3, generator=torch.Generator().manual_seed(0)) * 1.04 - 0.02  # as bicubic
     splat = reconstruct.execute(managed, overshoot, 0.0).result[0]
     assert torch.isfinite(splat.positions).all()
     with pytest.raises(ValueError, match="NaN"):
         reconstruct.execute(managed, torch.full((4, 64, 64, 3), float("nan")), 0.0)
+    assert len(calls) == 1 and managed.model._graph_runner is runner  # once per model, not per execution
     runner.graphs["stale"] = object()  # stands in for a graph captured on a GPU
     mm.unload_all_models()
     assert not runner.graphs
+    managed.get()  # loaded again: same runner (it notices the moved weights by itself), no second call
+    assert len(calls) == 1 and managed.model._graph_runner is runner
 
 
 def test_core_style_splat_objects_are_accepted(harness, tmp_path):

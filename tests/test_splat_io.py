@@ -130,6 +130,51 @@ def test_spz_version_3_rotations_and_bad_files(tmp_path):
         splat_file_bytes(_scene(), "spz", min_opacity=1.0)
 
 
+@pytest.mark.parametrize("degree", [1, 2, 3])
+def test_spz_with_higher_sh_degrees_reads_every_band(tmp_path, degree):
+    """An .spz of SH degree 1-3 laid out byte by byte as Niantic's format has it (after the rotations,
+    per Gaussian the 3, 8 or 15 higher coefficients, each as r, g, b bytes, ``value * 128 + 128``) is read
+    with every band; LGM Load Splat's reader turns it to the LGM frame like the .ply reader does."""
+    n, dim = 3, {1: 3, 2: 8, 3: 15}[degree]
+    rng = np.random.default_rng(degree)
+    rest = rng.integers(0, 256, size=(n, dim, 3), dtype=np.uint8)
+    body = struct.pack("<IIIBBBB", 0x5053474E, 2, n, degree, 12, 0, 0)
+    body += bytes(9 * n) + bytes([200] * n) + bytes([150, 127, 100] * n) + bytes([96] * 3 * n)
+    body += bytes([128, 128, 128] * n)  # identity rotations
+    body += bytes(int(rest[i, j, c]) for i in range(n) for j in range(dim) for c in range(3))
+    path = tmp_path / "sh.spz"
+    path.write_bytes(gzip.compress(body))
+    stored = load_splat_file(path, frame="lgm")  # as stored, no frame turn
+    assert stored.sh.shape == (1, n, (degree + 1) ** 2, 3) and stored.sh_degree == degree
+    assert torch.allclose(stored.sh[0, :, 1:], torch.from_numpy((rest.astype(np.float32) - 128) / 128))
+    assert torch.allclose(stored.sh[0, :, 0], torch.tensor([150 - 127.5, -0.5, 100 - 127.5]) / (255 * 0.15))
+    turned = load_splat_file(path)  # 3DGS frame file -> LGM frame: the bands re-signed, magnitudes kept
+    assert torch.allclose(turned.sh, threedgs_to_lgm(stored).sh)
+    assert torch.allclose(turned.sh.abs(), stored.sh.abs())
+    with pytest.raises(ValueError, match="truncated"):
+        load_splat_file(_write(tmp_path / "cut.spz", gzip.compress(body[:-1])))
+
+
+def _write(path, data):
+    path.write_bytes(data)
+    return path
+
+
+def test_spz_writes_higher_sh_and_round_trips():
+    """Save Splat's .spz keeps SH bands up to degree 3 (a splat loaded from a 3DGS .ply keeps its
+    view-dependent colour); the frame turn and 8-bit quantisation are the only changes."""
+    g = _scene()
+    g.sh = torch.cat([g.sh, torch.rand(1, g.num_gaussians, 15, 3, generator=torch.Generator().manual_seed(1))
+                      * 1.6 - 0.8], 2)
+    raw = splat_file_bytes(g, "spz", min_opacity=0.0)
+    assert gzip.decompress(raw)[12] == 3  # SH degree in the header
+    from lgm_core.splat_io.spz import read_spz
+
+    back = threedgs_to_lgm(read_spz(raw))
+    assert back.sh.shape == g.sh.shape
+    assert float((back.sh[0, :, 1:] - g.sh[0, :, 1:]).abs().max()) <= 0.5 / 128 + 1e-6
+
+
 def test_ksplat_level1_buckets_read(tmp_path):
     """A level-1 file (half floats, bucket-relative u16 centres) decodes to the bucket geometry."""
     from lgm_core.splat_io.ksplat import read_ksplat

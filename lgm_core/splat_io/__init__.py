@@ -1,8 +1,8 @@
 """Gaussian splat files in every common format, all in one frame.
 
 Formats: ``.ply`` (standard 3DGS, full SH), ``.splat`` (antimatter15, 32 B per Gaussian), ``.spz``
-(Niantic, gzip, quantised) and ``.ksplat`` (mkkellogg SplatBuffer). ``.splat``/``.spz``/``.ksplat``
-keep the DC colour only.
+(Niantic, gzip, quantised, SH degree 0-3) and ``.ksplat`` (mkkellogg SplatBuffer). ``.splat`` and
+``.ksplat`` keep the DC colour only (``.ksplat`` files with higher SH bands are read, the bands skipped).
 
 **One frame for all formats**: files written here hold the **3DGS frame** (+y down, +z forward), the
 frame ComfyUI core's SPLAT, its File3DToSplat/SplatToFile3D and web splat viewers use, so a file looks
@@ -89,7 +89,7 @@ def splat_file_bytes(gaussians: Gaussians, fmt: str, *, index: int = 0, min_opac
     if fmt == "spz":
         from .spz import spz_bytes
 
-        return spz_bytes(pos, scales, rots, alpha, sh[:, 0, :])
+        return spz_bytes(pos, scales, rots, alpha, sh[:, :16, :])  # SH degree <= 3 (all the format holds)
     from .ksplat import ksplat_bytes
 
     return ksplat_bytes(pos, scales, rots, alpha, (sh[:, 0, :] * SH_C0 + 0.5).clamp(0, 1))

@@ -1,4 +1,5 @@
-"""Niantic ``.spz`` splat files (gzip-compressed, quantised; versions 2 and 3 read, version 2 written).
+"""Niantic ``.spz`` splat files (gzip-compressed, quantised; versions 2 and 3 read, version 2 written;
+SH degree 0-3 read and written).
 
 Layout after gunzip: a 16-byte header (``<I`` magic ``0x5053474E`` "NGSP", ``<I`` version, ``<I``
 count, ``u8`` SH degree, ``u8`` fractional bits of the fixed-point positions, ``u8`` flags, ``u8``
@@ -12,12 +13,16 @@ scales     3 B        (ln(scale) + 10) * 16
 rotations  3 B (v2)   x, y, z of the unit quaternion with w >= 0, as (q + 1) * 127.5
            4 B (v3)   "smallest three": 2 bits index of the largest component, 3 x (sign bit +
                       9-bit magnitude of |q| / sqrt(1/2)) for the others
-SH         per band   higher SH bands (skipped when reading; never written: LGM has SH degree 0)
+SH         3*D B      the D = 3, 8, 15 higher SH coefficients of degree 1, 2, 3, coefficient-major
+                      with the colour channel fastest (r, g, b of coefficient 1, then of 2, ...),
+                      each as ``value * 128 + 128`` (read back as ``(byte - 128) / 128``)
 ====================  =========================================================================
 
 Axes are stored as they are (this module never turns them; :mod:`lgm_core.splat_io` decides the
 frame). Quantisation: positions to 2**-12 (about 0.24 mm at unit scale), colours and opacities to
-1/255, log-scales to 1/16, quaternion components to about 1/127.
+1/255, log-scales to 1/16, quaternion components to about 1/127, higher SH coefficients to 1/128
+(clamped to [-1, 127/128]). LGM itself predicts SH degree 0 (DC colour); higher bands come from splats
+made elsewhere (a 3DGS ``.ply``, another tool's ``.spz``).
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ MAGIC = 0x5053474E
 WRITE_VERSION = 2
 FRACTIONAL_BITS = 12
 _COLOUR_SCALE = 0.15
+_SH_REST = {0: 0, 1: 3, 2: 8, 3: 15}
+"""SH degree -> number of higher coefficients per colour channel stored after the rotations."""
 
 
 class SpzError(ValueError):
@@ -42,10 +49,15 @@ class SpzError(ValueError):
 
 
 def spz_bytes(positions: torch.Tensor, scales: torch.Tensor, rotations: torch.Tensor, opacities: torch.Tensor,
-              sh_dc: torch.Tensor) -> bytes:
+              sh: torch.Tensor) -> bytes:
     """Version-2 .spz bytes for one set of N Gaussians ([N,3], [N,3] linear, [N,4] wxyz, [N,1] in [0,1],
-    [N,3] DC coefficients). Positions must fit the 24-bit fixed-point range (|x| < 2048)."""
+    SH coefficients [N,K,3] with K = 1, 4, 9 or 16 — or DC only as [N,3]). Positions must fit the 24-bit
+    fixed-point range (|x| < 2048)."""
     n = int(positions.shape[0])
+    sh = sh.detach().double().cpu().reshape(n, -1, 3)
+    degree = {1: 0, 4: 1, 9: 2, 16: 3}.get(int(sh.shape[1]))
+    if degree is None:
+        raise ValueError(f".spz holds SH degree 0-3 (K = 1, 4, 9, 16 coefficients), got K = {sh.shape[1]}")
     xyz = positions.detach().double().cpu().numpy()
     fixed = np.round(xyz * (1 << FRACTIONAL_BITS))
     if n and np.abs(fixed).max() >= (1 << 23):
@@ -53,7 +65,7 @@ def spz_bytes(positions: torch.Tensor, scales: torch.Tensor, rotations: torch.Te
     u = (fixed.astype(np.int64) & 0xFFFFFF).astype(np.uint32)
     pos = np.stack([u & 0xFF, (u >> 8) & 0xFF, (u >> 16) & 0xFF], -1).astype(np.uint8).reshape(n, 9)
     alpha = np.clip(np.round(opacities.detach().double().cpu().numpy().reshape(n) * 255), 0, 255).astype(np.uint8)
-    dc = sh_dc.detach().double().cpu().numpy().reshape(n, 3)
+    dc = sh[:, 0, :].numpy()
     colour = np.clip(np.round(dc * _COLOUR_SCALE * 255 + 127.5), 0, 255).astype(np.uint8)
     log_s = np.log(np.clip(scales.detach().double().cpu().numpy(), 1e-30, None))
     scale = np.clip(np.round((log_s + 10.0) * 16.0), 0, 255).astype(np.uint8)
@@ -61,8 +73,10 @@ def spz_bytes(positions: torch.Tensor, scales: torch.Tensor, rotations: torch.Te
     q = q / np.clip(np.linalg.norm(q, axis=1, keepdims=True), 1e-12, None)
     q = np.where(q[:, :1] < 0, -q, q)  # w >= 0: w is implied by the other three
     rot = np.clip(np.round((q[:, 1:] + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    header = struct.pack("<IIIBBBB", MAGIC, WRITE_VERSION, n, 0, FRACTIONAL_BITS, 0, 0)
-    body = header + pos.tobytes() + alpha.tobytes() + colour.tobytes() + scale.tobytes() + rot.tobytes()
+    rest = np.clip(np.round(sh[:, 1:, :].numpy() * 128.0 + 128.0), 0, 255).astype(np.uint8)  # [N, D, 3]
+    header = struct.pack("<IIIBBBB", MAGIC, WRITE_VERSION, n, degree, FRACTIONAL_BITS, 0, 0)
+    body = (header + pos.tobytes() + alpha.tobytes() + colour.tobytes() + scale.tobytes() + rot.tobytes()
+            + rest.tobytes())
     return gzip.compress(body, compresslevel=6, mtime=0)
 
 
@@ -91,7 +105,7 @@ def _smallest_three(words: np.ndarray) -> np.ndarray:
 
 
 def read_spz(data: bytes, source: str = ".spz data") -> Gaussians:
-    """Gaussians (batch of 1, SH DC only, axes as stored) from .spz file bytes."""
+    """Gaussians (batch of 1, SH of the file's degree 0-3, axes as stored) from .spz file bytes."""
     try:
         raw = gzip.decompress(data)
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
@@ -126,9 +140,12 @@ def read_spz(data: bytes, source: str = ".spz data") -> Gaussians:
         q = _smallest_three(rot.reshape(n, 4).copy().view("<u4")[:, 0])
     q = q / np.clip(np.linalg.norm(q, axis=1, keepdims=True), 1e-12, None)
     dc = (colour.reshape(n, 3).astype(np.float64) - 127.5) / (255 * _COLOUR_SCALE)
+    dim = _SH_REST[sh_degree]
+    rest, off = _take(raw, off, 3 * dim * n, "SH")
+    sh = np.concatenate([dc.reshape(n, 1, 3), (rest.reshape(n, dim, 3).astype(np.float64) - 128.0) / 128.0], 1)
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None]  # noqa: E731
     return Gaussians(positions=t(xyz), scales=t(np.exp(scale.reshape(n, 3) / 16.0 - 10.0)), rotations=t(q),
-                     opacities=t(alpha.reshape(n, 1) / 255.0), sh=t(dc.reshape(n, 1, 3)))
+                     opacities=t(alpha.reshape(n, 1) / 255.0), sh=t(sh))
 
 
 __all__ = ["spz_bytes", "read_spz", "SpzError"]
