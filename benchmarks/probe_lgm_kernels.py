@@ -9,10 +9,18 @@ under one time budget (rows that no longer fit are skipped with a note):
 3. ``torch.compile`` settings (default; ``freezing``; ``max-autotune-no-cudagraphs``), each wrapped in
    our CUDA-graph runner, with compile seconds;
 4. AOTInductor: export + ``aoti_compile_and_package`` seconds, package size, a fresh process's
-   load-to-first-output seconds and its median ms.
+   load-to-first-output seconds and its median ms;
+5. ``fused-norm``: the fused Triton GroupNorm+SiLU (lgm_core/models/fused_norm.py) on vs off, eager
+   channels-last and + CUDA graphs, batch 1 and 4, max|d| vs the fp32 model and vs torch's kernels, a
+   kernel profile with it on, and first-call seconds of fresh processes with an empty Triton cache
+   (JIT) and with that cache filled.
+
+Rows 1-4 (and their reference output) run with the fused GroupNorm off, as measured before it existed.
 
 Prints markdown tables; ``--json`` writes the rows. Usage on the device (about 6-9 min):
     python benchmarks/probe_lgm_kernels.py --out $OUT
+The fused-norm section alone (about 1 min):
+    python benchmarks/probe_lgm_kernels.py --skip eager,profile,compile,aot,freezing,autotune --out $OUT
 CPU smoke (tiny config, no profile of CUDA kernels): python benchmarks/probe_lgm_kernels.py --quick
 """
 
@@ -35,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 from bench_lgm import build, timed  # noqa: E402
+from lgm_core.models import unet as unet_module  # noqa: E402
 from lgm_core.models.lgm import LGMConfig  # noqa: E402
 from lgm_core.runtime import CUDAGraphRunner  # noqa: E402
 
@@ -44,6 +53,8 @@ QUICK = dict(down_channels=(32, 64), down_attention=(False, True), up_channels=(
 
 def family(name: str) -> str:
     n = name.lower()
+    if any(k in n for k in ("_partial_stats", "_finalize", "_apply")):  # lgm_core/models/fused_norm.py
+        return "fused GroupNorm+SiLU (Triton)"
     if any(k in n for k in ("conv", "cudnn", "implicit", "dgrad", "fprop", "xmma", "sm90_xmma")):
         return "convolution"
     if any(k in n for k in ("flash", "fmha", "attention", "mem_eff")):
@@ -83,6 +94,26 @@ def kernel_profile(fn, steps=5):
     return dict(sorted(fam.items(), key=lambda kv: -kv[1])), top[:15]
 
 
+FIRST_CALL = r"""
+import sys, time
+t0 = time.perf_counter()
+import torch
+sys.path[:0] = [{repo!r}, {bench!r}]
+from bench_lgm import build
+from lgm_core.models.lgm import LGMConfig
+dev = {device!r}
+model = build({cfg}, dev, torch.float16 if dev == "cuda" else torch.float32).use_channels_last()
+x = torch.randn(1, 4, 9, model.config.input_size, model.config.input_size, device=dev)
+sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+sync()
+t1 = time.perf_counter()
+with torch.no_grad():
+    model._forward_gaussians(x); sync(); t2 = time.perf_counter()
+    model._forward_gaussians(x); sync(); t3 = time.perf_counter()
+print("FIRSTCALL", t2 - t1, t3 - t2, t2 - t0)
+"""
+
+
 AOT_LOAD = r"""
 import sys, time, torch
 t0 = time.perf_counter()
@@ -113,7 +144,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--budget", type=float, default=520.0)
     ap.add_argument("--out", default=None)
-    ap.add_argument("--skip", default="", help="comma list of sections to skip: eager,profile,compile,freezing,autotune,aot")
+    ap.add_argument("--skip", default="",
+                    help="comma list of sections to skip: eager,profile,compile,freezing,autotune,aot,fused-norm")
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     t_start = time.perf_counter()
@@ -148,6 +180,8 @@ def main(argv=None) -> int:
             add(section=name, error=f"{type(e).__name__}: {str(e)[:300]}")
         print(f"[probe] {name} took {time.perf_counter() - t:.1f} s; {left():.0f} s left", flush=True)
 
+    fused_default = unet_module.FUSED_GROUPNORM
+    unet_module.FUSED_GROUPNORM = False  # sections 1-4 as measured before the fused GroupNorm
     model = build(cfg, device, dtype)
     xs = {b: torch.randn(b, 4, 9, cfg.input_size, cfg.input_size, device=device) for b in (1, 4)}
     with torch.no_grad():
@@ -277,6 +311,53 @@ def main(argv=None) -> int:
     attempt("freezing", 120, compiled("freezing", freezing=True))
     attempt("autotune", 150, compiled("max-autotune-no-cudagraphs", mode="max-autotune-no-cudagraphs", batches=(1,)))
 
+    # 5. fused Triton GroupNorm+SiLU on vs off (eager channels-last, + CUDA graphs)
+    def fused_norm():
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        ref32_model = build(cfg, device, torch.float32)  # same random weights as `model`
+        with torch.no_grad():
+            ref32 = {b: ref32_model._forward_gaussians(xs[b]).float() for b in xs}
+        del ref32_model
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        model.use_channels_last(True)
+        torch_out = {}
+        for fused in (False, True):
+            unet_module.FUSED_GROUPNORM = fused
+            for b in (1, 4):
+                with torch.no_grad():
+                    ms, peak, out = timed(lambda: model._forward_gaussians(xs[b]), iters, warm, device)
+                    runner = CUDAGraphRunner(model._forward_gaussians, weights=model)
+                    gms, gpeak, gout = timed(lambda: runner(xs[b]), iters, warm, device)
+                del runner
+                if not fused:
+                    torch_out[b] = gout.float()
+                add(section="fused-norm", fused=fused, batch=b, ms=ms, graphs_ms=gms, peak_gb=gpeak,
+                    err_fp32=float((gout.float() - ref32[b]).abs().max()),
+                    err_eager_fp32=float((out.float() - ref32[b]).abs().max()),
+                    err_torch_kernels=float((gout.float() - torch_out[b]).abs().max()))
+        if device == "cuda":
+            with torch.no_grad():
+                fam, top = kernel_profile(lambda: model._forward_gaussians(xs[1]))
+            add(section="profile", mode="eager channels-last b1, fused GroupNorm+SiLU", families=fam, top=top)
+        cache = tempfile.mkdtemp(prefix="lgm_triton_cache_")
+        for label, fused in (("torch kernels", "0"), ("fused, empty Triton cache", "1"), ("fused, cache filled", "1")):
+            code = FIRST_CALL.format(repo=str(REPO), bench=str(REPO / "benchmarks"), cfg=cfg_src, device=device)
+            env = dict(os.environ, LGM_FUSED_NORM=fused, TRITON_CACHE_DIR=cache)
+            res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                                 timeout=max(30, left() - 5))
+            line = [l for l in res.stdout.splitlines() if l.startswith("FIRSTCALL")]
+            if not line:
+                add(section="fused-norm-first", mode=label, error=f"rc {res.returncode}: {res.stderr[-800:]!r}")
+                continue
+            first, second, start = map(float, line[0].split()[1:])
+            add(section="fused-norm-first", mode=label, first_call_s=first, second_call_s=second,
+                start_to_ready_s=start)
+        unet_module.FUSED_GROUPNORM = fused_default
+
+    attempt("fused-norm", 60, fused_norm)
+
     # report
     lines = ["# LGM big kernel probe" + (" (quick, CPU)" if args.quick else ""), ""] + [f"- {n}" for n in notes]
     lines += ["", "| section | setting | batch | ms | + CUDA graphs ms | peak GB | compile s | max err |",
@@ -288,6 +369,21 @@ def main(argv=None) -> int:
                          f"{r['peak_gb']:.3f} | {r.get('compile_s', 0):.1f} | {r['max_err']:.3g} |")
         elif "error" in r:
             lines.append(f"| {r['section']} | ERROR {r['error'][:200]} | | | | | | |")
+    fused_rows = [r for r in rows if r["section"] == "fused-norm" and "error" not in r]
+    if fused_rows:
+        lines += ["", "## fused GroupNorm+SiLU (Triton) on vs off, channels-last", "",
+                  "| fused | batch | eager ms | + CUDA graphs ms | peak GB | max|d| vs fp32 (graphs) | "
+                  "max|d| vs fp32 (eager) | max|d| vs torch kernels |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['fused']} | {r['batch']} | {r['ms']:.2f} | {r['graphs_ms']:.2f} | {r['peak_gb']:.3f} | "
+                  f"{r['err_fp32']:.3g} | {r['err_eager_fp32']:.3g} | {r['err_torch_kernels']:.3g} |"
+                  for r in fused_rows]
+    first_rows = [r for r in rows if r["section"] == "fused-norm-first"]
+    if first_rows:
+        lines += ["", "| fresh process, batch 1 | first call s | second call s | start to first output s |",
+                  "|---|---|---|---|"]
+        lines += [f"| {r['mode']} | ERROR {r['error'][:200]} | | |" if "error" in r else
+                  f"| {r['mode']} | {r['first_call_s']:.2f} | {r['second_call_s']:.3f} | {r['start_to_ready_s']:.1f} |"
+                  for r in first_rows]
     for r in rows:
         if r["section"] == "profile":
             lines += ["", f"## kernel families, {r['mode']} (GPU ms per call)", "", "| family | ms |", "|---|---|"]

@@ -60,8 +60,8 @@ def _partial_stats(x_ptr, mean_ptr, m2_ptr, C, P, stride_n, stride_c, stride_p, 
 
 
 @triton.jit
-def _finalize(mean_ptr, m2_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, C, P, num_pb, groups, eps,
-              CG: tl.constexpr, BLOCK_CG: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr):
+def _finalize(mean_ptr, m2_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, C, CG, P, num_pb, groups, eps,
+              BLOCK_CG: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr):
     pid = tl.program_id(0)
     n = pid // groups
     g = pid % groups
@@ -167,9 +167,8 @@ def group_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_gr
     scale = torch.empty((N, C), device=x.device, dtype=torch.float32)
     shift = torch.empty_like(scale)
     cg = C // num_groups
-    _finalize[(N * num_groups,)](mean, m2, weight, bias, scale, shift, C, P, num_pb, num_groups, eps,
-                                 CG=cg, BLOCK_CG=triton.next_power_of_2(cg), BLOCK_P=block_p,
-                                 BLOCK_R=REDUCE_BLOCK)
+    _finalize[(N * num_groups,)](mean, m2, weight, bias, scale, shift, C, cg, P, num_pb, num_groups, eps,
+                                 BLOCK_CG=triton.next_power_of_2(cg), BLOCK_P=block_p, BLOCK_R=REDUCE_BLOCK)
     _apply[grid](x, y, scale, shift, C, P, stride_n, stride_c, stride_p,
                  SILU=bool(silu), BLOCK_C=block_c, BLOCK_P=block_p)
     return y
