@@ -8,8 +8,9 @@ non-vectorised apply kernel on channels-last tensors plus the separate SiLU domi
 the conditions documented there; this module imports Triton at import time, so import it lazily.
 
 Layouts: 4-D ``[N, C, H, W]`` tensors either contiguous (NCHW in memory) or channels-last (NHWC in
-memory); H and W are treated as one pixel axis ``P = H*W`` of stride ``x.stride(3)`` (1 for NCHW, C for
-NHWC), channels have stride ``x.stride(1)`` (HW or 1). The output has the input's layout and dtype.
+memory); H and W are treated as one pixel axis ``P = H*W``, so a sample is a ``[C, P]`` (NCHW) or
+``[P, C]`` (NHWC) matrix, chosen by the ``CHANNELS_LAST`` constexpr; tiles are ~TILE elements, long on the
+memory-contiguous axis. The output has the input's layout and dtype.
 Any C divisible by ``num_groups`` (not only powers of two) and any H, W.
 
 Dtypes: fp16, bf16 and fp32 inputs (LGM only routes fp16/bf16 here); the affine weight and bias may be
@@ -39,8 +40,17 @@ REDUCE_BLOCK = 1024  # partials merged per loop step in _finalize
 
 
 @triton.jit
-def _partial_stats(x_ptr, mean_ptr, m2_ptr, C, P, stride_n, stride_c, stride_p, num_pb,
-                   BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+def _offsets(c, p, C, P, CHANNELS_LAST: tl.constexpr):
+    """[BLOCK_C, BLOCK_P] element offsets within one sample; the unit stride is literal so that the
+    compiler sees which axis is contiguous (and vectorises along it)."""
+    if CHANNELS_LAST:
+        return c[:, None] + p[None, :] * C
+    return c[:, None] * P + p[None, :]
+
+
+@triton.jit
+def _partial_stats(x_ptr, mean_ptr, m2_ptr, C, P, stride_n, num_pb,
+                   CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     pb = tl.program_id(0)
     cb = tl.program_id(1)
     n = tl.program_id(2)
@@ -48,7 +58,7 @@ def _partial_stats(x_ptr, mean_ptr, m2_ptr, C, P, stride_n, stride_c, stride_p, 
     p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     cmask = c < C
     mask = cmask[:, None] & (p < P)[None, :]
-    offs = n.to(tl.int64) * stride_n + c[:, None] * stride_c + p[None, :] * stride_p
+    offs = n.to(tl.int64) * stride_n + _offsets(c, p, C, P, CHANNELS_LAST)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     cnt = tl.minimum(P - pb * BLOCK_P, BLOCK_P).to(tl.float32)
     mean = tl.sum(x, axis=1) / cnt
@@ -96,8 +106,8 @@ def _finalize(mean_ptr, m2_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, C, CG, P, nu
 
 
 @triton.jit
-def _apply(x_ptr, y_ptr, scale_ptr, shift_ptr, C, P, stride_n, stride_c, stride_p,
-           SILU: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+def _apply(x_ptr, y_ptr, scale_ptr, shift_ptr, C, P, stride_n,
+           CHANNELS_LAST: tl.constexpr, SILU: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     pb = tl.program_id(0)
     cb = tl.program_id(1)
     n = tl.program_id(2)
@@ -105,7 +115,7 @@ def _apply(x_ptr, y_ptr, scale_ptr, shift_ptr, C, P, stride_n, stride_c, stride_
     p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     cmask = c < C
     mask = cmask[:, None] & (p < P)[None, :]
-    offs = n.to(tl.int64) * stride_n + c[:, None] * stride_c + p[None, :] * stride_p
+    offs = n.to(tl.int64) * stride_n + _offsets(c, p, C, P, CHANNELS_LAST)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     scale = tl.load(scale_ptr + n * C + c, mask=cmask, other=0.0)
     shift = tl.load(shift_ptr + n * C + c, mask=cmask, other=0.0)
@@ -156,19 +166,19 @@ def group_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_gr
     y = torch.empty_like(x)  # keeps the memory format
     if x.numel() == 0:
         return y
-    stride_n, stride_c, stride_p = x.stride(0), x.stride(1), x.stride(3)
+    stride_n = x.stride(0)
     block_c, block_p = _blocks(C, P, channels_last)
     num_pb, num_cb = triton.cdiv(P, block_p), triton.cdiv(C, block_c)
     grid = (num_pb, num_cb, N)
     mean = torch.empty((N, C, num_pb), device=x.device, dtype=torch.float32)
     m2 = torch.empty_like(mean)
-    _partial_stats[grid](x, mean, m2, C, P, stride_n, stride_c, stride_p, num_pb,
-                         BLOCK_C=block_c, BLOCK_P=block_p)
+    _partial_stats[grid](x, mean, m2, C, P, stride_n, num_pb,
+                         CHANNELS_LAST=channels_last, BLOCK_C=block_c, BLOCK_P=block_p)
     scale = torch.empty((N, C), device=x.device, dtype=torch.float32)
     shift = torch.empty_like(scale)
     cg = C // num_groups
     _finalize[(N * num_groups,)](mean, m2, weight, bias, scale, shift, C, cg, P, num_pb, num_groups, eps,
                                  BLOCK_CG=triton.next_power_of_2(cg), BLOCK_P=block_p, BLOCK_R=REDUCE_BLOCK)
-    _apply[grid](x, y, scale, shift, C, P, stride_n, stride_c, stride_p,
-                 SILU=bool(silu), BLOCK_C=block_c, BLOCK_P=block_p)
+    _apply[grid](x, y, scale, shift, C, P, stride_n,
+                 CHANNELS_LAST=channels_last, SILU=bool(silu), BLOCK_C=block_c, BLOCK_P=block_p)
     return y
