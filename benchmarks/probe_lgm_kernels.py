@@ -11,7 +11,7 @@ under one time budget (rows that no longer fit are skipped with a note):
 4. AOTInductor: export + ``aoti_compile_and_package`` seconds, package size, a fresh process's
    load-to-first-output seconds and its median ms;
 5. ``fused-norm``: the fused Triton GroupNorm+SiLU (lgm_core/models/fused_norm.py) on vs off, eager
-   channels-last and + CUDA graphs, batch 1 and 4, max|d| vs the fp32 model and vs torch's kernels, a
+   and + CUDA graphs, channels-last and contiguous, batch 1 and 4, max|d| vs the fp32 model and vs torch's kernels, a
    kernel profile with it on, and first-call seconds of fresh processes with an empty Triton cache
    (JIT) and with that cache filled.
 
@@ -99,10 +99,15 @@ import sys, time
 t0 = time.perf_counter()
 import torch
 sys.path[:0] = [{repo!r}, {bench!r}]
-from bench_lgm import build
-from lgm_core.models.lgm import LGMConfig
+from lgm_core.models.lgm import LGM, LGMConfig
 dev = {device!r}
-model = build({cfg}, dev, torch.float16 if dev == "cuda" else torch.float32).use_channels_last()
+with torch.device("meta"):
+    model = LGM({cfg})
+model = model.to_empty(device=dev).to(torch.float16 if dev == "cuda" else torch.float32)
+with torch.no_grad():  # any finite weights: this process times the first call only (init on the device is fast)
+    for p in model.parameters():
+        p.normal_(0.0, 0.02)
+model = model.eval().requires_grad_(False).use_channels_last()
 x = torch.randn(1, 4, 9, model.config.input_size, model.config.input_size, device=dev)
 sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
 sync()
@@ -311,7 +316,7 @@ def main(argv=None) -> int:
     attempt("freezing", 120, compiled("freezing", freezing=True))
     attempt("autotune", 150, compiled("max-autotune-no-cudagraphs", mode="max-autotune-no-cudagraphs", batches=(1,)))
 
-    # 5. fused Triton GroupNorm+SiLU on vs off (eager channels-last, + CUDA graphs)
+    # 5. fused Triton GroupNorm+SiLU on vs off (eager, + CUDA graphs; both layouts)
     def fused_norm():
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
@@ -321,9 +326,9 @@ def main(argv=None) -> int:
         del ref32_model
         if device == "cuda":
             torch.cuda.empty_cache()
-        model.use_channels_last(True)
         torch_out = {}
-        for fused in (False, True):
+        for cl, fused in ((True, False), (True, True), (False, False), (False, True)):
+            model.use_channels_last(cl)
             unet_module.FUSED_GROUPNORM = fused
             for b in (1, 4):
                 with torch.no_grad():
@@ -333,11 +338,12 @@ def main(argv=None) -> int:
                 del runner
                 if not fused:
                     torch_out[b] = gout.float()
-                add(section="fused-norm", fused=fused, batch=b, ms=ms, graphs_ms=gms, peak_gb=gpeak,
+                add(section="fused-norm", channels_last=cl, fused=fused, batch=b, ms=ms, graphs_ms=gms, peak_gb=gpeak,
                     err_fp32=float((gout.float() - ref32[b]).abs().max()),
                     err_eager_fp32=float((out.float() - ref32[b]).abs().max()),
                     err_torch_kernels=float((gout.float() - torch_out[b]).abs().max()))
         if device == "cuda":
+            model.use_channels_last(True)
             with torch.no_grad():
                 fam, top = kernel_profile(lambda: model._forward_gaussians(xs[1]))
             add(section="profile", mode="eager channels-last b1, fused GroupNorm+SiLU", families=fam, top=top)
@@ -371,10 +377,12 @@ def main(argv=None) -> int:
             lines.append(f"| {r['section']} | ERROR {r['error'][:200]} | | | | | | |")
     fused_rows = [r for r in rows if r["section"] == "fused-norm" and "error" not in r]
     if fused_rows:
-        lines += ["", "## fused GroupNorm+SiLU (Triton) on vs off, channels-last", "",
-                  "| fused | batch | eager ms | + CUDA graphs ms | peak GB | max|d| vs fp32 (graphs) | "
-                  "max|d| vs fp32 (eager) | max|d| vs torch kernels |", "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['fused']} | {r['batch']} | {r['ms']:.2f} | {r['graphs_ms']:.2f} | {r['peak_gb']:.3f} | "
+        lines += ["", "## fused GroupNorm+SiLU (Triton) on vs off", "",
+                  "| channels-last | fused | batch | eager ms | + CUDA graphs ms | peak GB | max|d| vs fp32 (graphs) | "
+                  "max|d| vs fp32 (eager) | max|d| vs torch kernels |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['channels_last']} | {r['fused']} | {r['batch']} | {r['ms']:.2f} | {r['graphs_ms']:.2f} | "
+                  f"{r['peak_gb']:.3f} | "
                   f"{r['err_fp32']:.3g} | {r['err_eager_fp32']:.3g} | {r['err_torch_kernels']:.3g} |"
                   for r in fused_rows]
     first_rows = [r for r in rows if r["section"] == "fused-norm-first"]

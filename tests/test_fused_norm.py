@@ -55,9 +55,11 @@ def make(shape, dtype, channels_last, mean=0.0, std=1.0, seed=0):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(2, 64, 9, 7), (1, 192, 5, 11), (3, 384, 1, 1), (1, 1024, 3, 5)])
+@pytest.mark.parametrize("shape", [(2, 64, 9, 7), (1, 192, 5, 11), (3, 384, 1, 1), (1, 1024, 3, 5),
+                                   (1, 2048, 2, 3)])
 def test_matches_float64_group_norm(fn, shape, dtype, channels_last):
-    """Groups of 2, 6, 12 and 32 channels (192, 384: channel counts that are not powers of two)."""
+    """Groups of 2, 6, 12, 32 and 64 channels (192, 384: channel counts that are not powers of two;
+    2048: LGM big's widest up-block input)."""
     x, w, b = make(shape, dtype, channels_last, mean=3.0, std=2.0)
     for silu in (False, True):
         y = fn.group_norm(x, w, b, 32, 1e-5, silu=silu)
@@ -126,6 +128,8 @@ def test_groupnorm32_uses_fused_only_in_half_inference(spy, monkeypatch):
         gn(x)
     assert spy == [True, False]
     gn(x)  # autograd on (training): torch's kernels
+    with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16 if DEVICE == "cpu" else torch.float16):
+        gn(x)  # autocast (training's evaluation): torch's kernels
     with torch.no_grad():
         gn.float()(x.float())  # fp32: torch's kernels
         gn.half()(x.permute(0, 1, 3, 2))  # a layout the kernels do not take

@@ -16,7 +16,8 @@ Any C divisible by ``num_groups`` (not only powers of two) and any H, W.
 Dtypes: fp16, bf16 and fp32 inputs (LGM only routes fp16/bf16 here); the affine weight and bias may be
 of any float dtype. All arithmetic is float32.
 
-Numerics: the whole group (up to 2 channels x 65536 pixels in LGM big) does not fit one block, so
+Numerics: a group (in LGM big from 2 channels x 65536 pixels to 64 channels x 64 pixels) need not fit
+one block, so
 1. ``_partial_stats``: each program takes a tile of BLOCK_C channels x BLOCK_P pixels of one sample and
    writes, per channel, the tile's mean and M2 (sum of squared deviations from that mean, computed
    two-pass from registers, so large means do not cancel);
@@ -25,8 +26,9 @@ Numerics: the whole group (up to 2 channels x 65536 pixels in LGM big) does not 
    giving the biased variance, ``rstd = 1/sqrt(var + eps)``, and folds the affine into a per-channel
    ``scale = rstd * weight``, ``shift = bias - mean * scale``;
 3. ``_apply``: ``y = x * scale + shift`` (then ``y * sigmoid(y)``), rounded to the output dtype once.
-The one rounding is the only difference from torch's fp16 path, which also rounds the normalised
-value before the separate SiLU (so results differ by at most about one fp16/bf16 ulp).
+Besides the fp32 summation order, the one rounding is the only difference from torch's fp16 path,
+which rounds the normalised value and then the separate SiLU's result (so outputs differ by at most
+about one fp16/bf16 ulp).
 """
 
 from __future__ import annotations

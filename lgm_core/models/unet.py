@@ -3,7 +3,8 @@
 Tensor layout: ``[B*4, C, H, W]`` with the 4 views of one object consecutive along the first axis.
 Attention blocks attend jointly over all 4 views of an object.
 
-Precision: GroupNorm always runs in float32 (input upcast, output cast back), attention uses
+Precision: GroupNorm always runs in float32 (input upcast, output cast back; in fp16/bf16 CUDA
+inference as the fused Triton kernels of ``fused_norm.py``, see ``use_fused_groupnorm``), attention uses
 ``scaled_dot_product_attention`` (fp32 accumulation inside the kernels) or, in ``"math"`` mode, an
 explicit softmax computed in float32 — the reference path used for checking.
 """
@@ -25,7 +26,7 @@ ATTENTION_BACKENDS = ("sdpa", "math")
 
 # The fused Triton GroupNorm(+SiLU) of fused_norm.py: on by default, off with LGM_FUSED_NORM=0 (read
 # once, at import) or by setting this switch to False at any time (the original-equivalent benchmark
-# rows and the reference checks do, to run torch's own kernels).
+# rows do, to run torch's own kernels as the original).
 FUSED_GROUPNORM = os.environ.get("LGM_FUSED_NORM", "1").strip() != "0"
 FUSED_DEVICE_TYPES = ("cuda",)  # where the fused kernels run (tests add "cpu" with TRITON_INTERPRET=1)
 _fused_module = None  # fused_norm once imported, False when Triton is not importable
@@ -45,10 +46,12 @@ def _fused_norm():
 
 def use_fused_groupnorm(x: torch.Tensor, num_groups: int = 32) -> bool:
     """Whether GroupNorm32 sends ``x`` to the fused Triton kernels: the switch is on, ``x`` is an
-    fp16/bf16 4-D NCHW/NHWC tensor on CUDA, autograd is off (inference), no torch.compile trace is
-    running (Inductor fuses GroupNorm itself) and Triton imports. Otherwise torch's kernels run."""
-    return (FUSED_GROUPNORM and x.device.type in FUSED_DEVICE_TYPES and x.dtype in (torch.float16, torch.bfloat16)
-            and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+    fp16/bf16 4-D NCHW/NHWC tensor on CUDA, autograd is off (inference), autocast is off (training's
+    evaluation keeps autocast's fp32 GroupNorm), no torch.compile trace is running (Inductor fuses
+    GroupNorm itself) and Triton imports. Otherwise torch's kernels run."""
+    return (FUSED_GROUPNORM and x.device.type in FUSED_DEVICE_TYPES
+            and x.dtype in (torch.float16, torch.bfloat16) and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled(x.device.type) and not torch.compiler.is_compiling()
             and _fused_norm() is not None and _fused_norm().supports(x, num_groups))
 
 
