@@ -50,7 +50,7 @@ def _offsets(c, p, C, P, CHANNELS_LAST: tl.constexpr):
     return c[:, None] * P + p[None, :]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_pb"])
 def _partial_stats(x_ptr, mean_ptr, m2_ptr, C, P, stride_n, num_pb,
                    CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     pb = tl.program_id(0)
@@ -71,9 +71,9 @@ def _partial_stats(x_ptr, mean_ptr, m2_ptr, C, P, stride_n, num_pb,
     tl.store(m2_ptr + out, m2, mask=cmask)
 
 
-@triton.jit
-def _finalize(mean_ptr, m2_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, C, CG, P, num_pb, groups, eps,
-              BLOCK_CG: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr):
+@triton.jit(do_not_specialize=["C", "CG", "P", "num_pb", "tile_p", "groups"])  # one JIT variant per BLOCK_CG
+def _finalize(mean_ptr, m2_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, C, CG, P, num_pb, tile_p, groups, eps,
+              BLOCK_CG: tl.constexpr, BLOCK_R: tl.constexpr):
     pid = tl.program_id(0)
     n = pid // groups
     g = pid % groups
@@ -84,15 +84,15 @@ def _finalize(mean_ptr, m2_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, C, CG, P, nu
     for start in range(0, total, BLOCK_R):
         k = start + r
         km = k < total
-        cnt = tl.minimum(P - (k % num_pb) * BLOCK_P, BLOCK_P).to(tl.float32)
+        cnt = tl.minimum(P - (k % num_pb) * tile_p, tile_p).to(tl.float32)
         acc += tl.where(km, cnt * tl.load(mean_ptr + base + k, mask=km, other=0.0), 0.0)
-    count = (P * CG) * 1.0  # float (P may be specialised to a constant)
+    count = (P * CG).to(tl.float32)
     mean = tl.sum(acc, axis=0) / count
     acc = tl.zeros([BLOCK_R], dtype=tl.float32)
     for start in range(0, total, BLOCK_R):
         k = start + r
         km = k < total
-        cnt = tl.minimum(P - (k % num_pb) * BLOCK_P, BLOCK_P).to(tl.float32)
+        cnt = tl.minimum(P - (k % num_pb) * tile_p, tile_p).to(tl.float32)
         dm = tl.load(mean_ptr + base + k, mask=km, other=0.0) - mean
         acc += tl.where(km, tl.load(m2_ptr + base + k, mask=km, other=0.0) + cnt * dm * dm, 0.0)
     var = tl.sum(acc, axis=0) / count
@@ -148,7 +148,7 @@ def supports(x: torch.Tensor, num_groups: int) -> bool:
 def _blocks(C: int, P: int, channels_last: bool):
     """Tile shape (BLOCK_C, BLOCK_P) of ~TILE elements whose contiguous axis is the memory-fast one."""
     if channels_last:
-        block_c = min(triton.next_power_of_2(C), 128)
+        block_c = min(C & -C, 128)  # the largest power of two dividing C: no masked-off lanes (C = 192: 64)
         block_p = min(triton.next_power_of_2(P), TILE // block_c)
     else:
         block_p = min(triton.next_power_of_2(P), TILE // 4)
@@ -179,8 +179,8 @@ def group_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_gr
     scale = torch.empty((N, C), device=x.device, dtype=torch.float32)
     shift = torch.empty_like(scale)
     cg = C // num_groups
-    _finalize[(N * num_groups,)](mean, m2, weight, bias, scale, shift, C, cg, P, num_pb, num_groups, eps,
-                                 BLOCK_CG=triton.next_power_of_2(cg), BLOCK_P=block_p, BLOCK_R=REDUCE_BLOCK)
+    _finalize[(N * num_groups,)](mean, m2, weight, bias, scale, shift, C, cg, P, num_pb, block_p, num_groups, eps,
+                                 BLOCK_CG=triton.next_power_of_2(cg), BLOCK_R=REDUCE_BLOCK)
     _apply[grid](x, y, scale, shift, C, P, stride_n,
                  CHANNELS_LAST=channels_last, SILU=bool(silu), BLOCK_C=block_c, BLOCK_P=block_p)
     return y
