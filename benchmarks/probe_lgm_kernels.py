@@ -12,8 +12,8 @@ under one time budget (rows that no longer fit are skipped with a note):
    load-to-first-output seconds and its median ms;
 5. ``fused-norm``: the fused Triton GroupNorm+SiLU (lgm_core/models/fused_norm.py) on vs off, eager
    and + CUDA graphs, channels-last and contiguous, batch 1 and 4, max|d| vs the fp32 model and vs torch's kernels, a
-   kernel profile with it on, and first-call seconds of fresh processes with an empty Triton cache
-   (JIT) and with that cache filled.
+   kernel profile with it on, every GroupNorm call of one forward timed alone (torch vs fused), and
+   first-call seconds of fresh processes with an empty Triton cache (JIT) and with that cache filled.
 
 Rows 1-4 (and their reference output) run with the fused GroupNorm off, as measured before it existed.
 
@@ -347,6 +347,7 @@ def main(argv=None) -> int:
             with torch.no_grad():
                 fam, top = kernel_profile(lambda: model._forward_gaussians(xs[1]))
             add(section="profile", mode="eager channels-last b1, fused GroupNorm+SiLU", families=fam, top=top)
+        norm_shapes(b=1)
         cache = tempfile.mkdtemp(prefix="lgm_triton_cache_")
         for label, fused in (("torch kernels", "0"), ("fused, empty Triton cache", "1"), ("fused, cache filled", "1")):
             code = FIRST_CALL.format(repo=str(REPO), bench=str(REPO / "benchmarks"), cfg=cfg_src, device=device)
@@ -361,6 +362,42 @@ def main(argv=None) -> int:
             add(section="fused-norm-first", mode=label, first_call_s=first, second_call_s=second,
                 start_to_ready_s=start)
         unet_module.FUSED_GROUPNORM = fused_default
+
+    def norm_shapes(b):
+        """Every GroupNorm call of one channels-last forward, timed alone: torch (group_norm, then silu)
+        vs the fused kernels; summed over the forward's calls."""
+        from lgm_core.models.unet import GroupNorm32
+
+        calls, real = [], GroupNorm32.forward
+
+        def record(self, x, silu=False):
+            calls.append((self, x.clone(), silu))
+            return real(self, x, silu)
+
+        model.use_channels_last(True)
+        GroupNorm32.forward = record
+        try:
+            with torch.no_grad():
+                model._forward_gaussians(xs[b])
+        finally:
+            GroupNorm32.forward = real
+        per_shape = defaultdict(lambda: [0, 0.0, 0.0, 0.0])
+        with torch.no_grad():
+            for gn, x, silu in calls:
+                outs = []
+                for fused in (False, True):
+                    unet_module.FUSED_GROUPNORM = fused
+                    ms, _, out = timed(lambda: gn(x, silu=silu), 20, 3, device)
+                    outs.append(out)
+                    per_shape[(tuple(x.shape), silu)][1 + fused] += ms
+                per_shape[(tuple(x.shape), silu)][0] += 1
+                d = float((outs[0].float() - outs[1].float()).abs().max())
+                per_shape[(tuple(x.shape), silu)][3] = max(per_shape[(tuple(x.shape), silu)][3], d)
+        for (shape, silu), (n, t_torch, t_fused, d) in sorted(per_shape.items(), key=lambda kv: -kv[1][1]):
+            add(section="norm-shape", shape=shape, silu=silu, calls=n, torch_ms=t_torch, fused_ms=t_fused,
+                max_d=d)
+        add(section="norm-total", calls=len(calls), torch_ms=sum(v[1] for v in per_shape.values()),
+            fused_ms=sum(v[2] for v in per_shape.values()))
 
     attempt("fused-norm", 60, fused_norm)
 
@@ -385,6 +422,14 @@ def main(argv=None) -> int:
                   f"{r['peak_gb']:.3f} | "
                   f"{r['err_fp32']:.3g} | {r['err_eager_fp32']:.3g} | {r['err_torch_kernels']:.3g} |"
                   for r in fused_rows]
+    shape_rows = [r for r in rows if r["section"] in ("norm-shape", "norm-total")]
+    if shape_rows:
+        lines += ["", "| GroupNorm call (channels-last, alone) | calls | torch GN(+SiLU) ms | fused ms | max|d| |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['shape']}{' +SiLU' if r['silu'] else ''} | {r['calls']} | {r['torch_ms']:.3f} | "
+                  f"{r['fused_ms']:.3f} | {r['max_d']:.3g} |" if r["section"] == "norm-shape" else
+                  f"| all calls of one forward | {r['calls']} | {r['torch_ms']:.3f} | {r['fused_ms']:.3f} | |"
+                  for r in shape_rows]
     first_rows = [r for r in rows if r["section"] == "fused-norm-first"]
     if first_rows:
         lines += ["", "| fresh process, batch 1 | first call s | second call s | start to first output s |",
