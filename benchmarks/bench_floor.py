@@ -61,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lgm_core.compile_cache import PersistentCompile, compile_cached  # noqa: E402
 from lgm_core.models.lgm import LGM, LGMConfig  # noqa: E402
+from lgm_core.models import unet as unet_module  # noqa: E402
 from lgm_core.models.unet import GroupNorm32  # noqa: E402
 from bench_lgm import build, timed  # noqa: E402  (random init and CUDA-event timing of the LGM benchmark)
 
@@ -628,7 +629,12 @@ def section_lgm(args, budget, device, table, state) -> None:
             return row(table, budget, cost["lgm_row"], {"batch": b, "mode": name}, fn)
 
         GroupNorm32.native_half_on_cuda = True  # fp16 GroupNorm, as the original's model.half()
-        orig = one("original-equivalent (math attention, fp16 GN)", "math", False)
+        fused = unet_module.FUSED_GROUPNORM
+        unet_module.FUSED_GROUPNORM = False  # torch's own GroupNorm and SiLU kernels, as the original
+        try:
+            orig = one("original-equivalent (math attention, fp16 GN)", "math", False)
+        finally:
+            unet_module.FUSED_GROUPNORM = fused
         eager = one("eager SDPA", "sdpa", False)
         if "median ms" in orig and "median ms" in eager:  # the baseline's error needs the eager output
             table.update(orig["_index"], "max|d| vs eager fp16", max_abs(state["lgm_orig_out"], state["lgm_eager"][b]))
@@ -823,8 +829,10 @@ def run(args) -> int:
         section_compiled(args, budget, device, builders, specs, lgm_table, mv_table, state)
 
     lgm_table.note("original-equivalent = our code with the original's precision recipe: explicit-softmax attention, "
-                   "GroupNorm in fp16 (model.half()); ratios are against it. Errors: max |difference| of the "
-                   "activated Gaussians (positions in [-1, 1], colours in [0, 1]).")
+                   "GroupNorm in fp16 (model.half()) with torch's kernels; the other eager/graph rows use the default "
+                   "fused Triton GroupNorm+SiLU (lgm_core/models/fused_norm.py) unless LGM_FUSED_NORM=0; ratios are "
+                   "against it. Errors: max |difference| of the activated Gaussians (positions in [-1, 1], colours in "
+                   "[0, 1]).")
     lgm_table.note("compile rows: torch.compile (Inductor, dynamic=False) + channels-last + CUDA graphs through "
                    "lgm_core.compile_cache; 'first call s' of the warm row = compile-to-first-output in a fresh "
                    "process that has only the persistent artifact; 'start s' = that process's start to ready "

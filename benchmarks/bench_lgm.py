@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lgm_core.models.lgm import LGM  # noqa: E402
+from lgm_core.models import unet as unet_module  # noqa: E402
 from lgm_core.models.unet import GroupNorm32  # noqa: E402
 
 
@@ -121,8 +122,10 @@ def main() -> None:
         torch.cuda.empty_cache()
 
     rows = []
+    fused_default = unet_module.FUSED_GROUPNORM
     for name, dtype, batch, attn, cl, comp, native_gn, graphs in variants:
         GroupNorm32.native_half_on_cuda = native_gn
+        unet_module.FUSED_GROUPNORM = fused_default and native_gn  # the original-like rows: torch's kernels
         with torch.device("meta"):
             model = LGM.from_preset(args.preset)
         model = model.to(dtype=dtype).to_empty(device=device)

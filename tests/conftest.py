@@ -14,6 +14,12 @@ import torch
 
 import comfy_cores
 
+if not torch.cuda.is_available():
+    # tests/test_fused_norm.py runs the Triton kernels in Triton's interpreter on CPU tensors; Triton
+    # reads this when it is first imported (torch._dynamo imports it), so it is set before any test module
+    # loads. Nothing else runs Triton without CUDA.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("LGM_SHARED_DIR", REPO_ROOT.parent / "shared")).resolve()
 

@@ -3,7 +3,8 @@
 Tensor layout: ``[B*4, C, H, W]`` with the 4 views of one object consecutive along the first axis.
 Attention blocks attend jointly over all 4 views of an object.
 
-Precision: GroupNorm always runs in float32 (input upcast, output cast back), attention uses
+Precision: GroupNorm always runs in float32 (input upcast, output cast back; in fp16/bf16 CUDA
+inference as the fused Triton kernels of ``fused_norm.py``, see ``use_fused_groupnorm``), attention uses
 ``scaled_dot_product_attention`` (fp32 accumulation inside the kernels) or, in ``"math"`` mode, an
 explicit softmax computed in float32 — the reference path used for checking.
 """
@@ -11,6 +12,7 @@ explicit softmax computed in float32 — the reference path used for checking.
 from __future__ import annotations
 
 import math
+import os
 from typing import List, Sequence
 
 import torch
@@ -22,6 +24,36 @@ NUM_HEADS = 16
 NUM_VIEWS = 4
 ATTENTION_BACKENDS = ("sdpa", "math")
 
+# The fused Triton GroupNorm(+SiLU) of fused_norm.py: on by default, off with LGM_FUSED_NORM=0 (read
+# once, at import) or by setting this switch to False at any time (the original-equivalent benchmark
+# rows do, to run torch's own kernels as the original).
+FUSED_GROUPNORM = os.environ.get("LGM_FUSED_NORM", "1").strip() != "0"
+FUSED_DEVICE_TYPES = ("cuda",)  # where the fused kernels run (tests add "cpu" with TRITON_INTERPRET=1)
+_fused_module = None  # fused_norm once imported, False when Triton is not importable
+
+
+def _fused_norm():
+    """lgm_core.models.fused_norm, imported on first use (it imports Triton), or None without Triton."""
+    global _fused_module
+    if _fused_module is None:
+        try:
+            from lgm_core.models import fused_norm
+            _fused_module = fused_norm
+        except ImportError:
+            _fused_module = False
+    return _fused_module or None
+
+
+def use_fused_groupnorm(x: torch.Tensor, num_groups: int = 32) -> bool:
+    """Whether GroupNorm32 sends ``x`` to the fused Triton kernels: the switch is on, ``x`` is an
+    fp16/bf16 4-D NCHW/NHWC tensor on CUDA, autograd is off (inference), autocast is off (training's
+    evaluation keeps autocast's fp32 GroupNorm), no torch.compile trace is running (Inductor fuses
+    GroupNorm itself) and Triton imports. Otherwise torch's kernels run."""
+    return (FUSED_GROUPNORM and x.device.type in FUSED_DEVICE_TYPES
+            and x.dtype in (torch.float16, torch.bfloat16) and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled(x.device.type) and not torch.compiler.is_compiling()
+            and _fused_norm() is not None and _fused_norm().supports(x, num_groups))
+
 
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm(32 groups, eps 1e-5) whose statistics and normalisation are computed in float32.
@@ -29,6 +61,10 @@ class GroupNorm32(nn.GroupNorm):
     For fp16/bf16 inputs on CUDA the native kernel already accumulates in float32 and rounds
     only its output (what autocast's fp32 GroupNorm followed by the next fp16 conv gives too), so
     it is used directly (``native_half_on_cuda``); elsewhere the input is upcast explicitly.
+
+    ``silu=True`` returns ``F.silu(norm(x))``. In fp16/bf16 CUDA inference (``use_fused_groupnorm``)
+    both run as fused Triton kernels (fused_norm.py: fp32 statistics and affine, SiLU before the one
+    rounding to the input dtype); everywhere else the result is exactly torch's GroupNorm then SiLU.
     """
 
     native_half_on_cuda = True
@@ -36,7 +72,13 @@ class GroupNorm32(nn.GroupNorm):
     def __init__(self, channels: int):
         super().__init__(32, channels, eps=1e-5, affine=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, silu: bool = False) -> torch.Tensor:
+        if use_fused_groupnorm(x, self.num_groups):
+            return _fused_norm().group_norm(x, self.weight, self.bias, self.num_groups, self.eps, silu=silu)
+        y = self._group_norm(x)
+        return F.silu(y) if silu else y
+
+    def _group_norm(self, x: torch.Tensor) -> torch.Tensor:
         if (not x.is_cuda and torch.is_grad_enabled() and not x.requires_grad and self.weight.requires_grad
                 and not x.is_contiguous()):
             # torch's CPU group_norm backward crashes (segfault, seen with torch 2.13) for a
@@ -64,8 +106,8 @@ class ResnetBlock(nn.Module):
         self.shortcut = nn.Conv2d(c_in, c_out, kernel_size=1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = self.conv1(self.norm1(x, silu=True))
+        h = self.conv2(self.norm2(h, silu=True))
         return (h + self.shortcut(x)) * SKIP_SCALE
 
 
@@ -214,7 +256,7 @@ class MVUNet(nn.Module):
         for block in self.up_blocks:
             h = block(h, skips[-n:])
             del skips[-n:]
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(self.norm_out(h, silu=True))
 
 
 def set_attention_backend(module: nn.Module, backend: str) -> None:

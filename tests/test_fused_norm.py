@@ -1,0 +1,171 @@
+"""The fused Triton GroupNorm(+SiLU) (lgm_core/models/fused_norm.py) and when GroupNorm32 uses it.
+
+Without CUDA the kernels run in Triton's interpreter (TRITON_INTERPRET=1) on CPU tensors; tests that
+need Triton skip when it is not installed. References are computed in float64, so the tolerance is the
+output dtype's rounding: half an fp16 ulp; one bf16 ulp, because the interpreter truncates to bf16.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lgm_core.models import unet
+from lgm_core.models.unet import GroupNorm32, ResnetBlock
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+
+
+@pytest.fixture(scope="module")
+def fn():
+    pytest.importorskip("triton")
+    if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no CUDA and TRITON_INTERPRET is not 1 (tests/conftest.py sets it)")
+    from lgm_core.models import fused_norm
+    return fused_norm
+
+
+def reference(x, w, b, silu):
+    y = F.group_norm(x.double(), 32, w.double(), b.double(), 1e-5)
+    return F.silu(y) if silu else y
+
+
+def assert_rounding_close(got, ref, dtype):
+    assert got.dtype == dtype
+    ulp_rel = 2.0 ** -11 if dtype == torch.float16 else 2.0 ** -7
+    err = (got.double() - ref).abs()
+    bound = ref.abs() * ulp_rel + 1e-4  # 1e-4: float32 statistics, far below one ulp of values ~1
+    assert bool((err <= bound).all()), f"max excess {float((err - bound).max()):.3g}"
+
+
+def make(shape, dtype, channels_last, mean=0.0, std=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c = shape[1]
+    x = (torch.randn(shape, generator=g) * std + mean).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(c, generator=g).to(dtype)
+    b = torch.randn(c, generator=g).to(dtype)
+    return x.to(DEVICE), w.to(DEVICE), b.to(DEVICE)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 64, 9, 7), (1, 192, 5, 11), (3, 384, 1, 1), (1, 1024, 3, 5),
+                                   (1, 2048, 2, 3)])
+def test_matches_float64_group_norm(fn, shape, dtype, channels_last):
+    """Groups of 2, 6, 12, 32 and 64 channels (192, 384: channel counts that are not powers of two;
+    2048: LGM big's widest up-block input)."""
+    x, w, b = make(shape, dtype, channels_last, mean=3.0, std=2.0)
+    for silu in (False, True):
+        y = fn.group_norm(x, w, b, 32, 1e-5, silu=silu)
+        assert y.shape == x.shape
+        assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        assert_rounding_close(y.cpu(), reference(x.cpu(), w.cpu(), b.cpu(), silu), dtype)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_split_reduction_and_large_mean(fn, channels_last, monkeypatch):
+    """Many pixel tiles per group, several merge steps in _finalize, and a mean far from zero (where
+    E[x^2] - E[x]^2 would cancel): 64 channels (groups of 2) at odd 13x11 with tiny tiles."""
+    monkeypatch.setattr(fn, "TILE", 64)
+    monkeypatch.setattr(fn, "REDUCE_BLOCK", 4)
+    x, w, b = make((1, 64, 13, 11), torch.float16, channels_last, mean=300.0, std=50.0, seed=1)
+    block_c, block_p = fn._blocks(64, 13 * 11, channels_last)
+    assert 2 * -(-13 * 11 // block_p) > 3 * 4  # the merge loop really takes several steps
+    y = fn.group_norm(x, w, b, 32, 1e-5, silu=True)
+    assert_rounding_close(y.cpu(), reference(x.cpu(), w.cpu(), b.cpu(), True), torch.float16)
+
+
+def test_rejects_what_it_cannot_take(fn):
+    x, w, b = make((1, 64, 4, 4), torch.float16, False)
+    assert fn.supports(x, 32) and fn.supports(x.contiguous(memory_format=torch.channels_last), 32)
+    odd = x.permute(0, 1, 3, 2)  # neither NCHW nor NHWC memory
+    assert not fn.supports(odd, 32) and not fn.supports(x[:, :48], 32) and not fn.supports(x[0], 32)
+    with pytest.raises(ValueError):
+        fn.group_norm(odd, w, b, 32, 1e-5)
+
+
+@pytest.fixture
+def spy(fn, monkeypatch):
+    """Lets GroupNorm32 dispatch on this test's device and counts fused calls (with their silu flag)."""
+    calls = []
+    real = fn.group_norm
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("silu", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fn, "group_norm", counting)
+    monkeypatch.setattr(unet, "FUSED_DEVICE_TYPES", ("cuda", "cpu"))
+    monkeypatch.setattr(unet, "FUSED_GROUPNORM", True)
+    monkeypatch.setattr(unet, "_fused_module", fn)
+    return calls
+
+
+def half_norm(dtype=torch.float16):
+    torch.manual_seed(0)
+    gn = GroupNorm32(64)
+    with torch.no_grad():
+        gn.weight.normal_()
+        gn.bias.normal_()
+    return gn.to(DEVICE, dtype)
+
+
+def test_groupnorm32_uses_fused_only_in_half_inference(spy, monkeypatch):
+    gn = half_norm()
+    x = torch.randn(2, 64, 6, 6, device=DEVICE).half().contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch_out = F.silu(gn._group_norm(x))
+        fused_out = gn(x, silu=True)
+    assert spy == [True]
+    assert (fused_out.float() - torch_out.float()).abs().max() < 1e-2  # one fp16 rounding apart at most
+    with torch.inference_mode():
+        gn(x)
+    assert spy == [True, False]
+    gn(x)  # autograd on (training): torch's kernels
+    with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16 if DEVICE == "cpu" else torch.float16):
+        gn(x)  # autocast (training's evaluation): torch's kernels
+    with torch.no_grad():
+        gn.float()(x.float())  # fp32: torch's kernels
+        gn.half()(x.permute(0, 1, 3, 2))  # a layout the kernels do not take
+        monkeypatch.setattr(unet, "FUSED_GROUPNORM", False)
+        assert torch.equal(gn(x, silu=True), torch_out)  # switched off: exactly the torch path
+        monkeypatch.setattr(unet, "FUSED_GROUPNORM", True)
+        monkeypatch.setattr(unet, "_fused_module", False)  # Triton not importable
+        gn(x)
+    assert spy == [True, False]
+
+
+def test_resnet_block_fuses_norm_and_silu(spy, monkeypatch):
+    torch.manual_seed(0)
+    block = ResnetBlock(64, 128).to(DEVICE, torch.bfloat16)
+    x = torch.randn(1, 64, 5, 5, device=DEVICE).bfloat16()
+    with torch.no_grad():
+        y = block(x)
+        monkeypatch.setattr(unet, "FUSED_GROUPNORM", False)
+        y_torch = block(x)
+    assert spy == [True, True] and y.dtype == torch.bfloat16
+    assert (y.float() - y_torch.float()).abs().max() < 0.1
+
+
+def test_not_used_on_cpu_by_default():
+    """No Triton needed: CPU tensors never reach the fused kernels unless a test opts in."""
+    assert unet.FUSED_DEVICE_TYPES == ("cuda",)
+    x = torch.randn(1, 64, 3, 3).half()
+    with torch.no_grad():
+        assert not unet.use_fused_groupnorm(x)
+        gn = GroupNorm32(64).half()
+        expected = F.silu(F.group_norm(x.float(), 32, gn.weight.float(), gn.bias.float(), 1e-5).half())
+        assert torch.equal(gn(x, silu=True), expected)
+
+
+def test_env_switch_off():
+    code = "import lgm_core.models.unet as u; print(u.FUSED_GROUPNORM)"
+    env = dict(os.environ, LGM_FUSED_NORM="0", PYTHONPATH=os.getcwd())
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
