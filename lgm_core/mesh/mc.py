@@ -11,7 +11,9 @@ The case table is generated here (:func:`case_table`), not copied: for each of t
 patterns, every cube face contributes the iso-contour segments that cut its inside corners off
 (on an ambiguous face, with two diagonal inside corners, each inside corner is cut off alone, so
 the inside is never joined across a face diagonal); the segments, directed consistently, close
-into loops on the cube's surface, and each loop is fanned into triangles. The face rule depends
+into loops on the cube's surface, and each loop is triangulated (the best-shaped triangulation
+whose inner diagonals never run along a cube face, where a neighbour cube could use the same
+diagonal; :func:`_triangulate`). The face rule depends
 only on the face's four corners, so the two cubes sharing a face always agree and the surface is
 closed (watertight) wherever it does not reach the volume's border.
 """
@@ -71,8 +73,68 @@ def _case(config: int) -> List[Tuple[int, int, int]]:
             seen.add(e)
             loop.append(e)
             e = nxt[e]
-        tris += [(loop[0], loop[i], loop[i + 1]) for i in range(1, len(loop) - 1)]
+        tris += _triangulate(loop)
     return tris
+
+
+def _edge_faces():
+    """Per cube edge, the set of the (two) cube faces it lies on."""
+    out = [set() for _ in _EDGES]
+    for fi, ring in enumerate(_faces()):
+        for k in range(4):
+            out[_EDGE_OF[frozenset((ring[k], ring[(k + 1) % 4]))]].add(fi)
+    return out
+
+
+def _midpoint(e: int):
+    a, b, _ = _EDGES[e]
+    return [(_CORNERS[a][i] + _CORNERS[b][i]) / 2 for i in range(3)]
+
+
+def _triangulations(loop):
+    """Every triangulation of the polygon ``loop`` (a list of vertices), as triangle lists."""
+    if len(loop) < 3:
+        return [[]]
+    if len(loop) == 3:
+        return [[tuple(loop)]]
+    out = []
+    a, b = loop[0], loop[-1]
+    for k in range(1, len(loop) - 1):  # the triangle on edge (b, a) has apex loop[k]
+        for left in _triangulations(loop[: k + 1]):
+            for right in _triangulations(loop[k:]):
+                out.append(left + right + [(a, loop[k], b)])
+    return out
+
+
+def _triangulate(loop):
+    """Triangles of one contour loop: among all its triangulations, those whose inner diagonals never
+    join two vertices on one cube face (a neighbour cube could use the same diagonal, making the edge
+    non-manifold), the one with the best worst triangle (vertices at edge midpoints)."""
+    if len(loop) == 3:
+        return [tuple(loop)]
+    faces = _edge_faces()
+    ring = {frozenset((loop[i], loop[(i + 1) % len(loop)])) for i in range(len(loop))}
+
+    def score(tris):
+        worst = float("inf")
+        for t in tris:
+            for i in range(3):
+                pair = frozenset((t[i], t[(i + 1) % 3]))
+                if pair not in ring and faces[t[i]] & faces[t[(i + 1) % 3]]:
+                    return -1.0
+            p = [_midpoint(e) for e in t]
+            u = [p[1][i] - p[0][i] for i in range(3)]
+            w = [p[2][i] - p[0][i] for i in range(3)]
+            cross = [u[1] * w[2] - u[2] * w[1], u[2] * w[0] - u[0] * w[2], u[0] * w[1] - u[1] * w[0]]
+            area = sum(c * c for c in cross) ** 0.5
+            edges = sum(sum((p[j][i] - p[(j + 1) % 3][i]) ** 2 for i in range(3)) for j in range(3))
+            worst = min(worst, area / edges)
+        return worst
+
+    best = max(_triangulations(loop), key=score)
+    if score(best) < 0:
+        raise AssertionError(f"no face-safe triangulation of loop {loop}")  # pragma: no cover
+    return best
 
 
 @functools.lru_cache(maxsize=None)
