@@ -266,10 +266,13 @@ def test_cli_mesh(tmp_path):
 @pytest.mark.gpu
 def test_cuda_matches_cpu():
     g = tiny("torus")
-    a = extract_mesh(g, texture=False, **FAST)
+    torch_stages = dict(mc_method="torch", decimation="torch")  # CUDA's defaults
+    a = extract_mesh(g, texture=False, **FAST, **torch_stages)
     b = extract_mesh(g, texture=False, **{**FAST, "device": "cuda"})
     assert abs(a.num_faces - b.num_faces) <= 0.02 * a.num_faces
     assert abs(a.signed_volume() - b.signed_volume()) < 1e-3
+    c = extract_mesh(g, **{**FAST, "device": "cuda"})  # textured, charts on the GPU
+    assert c.texture.shape == (128, 128, 3) and float(c.uvs.min()) >= 0 and float(c.uvs.max()) <= 1
 
 
 def test_refine_texture_fits_the_splat_renders(sphere_mesh):

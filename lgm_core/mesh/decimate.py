@@ -18,6 +18,7 @@ cheapest collapses as the face budget needs. One host sync per round (the accept
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Tuple
 
@@ -26,6 +27,7 @@ import torch
 from .topology import unique_edges
 
 _BIG = torch.iinfo(torch.int64).max
+log = logging.getLogger("lgm_core")
 
 
 def _face_quadrics(v: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
@@ -122,7 +124,8 @@ def decimate(vertices: torch.Tensor, faces: torch.Tensor, target_faces: int, *, 
     f = faces.long()
     n = v.shape[0]
     Q = _face_quadrics(v, f)
-    for _ in range(max_rounds):
+    rounds = 0
+    for rounds in range(1, max_rounds + 1):
         nf = f.shape[0]
         if nf <= target_faces:
             break
@@ -163,6 +166,7 @@ def decimate(vertices: torch.Tensor, faces: torch.Tensor, target_faces: int, *, 
         remap[b] = a
         f = remap[f]
         f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])]
+    log.debug("decimate: %d -> %d faces in %d rounds", faces.shape[0], f.shape[0], rounds)
     used = torch.zeros(n, dtype=torch.bool, device=dev)
     used[f.reshape(-1)] = True
     index = torch.cumsum(used.long(), 0) - 1

@@ -193,6 +193,7 @@ def extract_mesh(
     v = grid.origin.to(dev).double() + v.double() * grid.voxel_size
     v, f = _keep_components(v, f, component_ratio, min_island_faces)
     report(f"marching cubes: {len(f)} faces kept", 0.45)
+    n_mc = len(f)
     if len(f) > target_faces:
         if decimation == "torch":
             from .decimate import decimate
@@ -201,7 +202,7 @@ def extract_mesh(
             v, f = _clean(v, f)
         else:
             v, f = _decimate(v, f, int(target_faces))
-        report(f"decimated to {len(f)} faces", 0.55)
+    report(f"decimated to {len(f)} faces ({decimation})" if len(f) < n_mc else "no decimation needed", 0.55)
     v, f = _repair(v, f, component_ratio, min_island_faces)
     if len(f) == 0:
         raise ValueError("the extracted surface is empty after clean-up (too few Gaussians?)")
