@@ -30,7 +30,7 @@ import logging
 import math
 import numbers
 import time
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -80,7 +80,7 @@ def extract_mesh(
     texture: bool = True,
     device=None,
     progress: Optional[ProgressFn] = None,
-    level: float = 0.7,
+    level: Union[float, str] = 0.7,
     min_opacity: float = 0.005,
     component_ratio: Optional[float] = COMPONENT_RATIO,
     snap: bool = False,
@@ -99,7 +99,9 @@ def extract_mesh(
     ``texture_size``: side of the square texture; ``texture=False`` gives vertex colours only.
     ``device``: None/"auto" = CUDA when available, else CPU. ``progress(message, fraction)`` is
     called at each stage. ``level``: iso-level of the opacity density sum_i o_i exp(-m_i^2/2)
-    (1 = the peak of one fully opaque Gaussian). ``component_ratio``: every connected part with at
+    (1 = the peak of one fully opaque Gaussian); ``"auto"`` calibrates it on the splat's own
+    renders (:func:`calibrated_level`: the median density at the Gaussians' rendered depth, so the
+    mesh sits where the splat's surface is seen). ``component_ratio``: every connected part with at
     least this fraction of the largest part's area is kept (default 0.02: separate parts of the
     object stay, floaters go; 0 keeps all; None keeps only the largest). ``min_island_faces``:
     parts with fewer faces are dropped whatever their area (stray islands after decimation). ``snap``: move vertices onto the Gaussian centres.
@@ -168,6 +170,9 @@ def extract_mesh(
     report("splatting Gaussians into the voxel grid", 0.0)
     grid = splat_fields(g, resolution=resolution, centres=snap)
     density = grid.density
+    if level == "auto":
+        level = calibrated_level(g, grid)
+        report(f"calibrated level {level:.3g} on the splat's rendered depth", 0.15)
     occupied = density > level
     if not bool(occupied.any()):
         raise ValueError(
@@ -256,8 +261,8 @@ def check_arguments(resolution=CUDA_RESOLUTION, target_faces=50_000, texture_siz
         raise ValueError(f"target_faces must be an integer >= 4, got {target_faces}")
     if not (integer(texture_size) and 16 <= texture_size <= MAX_TEXTURE_SIZE):
         raise ValueError(f"texture_size must be an integer in [16, {MAX_TEXTURE_SIZE}] pixels, got {texture_size}")
-    if not (number(level) and level > 0):
-        raise ValueError(f"level must be a positive number (1 = peak of one opaque Gaussian), got {level}")
+    if not (level == "auto" or (number(level) and level > 0)):
+        raise ValueError(f"level must be a positive number (1 = peak of one opaque Gaussian) or 'auto', got {level!r}")
     if not (number(min_opacity) and 0.0 <= min_opacity <= 1.0):
         raise ValueError(f"min_opacity must be in [0, 1], got {min_opacity}")
     if component_ratio is not None and not (number(component_ratio) and 0.0 <= component_ratio <= 1.0):
@@ -300,6 +305,46 @@ def _within_object(g: Gaussians) -> torch.Tensor:
     inside = ((pos >= lo) & (pos <= hi)).all(-1)
     return inside & (3.0 * sigma_max <= float((hi - lo).max()))
 
+
+
+CALIBRATION_VIEWS = 12
+CALIBRATION_SIZE = 128
+
+
+def calibrated_level(g: Gaussians, grid: VoxelGrid, *, views: int = CALIBRATION_VIEWS, size: int = CALIBRATION_SIZE,
+                     min_alpha: float = 0.5) -> float:
+    """The iso-level whose surface passes through what the splat shows: render ``g`` (batch of 1) from
+    ``views`` orbit cameras around the grid's centre (elevations -20/10/40 degrees, LGM's field of view,
+    far enough for the whole grid to fit), back-project each pixel with alpha > ``min_alpha`` at its
+    expected depth, and return the median of ``grid``'s density at those points."""
+    from ..cameras import LGM_FOVY, Cameras, orbit_cameras
+    from ..geometry import intrinsics, opengl_to_opencv
+    from ..render import render
+    from .refine import REFINE_ELEVATIONS
+
+    dev = grid.data.device
+    ext = torch.tensor(grid.shape, dtype=torch.float32, device=dev) * grid.voxel_size
+    centre = grid.origin.to(dev) + 0.5 * ext
+    radius = float(0.5 * ext.norm()) / math.sin(math.radians(LGM_FOVY) / 2) * 1.05
+    az = np.arange(views) * (360.0 / views)
+    c2w = orbit_cameras(np.resize(np.asarray(REFINE_ELEVATIONS), views), az, radius).to(dev)
+    c2w[:, :3, 3] += centre
+    cams = Cameras(c2w, LGM_FOVY, size, size)
+    out = render(g, cams)
+    K = intrinsics(size, size, LGM_FOVY, device=dev)[0]
+    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32, device=dev),
+                            torch.arange(size, dtype=torch.float32, device=dev), indexing="ij")
+    pts = []
+    for i in range(views):
+        z = out.depth[0, i, ..., 0].to(dev)
+        m = (out.alpha[0, i, ..., 0].to(dev) > min_alpha) & (z > 0)
+        cam = torch.stack([(xs + 0.5 - K[0, 2]) / K[0, 0] * z, (ys + 0.5 - K[1, 2]) / K[1, 1] * z, z], -1)[m]
+        pose = opengl_to_opencv(c2w[i])
+        pts.append(cam @ pose[:3, :3].T + pose[:3, 3])
+    pts = torch.cat(pts)
+    if pts.shape[0] < 16:
+        raise ValueError("level='auto': the splat covers almost no pixel of its own renders (too faint)")
+    return float(grid.sample(pts, slice(0, 1))[:, 0].median())
 
 
 METHODS = {"mc_method": ("torch", "skimage"), "decimation": ("torch", "fast_simplification"),
