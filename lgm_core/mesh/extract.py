@@ -1,7 +1,10 @@
 """Gaussians -> textured triangle mesh in seconds, pip-only (see docs/mesh_extraction.md).
 
-Pipeline (PyTorch on CUDA when present, else CPU; NumPy/SciPy/scikit-image/fast-simplification/
-xatlas on the CPU):
+Pipeline (on CUDA when present, else the CPU). On CUDA every stage is pure PyTorch on the device
+(no SciPy, scikit-image, fast-simplification or xatlas needed); on the CPU the compiled
+scikit-image marching cubes, fast-simplification decimation and SciPy labelling are used when
+installed, as they are faster there (:func:`resolve_methods`; ``mc_method`` / ``decimation`` /
+``uv_method`` choose explicitly):
 
 0. bound the object: Gaussians whose centre lies outside fences around the centres (the
    opacity-weighted quartiles, widened by 6 times the largest inter-quartile range: twice
@@ -12,16 +15,20 @@ xatlas on the CPU):
    when every centre lies in [-1, 1]^3 as LGM's do), unless ``keep_clamped``;
 1. splat the Gaussians' opacity density, colour and centre fields into a voxel grid
    (:mod:`lgm_core.mesh.field`);
-2. mark voxels with density > ``level`` as occupied, flood-fill the outside from the grid border and
-   fill every enclosed cavity (so the shell of surface Gaussians becomes a solid, and marching
-   cubes sees one outer surface instead of an outer and an inner one);
-3. marching cubes at ``level``; keep every significant connected part; one pass of quadric
-   decimation to ``target_faces``; repair (faces on non-manifold edges removed, stray islands
-   dropped, the small holes closed); drop degenerate faces;
+2. mark voxels with density > ``level`` (``"auto"``: :func:`calibrated_level`) as occupied,
+   flood-fill the outside from the grid border and fill every enclosed cavity (so the shell of
+   surface Gaussians becomes a solid, and marching cubes sees one outer surface instead of an
+   outer and an inner one);
+3. marching cubes at ``level`` (:mod:`lgm_core.mesh.mc`, welded; or scikit-image's); keep every
+   significant connected part; quadric decimation to ``target_faces``
+   (:mod:`lgm_core.mesh.decimate`, parallel edge-collapse rounds; or fast-simplification's);
+   repair (faces on non-manifold edges removed, stray islands dropped, the small holes closed);
+   drop degenerate faces;
 4. snap: move each vertex along its normal onto the locally weighted mean of the Gaussian
    centres (the iso-surface of a blurred shell sits about two sigma outside the centres);
-5. colours: vertex colours and (with ``texture``) an xatlas UV atlas whose texels are baked from
-   the locally weighted Gaussian colour at the texel's surface point, with gutters padded.
+5. colours: vertex colours and (with ``texture``) a UV atlas (:mod:`lgm_core.mesh.charts`: axis
+   charts, shelf-packed; or xatlas') whose texels are baked from the locally weighted Gaussian
+   colour at the texel's surface point, with gutters padded.
 """
 
 from __future__ import annotations
