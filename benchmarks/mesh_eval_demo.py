@@ -118,8 +118,8 @@ def main(argv=None) -> int:
                     help="also score the splat's rendered depth and extract_mesh variants (level sweep, snap, "
                          "level='auto', the other UV method)")
     ap.add_argument("--levels", type=float, nargs="*", default=[0.3, 0.5, 1.0], help="--analyse level sweep")
-    ap.add_argument("--variants", nargs="*", default=["snap", "auto", "xatlas"], choices=["snap", "auto", "xatlas"],
-                    help="--analyse: further extract_mesh variants")
+    ap.add_argument("--variants", nargs="*", default=["snap", "auto", "xatlas"], choices=["snap", "auto", "xatlas", "torch"],
+                    help="--analyse: further extract_mesh variants ('torch': the CUDA defaults' PyTorch stages)")
     ap.add_argument("--data", type=Path, default=REPO / "out" / "demo_test_views", help="cached test views")
     ap.add_argument("--comfyui", type=Path, default=None, help="ComfyUI 0.33 tree: also score core's SplatToMesh")
     ap.add_argument("--points", type=int, default=100_000, help="surface samples per mesh for the geometry")
@@ -208,7 +208,8 @@ def main(argv=None) -> int:
             row["splat_depth"] = geometry(pts[torch.randperm(len(pts))[: args.points]].double().numpy(), ref, diag)
             variants = {f"level={lv:g}": dict(level=lv) for lv in args.levels}
             extra = {"snap": ("snap", dict(snap=True)), "auto": ("level=auto", dict(level="auto")),
-                     "xatlas": ("uv_method=xatlas", dict(uv_method="xatlas"))}
+                     "xatlas": ("uv_method=xatlas", dict(uv_method="xatlas")),
+                     "torch": ("mc_method=torch, decimation=torch", dict(mc_method="torch", decimation="torch"))}
             variants.update(dict(extra[v] for v in args.variants))
             for name, kw in variants.items():
                 t = time.perf_counter()
