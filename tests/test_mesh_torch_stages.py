@@ -186,6 +186,8 @@ def test_graph_helpers_match_scipy():
     pairs = torch.randint(0, 3000, (20000, 2), generator=gen)
     assert torch.equal(lab[pairs[:, 0]] == lab[pairs[:, 1]],
                        torch.from_numpy(lab_sp[pairs[:, 0].numpy()] == lab_sp[pairs[:, 1].numpy()]))
+    perm = torch.randperm(50_000, generator=gen)  # a long path in random order: the slow case for propagation
+    assert len(torch.unique(connected_components(50_000, torch.stack([perm[:-1], perm[1:]], 1)))) == 1
     empty = noise_volume(2) < 0.2
     labels, _ = ndimage.label(empty.numpy())
     assert torch.equal(outside_mask(empty), torch.from_numpy(labels == labels[0, 0, 0]))
