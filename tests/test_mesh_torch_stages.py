@@ -72,6 +72,7 @@ def test_case_table_is_generated_and_bounded():
 @pytest.mark.parametrize("name", sorted(VOLUMES))
 def test_marching_cubes_matches_skimage(name):
     skimage = pytest.importorskip("skimage.measure")
+    pytest.importorskip("scipy")
     from scipy.spatial import cKDTree
 
     make, level = VOLUMES[name]
@@ -123,6 +124,7 @@ def test_decimation_keeps_a_closed_faithful_surface():
 
 def test_decimation_error_is_close_to_fast_simplification():
     fs = pytest.importorskip("fast_simplification")
+    pytest.importorskip("scipy")
     from scipy.spatial import cKDTree
 
     v, f = marching_cubes(noise_volume(1), 0.3)
@@ -172,6 +174,7 @@ def test_tiny_texture_still_packs():
 
 
 def test_graph_helpers_match_scipy():
+    pytest.importorskip("scipy")
     from scipy import ndimage
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components as cc
