@@ -4,6 +4,8 @@ the graph helpers against SciPy's, and extract_mesh with every PyTorch stage for
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -207,11 +209,12 @@ def test_extract_mesh_with_every_torch_stage():
     g = make_scene("torus", 3000, scale_range=(0.02, 0.04), normal_scale_range=(0.008, 0.015))
     kw = dict(resolution=48, target_faces=3000, texture_size=128, device="cpu")
     ours = extract_mesh(g, mc_method="torch", decimation="torch", **kw)
-    ref = extract_mesh(g, texture=False, mc_method="skimage", decimation="fast_simplification", **kw)
     welded = extract_mesh(g, texture=False, mc_method="torch", decimation="torch", **kw)
-    assert closed_and_oriented(welded.faces, welded.num_vertices)
-    assert abs(welded.signed_volume() - ref.signed_volume()) < 0.02 * ref.signed_volume()
-    assert 0.9 * ref.num_faces <= welded.num_faces <= 3000
+    assert closed_and_oriented(welded.faces, welded.num_vertices) and welded.num_faces <= 3000
+    if importlib.util.find_spec("skimage") and importlib.util.find_spec("fast_simplification"):
+        ref = extract_mesh(g, texture=False, mc_method="skimage", decimation="fast_simplification", **kw)
+        assert abs(welded.signed_volume() - ref.signed_volume()) < 0.02 * ref.signed_volume()
+        assert 0.9 * ref.num_faces <= welded.num_faces
     assert ours.texture.shape == (128, 128, 3) and float(ours.uvs.min()) >= 0
     # the texture holds the colours: textured lookups agree with the vertex colours
     from lgm_core.mesh.texturing import sample_texture
