@@ -8,9 +8,9 @@ mesh is welded by construction. Faces wind counter-clockwise seen from the outsi
 i.e. normals point from high to low values.
 
 The case table is generated here (:func:`case_table`), not copied: for each of the 256 corner
-patterns, every cube face contributes the iso-contour segments that cut its inside corners off
-(on an ambiguous face, with two diagonal inside corners, each inside corner is cut off alone, so
-the inside is never joined across a face diagonal); the segments, directed consistently, close
+patterns, every cube face contributes the iso-contour segments that separate its inside corners
+from its outside ones (on an ambiguous face, with two diagonal inside corners, :data:`JOIN_INSIDE`
+says which pair is joined across the diagonal); the segments, directed consistently, close
 into loops on the cube's surface, and each loop is triangulated (the best-shaped triangulation
 whose inner diagonals never run along a cube face, where a neighbour cube could use the same
 diagonal; :func:`_triangulate`). The face rule depends
@@ -30,6 +30,9 @@ _CORNERS = [((c & 1), (c >> 1) & 1, (c >> 2) & 1) for c in range(8)]
 # edge e joins corner a and a + 2**axis; listed by axis, then by corner a
 _EDGES = [(a, a | (1 << axis), axis) for axis in range(3) for a in range(8) if not a & (1 << axis)]
 _EDGE_OF = {frozenset((a, b)): e for e, (a, b, _) in enumerate(_EDGES)}
+JOIN_INSIDE = False
+"""Ambiguous cube faces (two diagonal inside corners): False cuts each inside corner off alone (the
+inside never joins across a face diagonal); True cuts the outside corners off (it always does)."""
 
 
 def _faces() -> List[List[int]]:
@@ -57,12 +60,14 @@ def _case(config: int) -> List[Tuple[int, int, int]]:
             p, q = ring[k], ring[(k + 1) % 4]
             if inside[p] != inside[q]:
                 crossings.append((k, bool(inside[q])))
-        # pair each entering edge with the next exiting edge: each run of inside corners is cut off
+        # JOIN_INSIDE False: pair each entering edge with the next exiting edge (each run of inside
+        # corners is cut off); True: each exiting edge with the next entering one (outside runs cut off)
         for n, (k, entering) in enumerate(crossings):
-            if entering:
+            if entering != JOIN_INSIDE:
                 k2 = crossings[(n + 1) % len(crossings)][0]
-                e_in = _EDGE_OF[frozenset((ring[k], ring[(k + 1) % 4]))]
-                e_out = _EDGE_OF[frozenset((ring[k2], ring[(k2 + 1) % 4]))]
+                e_k = _EDGE_OF[frozenset((ring[k], ring[(k + 1) % 4]))]
+                e_k2 = _EDGE_OF[frozenset((ring[k2], ring[(k2 + 1) % 4]))]
+                e_in, e_out = (e_k, e_k2) if entering else (e_k2, e_k)
                 nxt[e_in] = e_out  # directed entry -> exit: outward normals (checked in the tests)
     tris, seen = [], set()
     for start in sorted(nxt):
