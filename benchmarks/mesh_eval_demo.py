@@ -18,7 +18,12 @@ For each object of ``examples/demo_test_objects`` (views rendered and cached as 
   ground-truth images;
 * unless ``--no-refine``: the same mesh after :func:`lgm_core.mesh.refine.refine_texture` (texture fitted to
   splat renders from 24 orbit views at elevations -20/10/40, not the evaluation views);
-* topology: parts, boundary edges, non-manifold edges, stray islands (< 16 faces).
+* topology: parts, boundary edges, non-manifold edges, stray islands (< 16 faces);
+* with ``--analyse``: what the Gaussians themselves allow — their rendered (expected) depth at the
+  novel views, back-projected where alpha > 0.5, scored against the ground truth like a mesh — and
+  extract_mesh variants: an iso-level sweep, ``snap=True``, the other UV method, and
+  ``level="auto"`` (the level calibrated on the splat's rendered depth, see docs/mesh_extraction.md);
+  precision and recall are printed beside every F-score.
 
     python benchmarks/mesh_eval_demo.py --limit 4                 # ours only, system python
     .comfyui/0.33.0/venv/bin/python benchmarks/mesh_eval_demo.py --limit 4 --comfyui .comfyui/0.33.0/ComfyUI
@@ -84,9 +89,37 @@ def appearance(mesh, cams, splat_img, gt_img) -> tuple:
             float(np.mean([float(psnr(img[i], gt_img[i])) for i in range(len(img))])))
 
 
+def splat_depth_points(g, cams, min_alpha: float = 0.5):
+    """World points [P, 3] of the Gaussians' expected rendered depth where their alpha > ``min_alpha``."""
+    import torch
+
+    from lgm_core.geometry import intrinsics, opengl_to_opencv
+    from lgm_core.render import render
+
+    out = render(g, cams)
+    H, W = cams.height, cams.width
+    K = intrinsics(W, H, cams.fovy)[0]
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
+    pts = []
+    for i in range(len(cams)):
+        z = out.depth[0, i, ..., 0].cpu()
+        m = (out.alpha[0, i, ..., 0].cpu() > min_alpha) & (z > 0)
+        cam = torch.stack([(xs + 0.5 - K[0, 2]) / K[0, 0] * z, (ys + 0.5 - K[1, 2]) / K[1, 1] * z, z], -1)[m]
+        c2w = opengl_to_opencv(cams.c2w[i].cpu().float())
+        pts.append(cam @ c2w[:3, :3].T + c2w[:3, 3])
+    return torch.cat(pts)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--limit", type=int, default=6, help="first N held-out objects (0 = all 40)")
+    ap.add_argument("--limit", "--count", type=int, default=6, dest="limit",
+                    help="first N held-out objects (0 = all 40)")
+    ap.add_argument("--analyse", action="store_true",
+                    help="also score the splat's rendered depth and extract_mesh variants (level sweep, snap, "
+                         "level='auto', the other UV method)")
+    ap.add_argument("--levels", type=float, nargs="*", default=[0.3, 0.5, 1.0], help="--analyse level sweep")
+    ap.add_argument("--variants", nargs="*", default=["snap", "auto", "xatlas"], choices=["snap", "auto", "xatlas", "torch"],
+                    help="--analyse: further extract_mesh variants ('torch': the CUDA defaults' PyTorch stages)")
     ap.add_argument("--data", type=Path, default=REPO / "out" / "demo_test_views", help="cached test views")
     ap.add_argument("--comfyui", type=Path, default=None, help="ComfyUI 0.33 tree: also score core's SplatToMesh")
     ap.add_argument("--points", type=int, default=100_000, help="surface samples per mesh for the geometry")
@@ -170,6 +203,26 @@ def main(argv=None) -> int:
                 row["core"] = geometry(sample_mesh_points(cm, args.points, 2), ref, diag)
                 row["core"]["psnr"], row["core"]["ssim"], row["core"]["psnr_gt"] = appearance(cm, novel, splat_img, gt_img)
                 row["core"].update(topology(welded_faces(cm)), faces=cm.num_faces)
+        if args.analyse:
+            pts = splat_depth_points(g, novel)
+            row["splat_depth"] = geometry(pts[torch.randperm(len(pts))[: args.points]].double().numpy(), ref, diag)
+            variants = {f"level={lv:g}": dict(level=lv) for lv in args.levels}
+            extra = {"snap": ("snap", dict(snap=True)), "auto": ("level=auto", dict(level="auto")),
+                     "xatlas": ("uv_method=xatlas", dict(uv_method="xatlas")),
+                     "torch": ("mc_method=torch, decimation=torch", dict(mc_method="torch", decimation="torch"))}
+            variants.update(dict(extra[v] for v in args.variants))
+            for name, kw in variants.items():
+                t = time.perf_counter()
+                try:
+                    m = extract_mesh(g, device=args.device, **kw)
+                except (ValueError, ImportError) as exc:
+                    print(f"  {name}: {exc}", file=sys.stderr)
+                    continue
+                key = f"variant {name}"
+                row[f"{key}_s"] = time.perf_counter() - t
+                row[key] = geometry(sample_mesh_points(m, args.points, 1), ref, diag)
+                row[key]["psnr"], row[key]["ssim"], row[key]["psnr_gt"] = appearance(m, novel, splat_img, gt_img)
+                row[key].update(topology(welded_faces(m)), faces=m.num_faces)
         rows.append(row)
         o = row["ours"]
         print(f"[{k + 1}/{len(objects)}] {obj.id}: ours F {o['f1']:.3f} CD {o['chamfer']:.4f} PSNR {o['psnr']:.2f} "
@@ -188,12 +241,20 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(f"| the Gaussians (centres; renders) | {mean('centres', 'chamfer'):.4f} | {mean('centres', 'f1'):.3f} | | | "
           f"{splat_gt:.2f} dB | | | | | | |")
-    for key, name in (("ours", "lgm_core extract_mesh"), ("refined", f"+ refine_texture (back-projection, {args.refine} Adam steps)"),
-                      ("core", "core 0.33 SplatToMesh")):
+    if any("splat_depth" in r for r in rows):
+        print(f"| the Gaussians' rendered depth (alpha > 0.5, novel views) | {mean('splat_depth', 'chamfer'):.4f} | "
+              f"{mean('splat_depth', 'f1'):.3f} (P {mean('splat_depth', 'precision'):.3f} / R "
+              f"{mean('splat_depth', 'recall'):.3f}) | | | | | | | | | |")
+    keys = [("ours", "lgm_core extract_mesh"), ("refined", f"+ refine_texture (back-projection, {args.refine} Adam steps)"),
+            ("core", "core 0.33 SplatToMesh")]
+    keys += [(k, f"extract_mesh({k.split(' ', 1)[1]})") for k in dict.fromkeys(k for r in rows for k in r)
+             if k.startswith("variant ") and not k.endswith("_s")]
+    for key, name in keys:
         if not any(key in r for r in rows):
             continue
         sec = np.mean([r[f"{key}_s"] for r in rows if key in r])
-        print(f"| {name} | {mean(key, 'chamfer'):.4f} | {mean(key, 'f1'):.3f} | {mean(key, 'psnr'):.2f} dB | "
+        print(f"| {name} | {mean(key, 'chamfer'):.4f} | {mean(key, 'f1'):.3f} (P {mean(key, 'precision'):.3f} / "
+              f"R {mean(key, 'recall'):.3f}) | {mean(key, 'psnr'):.2f} dB | "
               f"{mean(key, 'ssim'):.3f} | {mean(key, 'psnr_gt'):.2f} dB | {mean(key, 'faces'):.0f} | {mean(key, 'parts'):.1f} | {mean(key, 'islands'):.1f} | "
               f"{mean(key, 'boundary'):.1f} | {mean(key, 'nonmanifold'):.1f} | {sec:.1f} s |")
     if args.json:

@@ -3,14 +3,15 @@
 core 0.33's ``SplatToMesh`` on the same splats; prints one table.
 
 Scene: ``lgm_core.render.scenes.blob_scene(N)`` (LGM-like: 65,536 Gaussians by default). Stages are
-timed through ``extract_mesh``'s progress callback (wall clock between reports; on CUDA each report
-happens after the stage's last GPU work was consumed on the host, so the split is faithful enough
-for a profile). Core's mesher is imported from a ComfyUI 0.33 tree (``--comfyui``) and run in this
+timed through ``extract_mesh``'s progress callback (wall clock between reports; on CUDA the callback
+synchronises the device first, so each stage is charged its own GPU work). Core's mesher is imported from a ComfyUI 0.33 tree (``--comfyui``) and run in this
 process on the same Gaussians (its ``_gaussian_to_mesh``, defaults of the node: resolution 384,
 kernel 5, level 0.4, min_component 500, min_opacity 0.02, colour_sharpen 2); its heavy ComfyUI
 imports happen before timing. Wall time, process CPU time and the load average are printed, since
 the 2-core CPU here is shared.
 
+    python benchmarks/mesh_profile.py --quick                           # CPU smoke run (~1 min): small scene, all
+                                                                        # PyTorch stages and the CPU defaults
     python benchmarks/mesh_profile.py                                   # CPU, ours only
     python benchmarks/mesh_profile.py --comfyui .comfyui/0.33.0/ComfyUI  # + core (run with its venv's python)
     # the H200 run (core's one file carried in an ignored folder; the tarball is ../shared/comfyui/):
@@ -18,6 +19,10 @@ the 2-core CPU here is shared.
         ComfyUI-0.33.0/comfy_extras/nodes_gaussian_splat.py
     run(carry=[".device/core"]): python benchmarks/mesh_profile.py --device cuda --repeats 3 \
         --comfyui .device/core/nodes_gaussian_splat.py
+
+Each ``--variant`` (default: the device's defaults only) is one row set of ``extract_mesh`` stage
+backends, e.g. ``--variant auto --variant uv_method=xatlas``; a variant whose backend is not installed
+is reported as skipped, so the GPU run needs none of scikit-image, fast-simplification, xatlas, SciPy.
 """
 
 from __future__ import annotations
@@ -128,11 +133,12 @@ def profile_ours(g, device, **kw):
     c0, t0 = time.process_time(), time.perf_counter()
     last = [t0, "checks, stray filter (to the device)"]
     names = {"splatting": "splat density + colour fields", "filling": "fill enclosed space",
-             "marching cubes:": "components + quadric decimation", "marching cubes": "marching cubes",
-             "decimated": "repair, orient, normals, vertex colours", "UV": "UV atlas (xatlas)",
+             "marching cubes:": "decimation", "marching cubes": "marching cubes + components",
+             "decimated": "repair, orient, normals, vertex colours", "no decimation": "repair, orient, normals, vertex colours", "UV": "UV atlas",
              "baking": "texture bake", "done": "to CPU"}
 
     def progress(message, frac):
+        sync()  # charge each stage's queued GPU work to that stage
         now = time.perf_counter()
         rows.append((last[1], now - last[0]))
         label = next((v for k, v in names.items() if message.startswith(k)), message.split(" (")[0])
@@ -149,6 +155,28 @@ def profile_ours(g, device, **kw):
     return rows, time.perf_counter() - t0, time.process_time() - c0, mesh
 
 
+def parse_variant(text: str) -> dict:
+    """"auto" -> {}; "mc_method=torch,uv_method=xatlas" -> keyword arguments of extract_mesh."""
+    if text == "auto":
+        return {}
+    return dict(item.split("=", 1) for item in text.split(","))
+
+
+def missing_backend(device: str, kw: dict):
+    """The module a variant needs but this machine lacks, else None."""
+    import importlib.util
+
+    from lgm_core.mesh.extract import resolve_methods
+
+    mc, dec, uv = resolve_methods(device, kw.get("mc_method", "auto"), kw.get("decimation", "auto"),
+                                  kw.get("uv_method", "auto"))
+    for module, used in (("skimage", mc == "skimage"), ("fast_simplification", dec == "fast_simplification"),
+                         ("xatlas", uv == "xatlas")):
+        if used and importlib.util.find_spec(module) is None:
+            return module
+    return None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=65536, help="Gaussians in the blob scene")
@@ -158,33 +186,56 @@ def main(argv=None) -> int:
                     help="a ComfyUI 0.33 tree, or its comfy_extras/nodes_gaussian_splat.py alone: also time core's "
                          "SplatToMesh")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    ap.add_argument("--resolution", type=int, default=None, help="grid resolution (default: the device's default)")
+    ap.add_argument("--variant", action="append", default=None,
+                    help="stage backends, e.g. 'auto' or 'mc_method=torch,decimation=torch,uv_method=charts' (repeatable)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 8,192 Gaussians at resolution 96, the defaults and the all-PyTorch variant")
     args = ap.parse_args(argv)
 
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from lgm_core.mesh.extract import default_resolution
+    from lgm_core.mesh.extract import default_resolution, resolve_methods
     from lgm_core.render.scenes import blob_scene
 
+    if args.quick:
+        args.n, args.resolution = min(args.n, 8192), args.resolution or 96
+        args.variant = args.variant or ["auto", "mc_method=torch,decimation=torch,uv_method=charts"]
+    variants = args.variant or ["auto"]
     core = import_core(args.comfyui, args.device) if args.comfyui else None
     g = blob_scene(args.n, device=args.device)
-    if args.device == "cuda":
-        profile_ours(g, "cuda")  # warm-up: CUDA context, kernels, xatlas import
-        torch.cuda.reset_peak_memory_stats()
-    runs = [profile_ours(g, args.device) for _ in range(args.repeats)]
-    rows, total, cpu, mesh = min(runs, key=lambda r: r[1])
-    peak = (f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB GPU" if args.device == "cuda" else
-            f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB RSS")
+    res = args.resolution or default_resolution(args.device)
     dev = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"# {dev}; torch {torch.__version__}; blob_scene({args.n}); load average "
-          f"{os.getloadavg()[0]:.1f}; ours at defaults (resolution {default_resolution(args.device)}, textured GLB)")
-    print("| stage | ours (s) |\n|---|---|")
-    for name, sec in rows:
-        print(f"| {name} | {sec:.2f} |")
-    print(f"| **total (best of {len(runs)})** | **{total:.2f}** (process CPU {cpu:.1f} s) |")
+          f"{os.getloadavg()[0]:.1f}; resolution {res}, 50k faces, textured GLB")
+    summary = []
+    for text in variants:
+        kw = parse_variant(text)
+        kw["resolution"] = res
+        lacking = missing_backend(args.device, kw)
+        methods = resolve_methods(args.device, kw.get("mc_method", "auto"), kw.get("decimation", "auto"),
+                                  kw.get("uv_method", "auto"))
+        label = f"{text} (mc {methods[0]}, decimation {methods[1]}, uv {methods[2]})"
+        if lacking:
+            print(f"\n{label}: skipped, {lacking} is not installed")
+            continue
+        if args.device == "cuda":
+            profile_ours(g, "cuda", **kw)  # warm-up: CUDA context, kernels, imports
+            torch.cuda.reset_peak_memory_stats()
+        runs = [profile_ours(g, args.device, **kw) for _ in range(args.repeats)]
+        rows, total, cpu, mesh = min(runs, key=lambda r: r[1])
+        peak = (f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB GPU" if args.device == "cuda" else
+                f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB RSS (process)")
+        print(f"\n{label}\n\n| stage | s |\n|---|---|")
+        for name, sec in rows:
+            print(f"| {name} | {sec:.2f} |")
+        print(f"| **total (best of {len(runs)})** | **{total:.2f}** (process CPU {cpu:.1f} s) |")
+        summary.append((f"lgm_core extract_mesh + GLB, {text}", total, mesh, peak))
     print(f"\n| mesher | time (s) | vertices | faces | peak memory |\n|---|---|---|---|---|")
-    print(f"| lgm_core extract_mesh + GLB | {total:.2f} | {mesh.num_vertices} | {mesh.num_faces} | {peak} |")
+    for name, total, mesh, peak in summary:
+        print(f"| {name} | {total:.2f} | {mesh.num_vertices} | {mesh.num_faces} | {peak} |")
     if core is not None:
         if args.device == "cuda":
             run_core(core, g, "cuda")

@@ -132,6 +132,9 @@ def main(argv=None) -> int:
     ap.add_argument("--resolution", type=int, default=None, help="override extract_mesh's default")
     ap.add_argument("--level", type=float, default=None, help="override extract_mesh's default")
     ap.add_argument("--snap", action="store_true", help="extract_mesh(snap=True): surface on the centres")
+    for name, choices in (("mc-method", ["torch", "skimage"]), ("decimation", ["torch", "fast_simplification"]),
+                          ("uv-method", ["charts", "xatlas"])):
+        ap.add_argument(f"--{name}", default=None, choices=choices, help="extract_mesh stage backend (default: auto)")
     ap.add_argument("--speed-only", action="store_true", help="only time extraction on the first scene")
     ap.add_argument("--save", default=None, help="folder for a preview image per scene (Gaussians above, mesh below)")
     ap.add_argument("--save-glb", action="store_true", help="also write each scene's mesh as .glb into --save")
@@ -146,6 +149,9 @@ def main(argv=None) -> int:
         kw["level"] = args.level
     if args.snap:
         kw["snap"] = True
+    for name in ("mc_method", "decimation", "uv_method"):
+        if getattr(args, name) is not None:
+            kw[name] = getattr(args, name)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"# device: {name}; torch {torch.__version__}; {args.n} {args.style} Gaussians; "
           f"{args.views} views at {args.size}^2; extract_mesh settings: {kw or 'default'}")

@@ -266,10 +266,13 @@ def test_cli_mesh(tmp_path):
 @pytest.mark.gpu
 def test_cuda_matches_cpu():
     g = tiny("torus")
-    a = extract_mesh(g, texture=False, **FAST)
+    torch_stages = dict(mc_method="torch", decimation="torch")  # CUDA's defaults
+    a = extract_mesh(g, texture=False, **FAST, **torch_stages)
     b = extract_mesh(g, texture=False, **{**FAST, "device": "cuda"})
     assert abs(a.num_faces - b.num_faces) <= 0.02 * a.num_faces
     assert abs(a.signed_volume() - b.signed_volume()) < 1e-3
+    c = extract_mesh(g, **{**FAST, "device": "cuda"})  # textured, charts on the GPU
+    assert c.texture.shape == (128, 128, 3) and float(c.uvs.min()) >= 0 and float(c.uvs.max()) <= 1
 
 
 def test_refine_texture_fits_the_splat_renders(sphere_mesh):
@@ -288,3 +291,19 @@ def test_refine_texture_fits_the_splat_renders(sphere_mesh):
     err_after = (render_mesh(refined, cams).image - target).abs()[covered].mean()
     assert err_after < 0.5 * err_before
     assert refined.texture.shape == grey.texture.shape and torch.equal(refined.faces, grey.faces)
+
+
+def test_auto_level_puts_the_surface_where_the_splat_is_seen():
+    from lgm_core.mesh.extract import check_arguments
+
+    g = tiny("sphere")
+    default = extract_mesh(g, texture=False, **FAST)
+    msgs = []
+    auto = extract_mesh(g, texture=False, level="auto", progress=lambda m, f: msgs.append(m), **FAST)
+    level = float(re.search(r"calibrated level ([0-9.]+)", " ".join(msgs)).group(1))
+    assert level > 0.7  # these opaque surfels are seen nearer their centres than the default level's surface
+    r_default, r_auto = float(default.vertices.norm(dim=-1).mean()), float(auto.vertices.norm(dim=-1).mean())
+    assert 0.395 < r_auto < r_default
+    check_arguments(level="auto")
+    with pytest.raises(ValueError, match="level"):
+        check_arguments(level="high")

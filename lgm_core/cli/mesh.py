@@ -8,13 +8,18 @@ from . import CLIError, progress
 from .common import HelpFormatter, StageProgress, add_device_argument, resolve_device
 
 
+def _level(text: str):
+    """--level: a number, or 'auto'."""
+    return text if text == "auto" else float(text)
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "mesh",
         help="Gaussians .ply -> textured mesh (.glb/.obj/.ply)",
         description=(
             "Extract a textured triangle mesh from 3D Gaussians: density field -> marching cubes -> significant "
-            "parts -> decimation -> xatlas UVs -> texture baked from the Gaussians' colours. "
+            "parts -> decimation -> UV charts -> texture baked from the Gaussians' colours. "
             "Runs on CUDA when available, else on the CPU. The mesh stays in the Gaussians' frame (LGM's frame "
             "is already glTF's: +y up, front on +z)."
         ),
@@ -29,8 +34,9 @@ def register(sub) -> None:
     p.add_argument("--target-faces", type=int, default=50_000, help="upper bound on the face count")
     p.add_argument("--texture-size", type=int, default=1024, help="side of the square texture in pixels")
     p.add_argument("--no-texture", action="store_true", help="vertex colours only (no UVs, no texture image)")
-    p.add_argument("--level", type=float, default=0.7,
-                   help="iso-level of the opacity density (1 = peak of one opaque Gaussian); lower = fatter")
+    p.add_argument("--level", type=_level, default=0.7,
+                   help="iso-level of the opacity density (1 = peak of one opaque Gaussian); lower = fatter; "
+                        "'auto' = calibrated on the splat's rendered depth")
     p.add_argument("--keep-components", type=float, default=0.02, metavar="RATIO",
                    help="keep every connected part with at least RATIO x the largest one's area (0 keeps all)")
     p.add_argument("--largest-only", action="store_true", help="keep only the largest connected part")

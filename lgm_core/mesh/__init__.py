@@ -2,8 +2,9 @@
 
 ``extract_mesh(gaussians, ...) -> Mesh``; ``Mesh.export("out.glb" | ".obj" | ".ply")``;
 ``render_mesh(mesh, cameras)`` is a small PyTorch z-buffer renderer for checks and benchmarks.
-Heavy optional dependencies (scikit-image, fast-simplification, xatlas, trimesh) are imported
-only when used.
+On CUDA the whole extraction is PyTorch (marching cubes, decimation, UV charts: ``mc``,
+``decimate``, ``charts``); the optional compiled helpers (scikit-image, fast-simplification, xatlas,
+SciPy, trimesh for interop) are imported only when used.
 """
 
 from .types import Mesh, vertex_normals

@@ -1,7 +1,10 @@
 """Gaussians -> textured triangle mesh in seconds, pip-only (see docs/mesh_extraction.md).
 
-Pipeline (PyTorch on CUDA when present, else CPU; NumPy/SciPy/scikit-image/fast-simplification/
-xatlas on the CPU):
+Pipeline (on CUDA when present, else the CPU). On CUDA every stage is pure PyTorch on the device
+(no SciPy, scikit-image, fast-simplification or xatlas needed); on the CPU the compiled
+scikit-image marching cubes, fast-simplification decimation and SciPy labelling are used when
+installed, as they are faster there (:func:`resolve_methods`; ``mc_method`` / ``decimation`` /
+``uv_method`` choose explicitly):
 
 0. bound the object: Gaussians whose centre lies outside fences around the centres (the
    opacity-weighted quartiles, widened by 6 times the largest inter-quartile range: twice
@@ -12,16 +15,20 @@ xatlas on the CPU):
    when every centre lies in [-1, 1]^3 as LGM's do), unless ``keep_clamped``;
 1. splat the Gaussians' opacity density, colour and centre fields into a voxel grid
    (:mod:`lgm_core.mesh.field`);
-2. mark voxels with density > ``level`` as occupied, flood-fill the outside from the grid border and
-   fill every enclosed cavity (so the shell of surface Gaussians becomes a solid, and marching
-   cubes sees one outer surface instead of an outer and an inner one);
-3. marching cubes at ``level``; keep every significant connected part; one pass of quadric
-   decimation to ``target_faces``; repair (faces on non-manifold edges removed, stray islands
-   dropped, the small holes closed); drop degenerate faces;
+2. mark voxels with density > ``level`` (``"auto"``: :func:`calibrated_level`) as occupied,
+   flood-fill the outside from the grid border and fill every enclosed cavity (so the shell of
+   surface Gaussians becomes a solid, and marching cubes sees one outer surface instead of an
+   outer and an inner one);
+3. marching cubes at ``level`` (:mod:`lgm_core.mesh.mc`, welded; or scikit-image's); keep every
+   significant connected part; quadric decimation to ``target_faces``
+   (:mod:`lgm_core.mesh.decimate`, parallel edge-collapse rounds; or fast-simplification's);
+   repair (faces on non-manifold edges removed, stray islands dropped, the small holes closed);
+   drop degenerate faces;
 4. snap: move each vertex along its normal onto the locally weighted mean of the Gaussian
    centres (the iso-surface of a blurred shell sits about two sigma outside the centres);
-5. colours: vertex colours and (with ``texture``) an xatlas UV atlas whose texels are baked from
-   the locally weighted Gaussian colour at the texel's surface point, with gutters padded.
+5. colours: vertex colours and (with ``texture``) a UV atlas (:mod:`lgm_core.mesh.charts`: axis
+   charts, shelf-packed; or xatlas') whose texels are baked from the locally weighted Gaussian
+   colour at the texel's surface point, with gutters padded.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import logging
 import math
 import numbers
 import time
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -80,7 +87,7 @@ def extract_mesh(
     texture: bool = True,
     device=None,
     progress: Optional[ProgressFn] = None,
-    level: float = 0.7,
+    level: Union[float, str] = 0.7,
     min_opacity: float = 0.005,
     component_ratio: Optional[float] = COMPONENT_RATIO,
     snap: bool = False,
@@ -88,6 +95,9 @@ def extract_mesh(
     fill_cavities: bool = True,
     flip_yz: bool = False,
     keep_clamped: bool = False,
+    mc_method: str = "auto",
+    decimation: str = "auto",
+    uv_method: str = "auto",
 ) -> Mesh:
     """Turn batch item 0 of ``gaussians`` (a batch of size 1) into a :class:`Mesh`.
 
@@ -96,7 +106,9 @@ def extract_mesh(
     ``texture_size``: side of the square texture; ``texture=False`` gives vertex colours only.
     ``device``: None/"auto" = CUDA when available, else CPU. ``progress(message, fraction)`` is
     called at each stage. ``level``: iso-level of the opacity density sum_i o_i exp(-m_i^2/2)
-    (1 = the peak of one fully opaque Gaussian). ``component_ratio``: every connected part with at
+    (1 = the peak of one fully opaque Gaussian); ``"auto"`` calibrates it on the splat's own
+    renders (:func:`calibrated_level`: the median density at the Gaussians' rendered depth, so the
+    mesh sits where the splat's surface is seen). ``component_ratio``: every connected part with at
     least this fraction of the largest part's area is kept (default 0.02: separate parts of the
     object stay, floaters go; 0 keeps all; None keeps only the largest). ``min_island_faces``:
     parts with fewer faces are dropped whatever their area (stray islands after decimation). ``snap``: move vertices onto the Gaussian centres.
@@ -107,7 +119,9 @@ def extract_mesh(
     Stray Gaussians far from the object are ignored (step 0 of the module docstring; the count is
     logged and passed to ``progress``), and so are those piled on LGM's position clamp (a centre
     within 1e-3 of +-1 on any axis, checked only when all centres lie in [-1, 1]^3) unless
-    ``keep_clamped``. Raises ValueError for bad arguments, NaN/Inf Gaussians
+    ``keep_clamped``. Backends (module docstring): ``mc_method`` "torch" | "skimage", ``decimation``
+    "torch" | "fast_simplification", ``uv_method`` "charts" | "xatlas"; "auto" picks the pure-PyTorch
+    stage on CUDA and the faster installed one on the CPU (:func:`resolve_methods`). Raises ValueError for bad arguments, NaN/Inf Gaussians
     (docs/robustness.md), and empty or degenerate input.
     """
     t0 = time.perf_counter()
@@ -163,6 +177,9 @@ def extract_mesh(
     report("splatting Gaussians into the voxel grid", 0.0)
     grid = splat_fields(g, resolution=resolution, centres=snap)
     density = grid.density
+    if level == "auto":
+        level = calibrated_level(g, grid)
+        report(f"calibrated level {level:.3g} on the splat's rendered depth", 0.15)
     occupied = density > level
     if not bool(occupied.any()):
         raise ValueError(
@@ -170,27 +187,39 @@ def extract_mesh(
             f"{float(density.max()):.3g}): too few or too transparent Gaussians to form a surface")
 
     # 2. fill cavities
+    mc_method, decimation, uv_method = resolve_methods(dev, mc_method, decimation, uv_method)
     report("filling enclosed space", 0.2)
-    vol = _filled_volume(density, occupied, level, fill_cavities)
+    vol = _filled_volume(density, level, fill_cavities)
 
     # 3. marching cubes + clean-up
     report("marching cubes", 0.3)
-    from skimage.measure import marching_cubes
+    if mc_method == "torch":
+        from .mc import marching_cubes
 
-    verts, faces, _, _ = marching_cubes(vol, level=level, allow_degenerate=False)
-    verts = grid.origin.cpu().numpy()[None] + verts.astype(np.float64) * grid.voxel_size
-    faces = faces.astype(np.int64)
-    verts, faces = _keep_components(verts, faces, component_ratio, min_island_faces)
-    report(f"marching cubes: {len(faces)} faces kept", 0.45)
-    if len(faces) > target_faces:
-        verts, faces = _decimate(verts, faces, int(target_faces))
-        report(f"decimated to {len(faces)} faces", 0.55)
-    verts, faces = _repair(verts, faces, component_ratio, min_island_faces)
-    if len(faces) == 0:
+        v, f = marching_cubes(vol, level)
+    else:
+        from skimage.measure import marching_cubes
+
+        v_np, f_np, _, _ = marching_cubes(vol.cpu().numpy(), level=level, allow_degenerate=False)
+        v, f = torch.from_numpy(v_np).to(dev), torch.from_numpy(f_np.astype(np.int64)).to(dev)
+    v = grid.origin.to(dev).double() + v.double() * grid.voxel_size
+    v, f = _keep_components(v, f, component_ratio, min_island_faces)
+    report(f"marching cubes: {len(f)} faces kept", 0.45)
+    n_mc = len(f)
+    if len(f) > target_faces:
+        if decimation == "torch":
+            from .decimate import decimate
+
+            v, f = decimate(v, f, int(target_faces))
+            v, f = _clean(v, f)
+        else:
+            v, f = _decimate(v, f, int(target_faces))
+    report(f"decimated to {len(f)} faces ({decimation})" if len(f) < n_mc else "no decimation needed", 0.55)
+    v, f = _repair(v, f, component_ratio, min_island_faces)
+    if len(f) == 0:
         raise ValueError("the extracted surface is empty after clean-up (too few Gaussians?)")
 
-    v = torch.from_numpy(verts).float().to(dev)
-    f = torch.from_numpy(faces).to(dev)
+    v, f = v.float(), f.long()
     if _signed_volume(v, f) < 0:
         f = f[:, [0, 2, 1]]
     # 4. snap onto the Gaussian centres
@@ -203,14 +232,18 @@ def extract_mesh(
     if not bool(torch.isfinite(v).all()):  # never hand xatlas a broken mesh (it asserts or hangs)
         raise ValueError("the extracted surface has non-finite vertices (degenerate input)")
     if texture:
-        report("UV unwrapping (xatlas)", 0.65)
-        vmap, f_uv, uvs = _unwrap(v.cpu().numpy(), f.cpu().numpy(), texture_size)
-        vmap_t = torch.from_numpy(vmap).to(dev)
+        report(f"UV unwrapping ({uv_method})", 0.65)
+        if uv_method == "charts":
+            from .charts import chart_atlas
+
+            vmap_t, mesh_f, uvs_t = chart_atlas(v, f, texture_size)
+        else:
+            vmap, f_uv, uvs_np = _unwrap(v.cpu().numpy(), f.cpu().numpy(), texture_size)
+            vmap_t, mesh_f, uvs_t = (torch.from_numpy(a).to(dev) for a in (vmap, f_uv, uvs_np))
         mesh_v, mesh_n, mesh_c = v[vmap_t], nrm[vmap_t], colors[vmap_t]
-        mesh_f = torch.from_numpy(f_uv).to(dev)
         report("baking the texture", 0.85)
-        tex = _bake_texture(grid, mesh_v, mesh_f, torch.from_numpy(uvs).to(dev), texture_size)
-        uvs = torch.from_numpy(uvs)
+        tex = _bake_texture(grid, mesh_v, mesh_f, uvs_t, texture_size)
+        uvs = uvs_t.cpu()
     mesh = Mesh(mesh_v.cpu(), mesh_f.cpu(), uvs=uvs, texture=None if tex is None else tex.cpu(),
                 vertex_colors=mesh_c.cpu(), normals=mesh_n.cpu())
     if flip_yz:
@@ -235,8 +268,8 @@ def check_arguments(resolution=CUDA_RESOLUTION, target_faces=50_000, texture_siz
         raise ValueError(f"target_faces must be an integer >= 4, got {target_faces}")
     if not (integer(texture_size) and 16 <= texture_size <= MAX_TEXTURE_SIZE):
         raise ValueError(f"texture_size must be an integer in [16, {MAX_TEXTURE_SIZE}] pixels, got {texture_size}")
-    if not (number(level) and level > 0):
-        raise ValueError(f"level must be a positive number (1 = peak of one opaque Gaussian), got {level}")
+    if not (level == "auto" or (number(level) and level > 0)):
+        raise ValueError(f"level must be a positive number (1 = peak of one opaque Gaussian) or 'auto', got {level!r}")
     if not (number(min_opacity) and 0.0 <= min_opacity <= 1.0):
         raise ValueError(f"min_opacity must be in [0, 1], got {min_opacity}")
     if component_ratio is not None and not (number(component_ratio) and 0.0 <= component_ratio <= 1.0):
@@ -281,70 +314,142 @@ def _within_object(g: Gaussians) -> torch.Tensor:
 
 
 
-def _filled_volume(density: torch.Tensor, occupied: torch.Tensor, level: float, fill: bool) -> np.ndarray:
-    vol = density.cpu().numpy().astype(np.float32, copy=True)
-    # one voxel of guaranteed-empty border so every surface closes
-    vol[0, :, :] = vol[-1, :, :] = 0
-    vol[:, 0, :] = vol[:, -1, :] = 0
-    vol[:, :, 0] = vol[:, :, -1] = 0
-    if fill:
-        from scipy import ndimage
+CALIBRATION_VIEWS = 12
+CALIBRATION_SIZE = 128
 
-        occ = vol > level
-        labels, _ = ndimage.label(~occ)  # 6-connected empty regions
-        outside = labels[0, 0, 0]
-        cavity = (~occ) & (labels != outside)
-        vol[cavity] = np.maximum(vol[cavity], 2.0 * level)
+
+def calibrated_level(g: Gaussians, grid: VoxelGrid, *, views: int = CALIBRATION_VIEWS, size: int = CALIBRATION_SIZE,
+                     min_alpha: float = 0.5) -> float:
+    """The iso-level whose surface passes through what the splat shows: render ``g`` (batch of 1) from
+    ``views`` orbit cameras around the grid's centre (elevations -20/10/40 degrees, LGM's field of view,
+    far enough for the whole grid to fit), back-project each pixel with alpha > ``min_alpha`` at its
+    expected depth, and return the median of ``grid``'s density at those points."""
+    from ..cameras import LGM_FOVY, Cameras, orbit_cameras
+    from ..geometry import intrinsics, opengl_to_opencv
+    from ..render import render
+    from .refine import REFINE_ELEVATIONS
+
+    dev = grid.data.device
+    ext = torch.tensor(grid.shape, dtype=torch.float32, device=dev) * grid.voxel_size
+    centre = grid.origin.to(dev) + 0.5 * ext
+    radius = float(0.5 * ext.norm()) / math.sin(math.radians(LGM_FOVY) / 2) * 1.05
+    az = np.arange(views) * (360.0 / views)
+    c2w = orbit_cameras(np.resize(np.asarray(REFINE_ELEVATIONS), views), az, radius).to(dev)
+    c2w[:, :3, 3] += centre
+    cams = Cameras(c2w, LGM_FOVY, size, size)
+    out = render(g, cams)
+    K = intrinsics(size, size, LGM_FOVY, device=dev)[0]
+    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32, device=dev),
+                            torch.arange(size, dtype=torch.float32, device=dev), indexing="ij")
+    pts = []
+    for i in range(views):
+        z = out.depth[0, i, ..., 0].to(dev)
+        m = (out.alpha[0, i, ..., 0].to(dev) > min_alpha) & (z > 0)
+        cam = torch.stack([(xs + 0.5 - K[0, 2]) / K[0, 0] * z, (ys + 0.5 - K[1, 2]) / K[1, 1] * z, z], -1)[m]
+        pose = opengl_to_opencv(c2w[i])
+        pts.append(cam @ pose[:3, :3].T + pose[:3, 3])
+    pts = torch.cat(pts)
+    if pts.shape[0] < 16:
+        raise ValueError("level='auto': the splat covers almost no pixel of its own renders (too faint)")
+    return float(grid.sample(pts, slice(0, 1))[:, 0].median())
+
+
+METHODS = {"mc_method": ("torch", "skimage"), "decimation": ("torch", "fast_simplification"),
+           "uv_method": ("charts", "xatlas")}
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def resolve_methods(device, mc_method: str = "auto", decimation: str = "auto", uv_method: str = "auto"):
+    """(mc_method, decimation, uv_method) that :func:`extract_mesh` runs on ``device``.
+
+    "auto": the pure-PyTorch stage on CUDA; on the CPU, scikit-image's marching cubes and
+    fast-simplification's decimation when installed (compiled, faster there than the PyTorch
+    stages), else the PyTorch ones; UV charts are the PyTorch ``"charts"`` everywhere."""
+    cuda = torch.device(device).type == "cuda"
+    picked = []
+    for name, value, fallback_module in (("mc_method", mc_method, "skimage"),
+                                         ("decimation", decimation, "fast_simplification"),
+                                         ("uv_method", uv_method, None)):
+        if value == "auto":
+            ours, other = METHODS[name]
+            value = ours if cuda or fallback_module is None or not _installed(fallback_module) else other
+        if value not in METHODS[name]:
+            raise ValueError(f"{name} must be 'auto' or one of {', '.join(METHODS[name])}, got {value!r}")
+        picked.append(value)
+    return tuple(picked)
+
+
+def _filled_volume(density: torch.Tensor, level: float, fill: bool) -> torch.Tensor:
+    """The density with a one-voxel empty border (every surface closes) and, with ``fill``, every
+    enclosed empty region (not 6-connected to the border) raised to 2 x ``level``; on the
+    density's device (SciPy's labelling on the CPU when installed, a PyTorch flood fill else)."""
+    vol = density.float().clone()
+    vol[0], vol[-1] = 0, 0
+    vol[:, 0], vol[:, -1] = 0, 0
+    vol[:, :, 0], vol[:, :, -1] = 0, 0
+    if fill:
+        empty = ~(vol > level)
+        if vol.device.type == "cpu" and _installed("scipy"):
+            from scipy import ndimage
+
+            labels, _ = ndimage.label(empty.numpy())  # 6-connected empty regions
+            outside = torch.from_numpy(labels == labels[0, 0, 0])
+        else:
+            from .topology import outside_mask
+
+            outside = outside_mask(empty)
+        cavity = empty & ~outside
+        vol[cavity] = torch.clamp_min(vol[cavity], 2.0 * level)
     return vol
 
 
-def _clean(verts: np.ndarray, faces: np.ndarray):
+def _clean(verts: torch.Tensor, faces: torch.Tensor):
     """Drop faces with repeated or zero-area corners and unreferenced vertices."""
     if len(faces):
         ok = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
         faces = faces[ok]
     if len(faces):
         a, b, c = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
-        area2 = np.linalg.norm(np.cross(b - a, c - a), axis=1)
-        scale = max(float(np.ptp(verts, axis=0).max()), 1e-12)
+        area2 = torch.cross(b - a, c - a, dim=-1).norm(dim=-1)
+        scale = max(float((verts.amax(0) - verts.amin(0)).max()), 1e-12)
         faces = faces[area2 > 1e-12 * scale * scale]
-    used = np.zeros(len(verts), dtype=bool)
+    used = torch.zeros(len(verts), dtype=torch.bool, device=verts.device)
     used[faces.reshape(-1)] = True
-    remap = np.cumsum(used) - 1
+    remap = torch.cumsum(used.long(), 0) - 1
     return verts[used], remap[faces]
 
 
-def _decimate(verts: np.ndarray, faces: np.ndarray, target: int):
-    """Quadric decimation (fast-simplification, one pass) to at most ``target`` faces."""
+def _decimate(verts: torch.Tensor, faces: torch.Tensor, target: int):
+    """Quadric decimation (fast-simplification, one pass, on the CPU) to at most ``target`` faces."""
     import fast_simplification
 
-    v, f = fast_simplification.simplify(verts.astype(np.float32), faces.astype(np.int32), target_count=target,
-                                        agg=7.0)
-    return _clean(v.astype(np.float64), f.astype(np.int64))
+    v, f = fast_simplification.simplify(verts.cpu().numpy().astype(np.float32), faces.cpu().numpy().astype(np.int32),
+                                        target_count=target, agg=7.0)
+    return _clean(torch.from_numpy(v).to(verts), torch.from_numpy(f.astype(np.int64)).to(faces.device))
 
 
-def _edge_face_counts(faces: np.ndarray):
-    """(unique undirected edges [E, 2], faces per edge [E], edge id of each face side [F, 3])."""
-    e = np.sort(np.stack([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]], 1), axis=2)  # [F, 3, 2]
-    key = e[..., 0].astype(np.int64) * (int(faces.max()) + 1 if len(faces) else 1) + e[..., 1]
-    uniq, inverse, counts = np.unique(key.reshape(-1), return_inverse=True, return_counts=True)
-    return uniq, counts, inverse.reshape(-1, 3)
-
-
-def _repair(verts: np.ndarray, faces: np.ndarray, ratio: Optional[float], min_faces: int, rounds: int = 3):
+def _repair(verts: torch.Tensor, faces: torch.Tensor, ratio: Optional[float], min_faces: int, rounds: int = 3):
     """Remove what decimation can leave behind: faces on non-manifold edges (shared by more than
     two faces; the pinch is opened into a small hole) and stray islands (parts below ``ratio`` of
     the largest part's area or with fewer than ``min_faces`` faces); the small holes left are closed."""
+    from .topology import unique_edges
+
     for _ in range(rounds):
         if len(faces) == 0:
             break
-        _, counts, side = _edge_face_counts(faces)
+        _, counts, side = unique_edges(faces, len(verts))
         bad = (counts[side] > 2).any(1)
-        if not bad.any():
+        if not bool(bad.any()):
             break
         faces = faces[~bad]
     verts, faces = _keep_components(verts, faces, ratio, min_faces)
-    return _fill_holes(verts, faces)
+    v, f = _fill_holes(verts.cpu().numpy(), faces.cpu().numpy())
+    return torch.from_numpy(v).to(verts), torch.from_numpy(f).to(faces.device)
 
 
 def _fill_holes(verts: np.ndarray, faces: np.ndarray, max_loop: int = 200):
@@ -382,32 +487,31 @@ def _fill_holes(verts: np.ndarray, faces: np.ndarray, max_loop: int = 200):
     return np.concatenate([verts, np.asarray(new_verts)]), np.concatenate([faces, np.asarray(new_faces, dtype=faces.dtype)])
 
 
-def _keep_components(verts: np.ndarray, faces: np.ndarray, ratio: Optional[float], min_faces: int = 0):
+def _keep_components(verts: torch.Tensor, faces: torch.Tensor, ratio: Optional[float], min_faces: int = 0):
     """Keep the connected parts with at least ``ratio`` x the largest part's area (None: only the
-    largest) and at least ``min_faces`` faces."""
+    largest) and at least ``min_faces`` faces (PyTorch, on the mesh's device)."""
+    from .topology import connected_components
+
     verts, faces = _clean(verts, faces)
     if len(faces) == 0 or (ratio is not None and ratio <= 0 and min_faces <= 0):
         return verts, faces
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    n = len(verts)
-    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]]])
-    adj = coo_matrix((np.ones(len(e), dtype=np.int8), (e[:, 0], e[:, 1])), shape=(n, n))
-    ncomp, lab = connected_components(adj, directed=False)
+    lab = connected_components(len(verts), torch.cat([faces[:, [0, 1]], faces[:, [1, 2]]]))
+    _, lab = torch.unique(lab, return_inverse=True)
+    ncomp = int(lab.max()) + 1
     if ncomp == 1:
         return verts, faces
     a, b, c = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
-    area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
-    comp_area = np.bincount(lab[faces[:, 0]], weights=area, minlength=ncomp)
+    area = 0.5 * torch.cross(b - a, c - a, dim=-1).norm(dim=-1).double()
+    fl = lab[faces[:, 0]]
+    comp_area = torch.zeros(ncomp, dtype=torch.float64, device=verts.device).index_add_(0, fl, area)
     if ratio is None:
-        keep_comp = np.zeros(ncomp, dtype=bool)
-        keep_comp[int(np.argmax(comp_area))] = True
+        keep_comp = torch.zeros(ncomp, dtype=torch.bool, device=verts.device)
+        keep_comp[int(comp_area.argmax())] = True
     else:
         keep_comp = comp_area >= min(float(ratio), 1.0) * comp_area.max()
-        comp_faces = np.bincount(lab[faces[:, 0]], minlength=ncomp)
+        comp_faces = torch.bincount(fl, minlength=ncomp)
         keep_comp &= (comp_faces >= min_faces) | (comp_faces == comp_faces.max())
-    return _clean(verts, faces[keep_comp[lab[faces[:, 0]]]])
+    return _clean(verts, faces[keep_comp[fl]])
 
 
 def _signed_volume(v: torch.Tensor, f: torch.Tensor) -> float:
