@@ -80,6 +80,7 @@ def stub_missing_av() -> bool:
         def create_module(self, spec):
             mod = types.ModuleType(spec.name)
             mod.__path__ = []
+            mod.__lgm_stand_in__ = True
             mod.__getattr__ = lambda attr: _Dummy
             return mod
 
@@ -161,6 +162,20 @@ def graph_runner_state() -> list[dict]:
                         "enabled": bool(r is not None and r.enabled), "failed": bool(r is not None and r.failed),
                         "graphs": 0 if r is None else len(r.graphs)})
     return out
+
+
+def load_image_without_av() -> None:
+    """0.33's LoadImage decodes through PyAV first and falls back to Pillow when that yields no frame
+    (its path for animated WebP); with the PyAV stand-in, send it down the Pillow path (the same
+    decoded pixels for a PNG) instead of failing."""
+    import torch
+    from comfy_api.latest._input_impl import video_types
+
+    class _NoFrames:
+        images = torch.zeros(0)
+        alpha = None
+
+    video_types.VideoFromFile.get_components = lambda self: _NoFrames()
 
 
 def load_prebuilt_gsplat(path: str | None) -> None:
@@ -257,6 +272,9 @@ def boot_comfyui(comfy_root: Path, work: Path, models: Path, startup: dict):
     import execution
     import nodes
     from comfy_api.latest import io
+
+    if "av" in sys.modules and getattr(sys.modules["av"], "__lgm_stand_in__", False):
+        load_image_without_av()
     from comfy_execution.progress import get_progress_state
 
     server = _Server()

@@ -87,7 +87,7 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device) if device is not None else default_device()
     images = example_views(views)
-    model = load_lgm(weights, device=dev)
+    model = load_lgm(weights, device=dev).optimize_for_inference()
     progress(f"loaded {weights} LGM ({model.preset or 'custom'}, input {model.config.input_size}px, "
              f"{model.config.num_gaussians} Gaussians) on {dev}")
     gaussians = views_to_gaussians(model, Views(images[None]).to(dev))

@@ -169,3 +169,38 @@ def test_env_switch_off():
     env = dict(os.environ, LGM_FUSED_NORM="0", PYTHONPATH=os.getcwd())
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_stream_ordered_allocator_is_detected(monkeypatch):
+    """cudaMallocAsync (ComfyUI's default on CUDA) turns the fused kernels off: Triton cannot check
+    pointers into its pool during CUDA-graph capture (measured inside ComfyUI 0.33 on the H200)."""
+    monkeypatch.setattr(torch.cuda, "get_allocator_backend", lambda: "cudaMallocAsync")
+    assert unet._stream_ordered_allocator("cuda")
+    assert not unet._stream_ordered_allocator("cpu")
+    assert not unet.fused_groupnorm_available(torch.device("cuda"), torch.float16)
+    monkeypatch.setattr(torch.cuda, "get_allocator_backend", lambda: "native")
+    assert not unet._stream_ordered_allocator("cuda")
+
+
+def test_fused_kernels_off_with_stream_ordered_allocator(spy, monkeypatch):
+    gn = half_norm()
+    x = torch.randn(1, 64, 4, 4, device=DEVICE).half()
+    monkeypatch.setattr(unet, "_stream_ordered_allocator", lambda device_type: True)
+    with torch.no_grad():
+        gn(x, silu=True)
+    assert spy == []
+    assert not unet.fused_groupnorm_available(torch.device(DEVICE), torch.float16)
+    monkeypatch.setattr(unet, "_stream_ordered_allocator", lambda device_type: False)
+    assert unet.fused_groupnorm_available(torch.device(DEVICE), torch.float16)
+    assert not unet.fused_groupnorm_available(torch.device(DEVICE), torch.float32)
+
+
+def test_optimize_for_inference_keeps_cpu_layout():
+    """On the CPU the default fast path changes nothing about the layout (channels-last is chosen only
+    for CUDA models that get the fused kernels)."""
+    from lgm_core.models.lgm import LGM, LGMConfig
+
+    cfg = LGMConfig(down_channels=(32, 64), down_attention=(False, True), up_channels=(64,),
+                    up_attention=(True,), splat_size=16, input_size=32, output_size=32)
+    model = LGM(cfg).eval().optimize_for_inference()
+    assert model._channels_last is False and model._graph_runner is not None

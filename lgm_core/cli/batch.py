@@ -154,7 +154,7 @@ def run(args) -> int:
         if text == pipe.is_imagedream:
             need = "an MVDream (text)" if text else "an ImageDream (image)"
             raise CLIError(f"{args.mv_model}: --{'prompts' if text else 'images'} needs {need} model")
-        model = load_lgm(lgm_path, preset=args.lgm_preset, dtype=dtype, device=device)
+        model = load_lgm(lgm_path, preset=args.lgm_preset, dtype=dtype, device=device).optimize_for_inference()
         t_run = time.perf_counter()
         for k, it in enumerate(todo):
             started, t0 = time.time(), time.perf_counter()

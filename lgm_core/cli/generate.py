@@ -159,7 +159,7 @@ def _generate(args, stage, **options) -> int:
     from ..weights import load_lgm
 
     progress("loading LGM ...")
-    model = load_lgm(lgm_path, preset=args.lgm_preset, dtype=dtype, device=device)
+    model = load_lgm(lgm_path, preset=args.lgm_preset, dtype=dtype, device=device).optimize_for_inference()
     t2 = time.perf_counter()
     gaussians = views_to_gaussians(model, views)
     progress(f"reconstructed {gaussians.num_gaussians} Gaussians in {time.perf_counter() - t2:.2f} s")

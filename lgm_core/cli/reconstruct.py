@@ -93,7 +93,7 @@ def run(args) -> int:
         raise unavailable_models_error([("--weights", exc)]) from None
     t0 = time.perf_counter()
     progress("loading LGM ...")
-    model = load_lgm(weights, preset=args.preset, dtype=dtype, device=device)
+    model = load_lgm(weights, preset=args.preset, dtype=dtype, device=device).optimize_for_inference()
     progress(f"loaded {model.preset or 'custom'} LGM on {model.device} ({model.dtype}) "
              f"in {time.perf_counter() - t0:.1f} s")
     t1 = time.perf_counter()

@@ -44,14 +44,38 @@ def _fused_norm():
     return _fused_module or None
 
 
+def _stream_ordered_allocator(device_type: str) -> bool:
+    """Whether CUDA memory comes from ``cudaMallocAsync`` (ComfyUI's default on CUDA, or
+    ``PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync``). Triton's launcher cannot check pointers into
+    that allocator's pool while a CUDA graph is being captured (measured on the H200 inside ComfyUI
+    0.33: "Pointer argument cannot be accessed from Triton", then an abort freeing the failed
+    capture), so the fused kernels are not used with it."""
+    if device_type != "cuda":
+        return False
+    try:
+        return torch.cuda.get_allocator_backend() == "cudaMallocAsync"
+    except Exception:  # noqa: BLE001  (no CUDA runtime initialised: nothing to decide yet)
+        return False
+
+
+def fused_groupnorm_available(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether fp16/bf16 inference of a model on ``device`` gets the fused Triton GroupNorm: the switch
+    is on, ``device`` is a fused device type, Triton imports and the allocator is not stream-ordered."""
+    device = torch.device(device)
+    return (FUSED_GROUPNORM and device.type in FUSED_DEVICE_TYPES and dtype in (torch.float16, torch.bfloat16)
+            and not _stream_ordered_allocator(device.type) and _fused_norm() is not None)
+
+
 def use_fused_groupnorm(x: torch.Tensor, num_groups: int = 32) -> bool:
     """Whether GroupNorm32 sends ``x`` to the fused Triton kernels: the switch is on, ``x`` is an
     fp16/bf16 4-D NCHW/NHWC tensor on CUDA, autograd is off (inference), autocast is off (training's
     evaluation keeps autocast's fp32 GroupNorm), no torch.compile trace is running (Inductor fuses
-    GroupNorm itself) and Triton imports. Otherwise torch's kernels run."""
+    GroupNorm itself), the CUDA allocator is not ``cudaMallocAsync`` and Triton imports. Otherwise torch's
+    kernels run."""
     return (FUSED_GROUPNORM and x.device.type in FUSED_DEVICE_TYPES
             and x.dtype in (torch.float16, torch.bfloat16) and not torch.is_grad_enabled()
             and not torch.is_autocast_enabled(x.device.type) and not torch.compiler.is_compiling()
+            and not _stream_ordered_allocator(x.device.type)
             and _fused_norm() is not None and _fused_norm().supports(x, num_groups))
 
 
