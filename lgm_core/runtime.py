@@ -126,18 +126,21 @@ class CUDAGraphRunner:
         """Warm up on a side stream (kernel selection, workspaces), then capture ``fn`` on ``static``;
         every graph of this runner shares one memory pool (they replay one at a time)."""
         device = next(a.device for a in static if a is not None)
-        current = torch.cuda.current_stream(device)
-        stream = torch.cuda.Stream(device=device)
-        stream.wait_stream(current)
-        with torch.cuda.stream(stream):
-            for _ in range(self.warmup):
-                self.fn(*static)
-        current.wait_stream(stream)
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            output = self.fn(*static)
+        # on the inputs' GPU even when it is not the current one (``--device cuda:1``): kernels that
+        # launch on the current device (Triton) and the capture stream must be on that GPU
+        with torch.cuda.device(device):
+            current = torch.cuda.current_stream(device)
+            stream = torch.cuda.Stream(device=device)
+            stream.wait_stream(current)
+            with torch.cuda.stream(stream):
+                for _ in range(self.warmup):
+                    self.fn(*static)
+            current.wait_stream(stream)
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool, stream=torch.cuda.Stream(device=device)):
+                output = self.fn(*static)
         return _Graph(static, graph.replay, output)
 
     def reset(self) -> None:

@@ -28,7 +28,7 @@ class LGMSplatToMesh(io.ComfyNode):
                 io.Int.Input("target_faces", default=50000, min=1000, max=1000000, step=1000,
                              tooltip="Upper bound on the number of triangles (quadric decimation)."),
                 io.Boolean.Input("texture", default=True,
-                                 tooltip="Bake a UV texture (xatlas). Off: vertex colours only (faster)."),
+                                 tooltip="Bake a UV texture (axis-chart atlas). Off: vertex colours only (faster)."),
                 io.Int.Input("texture_size", default=1024, min=128, max=4096, step=128,
                              tooltip="Side of the square texture in pixels."),
                 io.Float.Input("level", default=0.7, min=0.05, max=10.0, step=0.05,

@@ -204,3 +204,53 @@ def test_optimize_for_inference_keeps_cpu_layout():
                     up_attention=(True,), splat_size=16, input_size=32, output_size=32)
     model = LGM(cfg).eval().optimize_for_inference()
     assert model._channels_last is False and model._graph_runner is not None
+
+
+def test_build_or_launch_failure_falls_back_to_torch(spy, fn, monkeypatch, caplog):
+    """Triton that imports but cannot build its launcher (no C compiler) must not break inference:
+    one warning, then torch's kernels for good."""
+    gn = half_norm()
+    x = torch.randn(1, 64, 4, 4, device=DEVICE).half()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
+
+    monkeypatch.setattr(fn, "group_norm", broken)
+    with torch.no_grad(), caplog.at_level("WARNING", logger="lgm_core"):
+        out = gn(x, silu=True)
+        again = gn(x, silu=True)
+    assert torch.equal(out, F.silu(gn._group_norm(x))) and torch.equal(out, again)
+    assert unet.FUSED_GROUPNORM is False
+    assert sum("fused Triton GroupNorm unavailable" in r.message for r in caplog.records) == 1
+
+
+def test_optimize_for_inference_channels_last_when_fused(monkeypatch):
+    """On a device with the fused kernels the default fast path stores the model channels-last; a
+    second call keeps the same graph runner (its captured graphs)."""
+    from lgm_core.models import lgm as lgm_module
+    from lgm_core.models.lgm import LGM, LGMConfig
+
+    cfg = LGMConfig(down_channels=(32, 64), down_attention=(False, True), up_channels=(64,),
+                    up_attention=(True,), splat_size=16, input_size=32, output_size=32)
+    model = LGM(cfg).eval()
+    monkeypatch.setattr(type(model), "device", property(lambda self: torch.device("cuda")))
+    monkeypatch.setattr(unet, "fused_groupnorm_available", lambda device, dtype: True)
+    model.optimize_for_inference()
+    assert model._channels_last
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    runner = model._graph_runner
+    model.optimize_for_inference()
+    assert model._graph_runner is runner
+    monkeypatch.setattr(unet, "fused_groupnorm_available", lambda device, dtype: False)
+    other = LGM(cfg).eval()
+    other.optimize_for_inference()
+    assert not other._channels_last
+    assert lgm_module is not None
+
+
+def test_autocast_helper_matches_torch():
+    assert unet._autocast_enabled("cpu") is False
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert unet._autocast_enabled("cpu") is True
+    assert unet._compiling() is False

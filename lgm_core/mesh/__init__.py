@@ -2,8 +2,8 @@
 
 ``extract_mesh(gaussians, ...) -> Mesh``; ``Mesh.export("out.glb" | ".obj" | ".ply")``;
 ``render_mesh(mesh, cameras)`` is a small PyTorch z-buffer renderer for checks and benchmarks.
-On CUDA the whole extraction is PyTorch (marching cubes, decimation, UV charts: ``mc``,
-``decimate``, ``charts``); the optional compiled helpers (scikit-image, fast-simplification, xatlas,
+On CUDA every heavy stage runs in PyTorch on the GPU (marching cubes, decimation, UV charts: ``mc``,
+``decimate``, ``charts``; the small hole-filling pass runs in NumPy); the optional compiled helpers (scikit-image, fast-simplification, xatlas,
 SciPy, trimesh for interop) are imported only when used.
 """
 

@@ -121,7 +121,7 @@ def extract_mesh(
     within 1e-3 of +-1 on any axis, checked only when all centres lie in [-1, 1]^3) unless
     ``keep_clamped``. Backends (module docstring): ``mc_method`` "torch" | "skimage", ``decimation``
     "torch" | "fast_simplification", ``uv_method`` "charts" | "xatlas"; "auto" picks the pure-PyTorch
-    stage on CUDA and the faster installed one on the CPU (:func:`resolve_methods`). Raises ValueError for bad arguments, NaN/Inf Gaussians
+    stage on CUDA and the faster installed one on the CPU (UV: "charts" on both) (:func:`resolve_methods`). Raises ValueError for bad arguments, NaN/Inf Gaussians
     (docs/robustness.md), and empty or degenerate input.
     """
     t0 = time.perf_counter()

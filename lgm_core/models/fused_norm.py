@@ -33,6 +33,8 @@ about one fp16/bf16 ulp).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -174,13 +176,15 @@ def group_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_gr
     grid = (num_pb, num_cb, N)
     mean = torch.empty((N, C, num_pb), device=x.device, dtype=torch.float32)
     m2 = torch.empty_like(mean)
-    _partial_stats[grid](x, mean, m2, C, P, stride_n, num_pb,
-                         CHANNELS_LAST=channels_last, BLOCK_C=block_c, BLOCK_P=block_p)
     scale = torch.empty((N, C), device=x.device, dtype=torch.float32)
     shift = torch.empty_like(scale)
     cg = C // num_groups
-    _finalize[(N * num_groups,)](mean, m2, weight, bias, scale, shift, C, cg, P, num_pb, block_p, num_groups, eps,
-                                 BLOCK_CG=triton.next_power_of_2(cg), BLOCK_R=REDUCE_BLOCK)
-    _apply[grid](x, y, scale, shift, C, P, stride_n,
-                 CHANNELS_LAST=channels_last, SILU=bool(silu), BLOCK_C=block_c, BLOCK_P=block_p)
+    # Triton launches on the current GPU and its current stream: make that x's GPU (e.g. cuda:1)
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        _partial_stats[grid](x, mean, m2, C, P, stride_n, num_pb,
+                             CHANNELS_LAST=channels_last, BLOCK_C=block_c, BLOCK_P=block_p)
+        _finalize[(N * num_groups,)](mean, m2, weight, bias, scale, shift, C, cg, P, num_pb, block_p, num_groups,
+                                     eps, BLOCK_CG=triton.next_power_of_2(cg), BLOCK_R=REDUCE_BLOCK)
+        _apply[grid](x, y, scale, shift, C, P, stride_n,
+                     CHANNELS_LAST=channels_last, SILU=bool(silu), BLOCK_C=block_c, BLOCK_P=block_p)
     return y

@@ -225,8 +225,10 @@ class LGM(nn.Module):
         :class:`lgm_core.runtime.CUDAGraphRunner`."""
         from ..runtime import CUDAGraphRunner
 
-        self._graph_runner = CUDAGraphRunner(self._forward_gaussians, weights=self, name="LGM.forward_gaussians") \
-            if enabled else None
+        if not enabled:
+            self._graph_runner = None
+        elif self._graph_runner is None or self._graph_runner.fn != self._forward_gaussians:
+            self._graph_runner = CUDAGraphRunner(self._forward_gaussians, weights=self, name="LGM.forward_gaussians")
         return self
 
     def release_cuda_graphs(self) -> None:
@@ -236,13 +238,16 @@ class LGM(nn.Module):
             self._graph_runner.reset()
 
     def optimize_for_inference(self, compile: bool = False) -> "LGM":
-        """The fast CUDA path: CUDA graphs (inert on other devices, so it may be called before the
-        model is moved to the GPU); on a CUDA fp16/bf16 model with the fused Triton GroupNorm
-        (``models/unet.py``) also channels-last; with ``compile=True`` on a CUDA model channels-last +
-        ``torch.compile`` (fuses GroupNorm/SiLU; falls back to eager if compilation is impossible). The
-        compiled code is kept per machine by :mod:`lgm_core.compile_cache` (``LGM_CACHE_DIR``): ~1 min
-        the first time for a config/dtype/input shape, loaded from the cache in later processes. On the
-        H100, ``big`` fp16 batch 1: eager 17 ms, graphs 13 ms, compile + graphs 6.5 ms (docs/benchmarks.md)."""
+        """The fast CUDA path; call it on the final device and dtype (the layout is chosen from them).
+
+        CUDA graphs (inert for CPU inputs); on a CUDA fp16/bf16 model that gets the fused Triton
+        GroupNorm (``models/unet.py``) also channels-last; with ``compile=True`` on a CUDA model
+        channels-last + ``torch.compile`` (fuses GroupNorm/SiLU; falls back to eager if compilation is
+        impossible), its code kept per machine by :mod:`lgm_core.compile_cache` (``LGM_CACHE_DIR``): ~1 min
+        the first time for a config/dtype/input shape, loaded from the cache in later processes. Safe to
+        call again (captured graphs are kept). H200, ``big`` fp16 batch 1: eager 17.8 ms, graphs 12.8 ms,
+        default (graphs + fused GroupNorm + channels-last) 8.2 ms, compile + graphs 7.4 ms
+        (docs/benchmarks.md)."""
         if compile and self.device.type == "cuda":
             from ..compile_cache import PersistentCompile
             from ..runtime import CompiledOrEager

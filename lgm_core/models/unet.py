@@ -32,6 +32,24 @@ FUSED_DEVICE_TYPES = ("cuda",)  # where the fused kernels run (tests add "cpu" w
 _fused_module = None  # fused_norm once imported, False when Triton is not importable
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    """``torch.is_autocast_enabled(device_type)`` (torch >= 2.4), with the older per-device calls."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no device argument
+        return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+
+
+def _compiling() -> bool:
+    """Whether a torch.compile (Dynamo) trace is running (``torch.compiler.is_compiling``, torch >= 2.3)."""
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    if is_compiling is None:
+        from torch import _dynamo
+
+        is_compiling = _dynamo.is_compiling
+    return is_compiling()
+
+
 def _fused_norm():
     """lgm_core.models.fused_norm, imported on first use (it imports Triton), or None without Triton."""
     global _fused_module
@@ -42,6 +60,10 @@ def _fused_norm():
         except ImportError:
             _fused_module = False
     return _fused_module or None
+
+
+def _capturing_cuda_graph() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 def _stream_ordered_allocator(device_type: str) -> bool:
@@ -72,11 +94,22 @@ def use_fused_groupnorm(x: torch.Tensor, num_groups: int = 32) -> bool:
     evaluation keeps autocast's fp32 GroupNorm), no torch.compile trace is running (Inductor fuses
     GroupNorm itself), the CUDA allocator is not ``cudaMallocAsync`` and Triton imports. Otherwise torch's
     kernels run."""
-    return (FUSED_GROUPNORM and x.device.type in FUSED_DEVICE_TYPES
+    return (FUSED_GROUPNORM and not _compiling() and x.device.type in FUSED_DEVICE_TYPES
             and x.dtype in (torch.float16, torch.bfloat16) and not torch.is_grad_enabled()
-            and not torch.is_autocast_enabled(x.device.type) and not torch.compiler.is_compiling()
-            and not _stream_ordered_allocator(x.device.type)
+            and not _autocast_enabled(x.device.type) and not _stream_ordered_allocator(x.device.type)
             and _fused_norm() is not None and _fused_norm().supports(x, num_groups))
+
+
+def _fused_failed(err: Exception) -> None:
+    """The fused kernels could not build or launch (e.g. Triton finds no C compiler for its launcher,
+    no writable cache folder): torch's kernels from now on, with one log line."""
+    global FUSED_GROUPNORM
+    FUSED_GROUPNORM = False
+    import logging
+
+    logging.getLogger("lgm_core").warning(
+        "fused Triton GroupNorm unavailable (%s: %s); using torch's GroupNorm kernels (LGM_FUSED_NORM=0 "
+        "skips this attempt)", type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
 
 
 class GroupNorm32(nn.GroupNorm):
@@ -98,7 +131,12 @@ class GroupNorm32(nn.GroupNorm):
 
     def forward(self, x: torch.Tensor, silu: bool = False) -> torch.Tensor:
         if use_fused_groupnorm(x, self.num_groups):
-            return _fused_norm().group_norm(x, self.weight, self.bias, self.num_groups, self.eps, silu=silu)
+            try:
+                return _fused_norm().group_norm(x, self.weight, self.bias, self.num_groups, self.eps, silu=silu)
+            except Exception as err:  # noqa: BLE001  (Triton build/launch failure: torch's kernels instead)
+                if _capturing_cuda_graph():
+                    raise  # a failed capture is retried eagerly by the runner, which lands here again
+                _fused_failed(err)
         y = self._group_norm(x)
         return F.silu(y) if silu else y
 

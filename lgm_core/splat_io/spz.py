@@ -54,7 +54,11 @@ def spz_bytes(positions: torch.Tensor, scales: torch.Tensor, rotations: torch.Te
     SH coefficients [N,K,3] with K = 1, 4, 9 or 16 — or DC only as [N,3]). Positions must fit the 24-bit
     fixed-point range (|x| < 2048)."""
     n = int(positions.shape[0])
-    sh = sh.detach().double().cpu().reshape(n, -1, 3)
+    sh = sh.detach().double().cpu()
+    if n:
+        sh = sh.reshape(n, -1, 3)
+    elif sh.dim() == 2:  # no Gaussians, DC only: reshape cannot infer K from 0 elements
+        sh = sh.reshape(0, 1, 3)
     degree = {1: 0, 4: 1, 9: 2, 16: 3}.get(int(sh.shape[1]))
     if degree is None:
         raise ValueError(f".spz holds SH degree 0-3 (K = 1, 4, 9, 16 coefficients), got K = {sh.shape[1]}")
