@@ -221,3 +221,19 @@ def test_extract_mesh_with_every_torch_stage():
 
     got = sample_texture(ours.texture, ours.uvs)
     assert float((got - ours.vertex_colors).abs().mean()) < 0.03
+
+
+def test_bad_method_name_fails_before_any_work(monkeypatch):
+    """A misspelt backend is reported at once, before the Gaussians are splatted."""
+    import lgm_core.mesh.extract as extract
+
+    g = make_scene("sphere", n=512, seed=0)
+
+    def no_splat(*args, **kwargs):
+        raise AssertionError("splatted before checking the method names")
+
+    monkeypatch.setattr(extract, "splat_fields", no_splat)
+    with pytest.raises(ValueError, match="mc_method"):
+        extract_mesh(g, mc_method="marching", device="cpu")
+    with pytest.raises(ValueError, match="uv_method"):
+        extract_mesh(g, uv_method="xatlass", device="cpu")

@@ -137,7 +137,7 @@ def decimate(vertices: torch.Tensor, faces: torch.Tensor, target_faces: int, *, 
         x, cost = _optimal(Q[ea] + Q[eb], v[ea], v[eb])
         cost = torch.where(ok, cost, torch.full_like(cost, math.inf))
         rank = torch.empty_like(ea)
-        rank[torch.argsort(cost)] = torch.arange(E.shape[0], device=dev)
+        rank[torch.argsort(cost, stable=True)] = torch.arange(E.shape[0], device=dev)  # ties (flat: 0) by edge id
         cand = (ok & (rank < max(1, int(candidate_fraction * E.shape[0])))).nonzero().squeeze(1)
         cand = cand[_collapse_allowed(v, f, E, n, ea[cand], eb[cand], x[cand], min_cos)]
         if cand.numel() == 0:

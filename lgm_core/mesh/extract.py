@@ -139,6 +139,7 @@ def extract_mesh(
     if resolution is None:
         resolution = default_resolution(dev)
     check_arguments(resolution, target_faces, texture_size, level, min_opacity, component_ratio)
+    mc_method, decimation, uv_method = resolve_methods(dev, mc_method, decimation, uv_method)  # before any work
     g = check_finite(gaussians.to(dev).float(), "extract_mesh")
     keep = g.valid_mask() & (g.opacities[..., 0] >= min_opacity)
     n_vis = int(keep.sum())
@@ -187,7 +188,6 @@ def extract_mesh(
             f"{float(density.max()):.3g}): too few or too transparent Gaussians to form a surface")
 
     # 2. fill cavities
-    mc_method, decimation, uv_method = resolve_methods(dev, mc_method, decimation, uv_method)
     report("filling enclosed space", 0.2)
     vol = _filled_volume(density, level, fill_cavities)
 

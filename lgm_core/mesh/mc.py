@@ -162,7 +162,8 @@ def marching_cubes(volume: torch.Tensor, level: float) -> Tuple[torch.Tensor, to
     dev = volume.device
     vol = volume.float().contiguous()
     X, Y, Z = vol.shape
-    strides = torch.tensor([Y * Z, Z, 1], device=dev)
+    stride_list = (Y * Z, Z, 1)
+    strides = torch.tensor(stride_list, device=dev)
     flat_vol = vol.view(-1)
     occ = vol > level
     # one vertex per crossed grid edge, numbered axis by axis in raster order; vmap[3 * p + axis] is
@@ -174,7 +175,7 @@ def marching_cubes(volume: torch.Tensor, level: float) -> Tuple[torch.Tensor, to
         idx = (occ.narrow(axis, 0, n) != occ.narrow(axis, 1, n)).nonzero()  # [E, 3] lower ends
         lo = (idx * strides).sum(-1)
         va = flat_vol[lo]
-        vb = flat_vol[lo + int(strides[axis])]
+        vb = flat_vol[lo + stride_list[axis]]
         t = ((level - va) / (vb - va)).clamp(1e-3, 1 - 1e-3)  # never exactly on a corner (no degenerate faces)
         p = idx.float()
         p[:, axis] += t
