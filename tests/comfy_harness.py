@@ -15,6 +15,7 @@ when the environment has not been set up. ``comfy_paths()`` gives the paths with
 from __future__ import annotations
 
 import asyncio
+import os
 import site
 import sys
 import uuid
@@ -48,6 +49,18 @@ def require_comfy(core: str | None = None) -> ComfyPaths:
                     f"{SETUP_HINT}")
     if not (paths.custom_nodes / "comfyui-lgm").exists():
         pytest.skip(f"{paths.custom_nodes}/comfyui-lgm link missing: {SETUP_HINT}")
+    return paths
+
+
+def require_browser(core: str | None = None) -> ComfyPaths:
+    """:func:`require_comfy`, then skip (with what to install) unless the headless browser tools are
+    there, or when ``LGM_SKIP_BROWSER_TESTS=1`` asks to."""
+    paths = require_comfy(core)
+    if os.environ.get("LGM_SKIP_BROWSER_TESTS") == "1":
+        pytest.skip("browser test skipped on request (LGM_SKIP_BROWSER_TESTS=1)")
+    if browser_tools() is None:
+        pytest.skip("needs chromium + fonts-liberation (scripts/setup_system_deps.sh), node and npm "
+                    "playwright-core (scripts/setup_comfyui.sh)")
     return paths
 
 

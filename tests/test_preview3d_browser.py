@@ -11,13 +11,11 @@ texture's colours on the viewer's own WebGL canvas.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
 
-from comfy_harness import ComfyServer, browser_tools, require_comfy
+from comfy_harness import ComfyServer, require_browser
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.browser, pytest.mark.usefixtures("comfy_core")]
 
@@ -59,12 +57,7 @@ def colour_fractions(png_path) -> dict[str, float]:
 
 
 def test_textured_glb_shows_its_texture_in_preview3d(tmp_path, comfy_core):
-    paths = require_comfy(comfy_core)
-    if os.environ.get("LGM_SKIP_BROWSER_TESTS") == "1":
-        pytest.skip("browser test skipped on request (LGM_SKIP_BROWSER_TESTS=1)")
-    if browser_tools() is None:
-        pytest.skip("needs chromium + fonts-liberation (scripts/setup_system_deps.sh), node and npm "
-                    "playwright-core (scripts/setup_comfyui.sh)")
+    paths = require_browser(comfy_core)
     if comfy_core == "0.3.75":
         pytest.skip("the current core's viewer is the one under test (0.3.75's frontend predates its CSP)")
     from lgm_core.mesh.files import glb_bytes

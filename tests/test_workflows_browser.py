@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from comfy_harness import (API_DIR, REPO_ROOT, WORKFLOW_DIR, ComfyServer, browser_tools, require_comfy,
+from comfy_harness import (API_DIR, REPO_ROOT, WORKFLOW_DIR, ComfyServer, require_browser,
                            run_frontend, strip_meta, workflow_names, write_example_inputs)
 from workflow_graphs import CORES  # scripts/: each graph's cores; the first one's frontend wrote it
 
@@ -17,12 +17,7 @@ pytestmark = [pytest.mark.comfyui, pytest.mark.browser, pytest.mark.usefixtures(
 
 
 def test_ui_workflows_convert_to_their_api_twins(tmp_path, comfy_core):
-    paths = require_comfy(comfy_core)
-    if os.environ.get("LGM_SKIP_BROWSER_TESTS") == "1":
-        pytest.skip("browser test skipped on request (LGM_SKIP_BROWSER_TESTS=1)")
-    if browser_tools() is None:
-        pytest.skip("needs chromium + fonts-liberation (scripts/setup_system_deps.sh), node and npm "
-                    "playwright-core (scripts/setup_comfyui.sh)")
+    paths = require_browser(comfy_core)
     from lgm_core.testing import make_standin_models
 
     make_standin_models(tmp_path / "models")
