@@ -51,6 +51,7 @@ from typing import Any, Callable, Dict, Hashable, Optional, Sequence, Tuple, Uni
 import torch
 
 from .fileio import atomic_path
+from .runtime import capturing_cuda_graph
 
 log = logging.getLogger("lgm_core")
 
@@ -305,7 +306,7 @@ class PersistentCompile:
 
     def __call__(self, *args):
         sig = self._signature(args)
-        if sig in self.entries or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+        if sig in self.entries or capturing_cuda_graph():
             return self.compiled(*args)
         out, self.entries[sig] = self._first_call(args)
         self.last = self.entries[sig]

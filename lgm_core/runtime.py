@@ -87,7 +87,7 @@ class CUDAGraphRunner:
     def _graphable(self, args) -> bool:
         tensors = [a for a in args if a is not None]
         return (self.enabled and not self.failed and bool(tensors) and not torch.is_grad_enabled()
-                and all(a.device.type in self.device_types for a in tensors) and not _capturing())
+                and all(a.device.type in self.device_types for a in tensors) and not capturing_cuda_graph())
 
     def _current_weights(self) -> Tuple[int, ...]:
         if self.weights is None:
@@ -149,7 +149,8 @@ class CUDAGraphRunner:
         self._pool = None
 
 
-def _capturing() -> bool:
+def capturing_cuda_graph() -> bool:
+    """Whether the current CUDA stream is capturing a CUDA graph (False without CUDA)."""
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..runtime import capturing_cuda_graph
+
 SKIP_SCALE = math.sqrt(0.5)
 NUM_HEADS = 16
 NUM_VIEWS = 4
@@ -60,10 +62,6 @@ def _fused_norm():
         except ImportError:
             _fused_module = False
     return _fused_module or None
-
-
-def _capturing_cuda_graph() -> bool:
-    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 def _stream_ordered_allocator(device_type: str) -> bool:
@@ -134,7 +132,7 @@ class GroupNorm32(nn.GroupNorm):
             try:
                 return _fused_norm().group_norm(x, self.weight, self.bias, self.num_groups, self.eps, silu=silu)
             except Exception as err:  # noqa: BLE001  (Triton build/launch failure: torch's kernels instead)
-                if _capturing_cuda_graph():
+                if capturing_cuda_graph():
                     raise  # a failed capture is retried eagerly by the runner, which lands here again
                 _fused_failed(err)
         y = self._group_norm(x)
