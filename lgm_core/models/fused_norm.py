@@ -52,9 +52,10 @@ def _offsets(c, p, C, P, CHANNELS_LAST: tl.constexpr):
     return c[:, None] * P + p[None, :]
 
 
-@triton.jit(do_not_specialize=["num_pb"])
-def _partial_stats(x_ptr, mean_ptr, m2_ptr, C, P, stride_n, num_pb,
-                   CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+@triton.jit
+def _load_tile(x_ptr, C, P, stride_n, CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """This program's tile (grid: pixel block, channel block, sample): sample n, block index pb,
+    channels c [BLOCK_C] and their mask, element offsets and mask [BLOCK_C, BLOCK_P], values x in fp32."""
     pb = tl.program_id(0)
     cb = tl.program_id(1)
     n = tl.program_id(2)
@@ -64,6 +65,13 @@ def _partial_stats(x_ptr, mean_ptr, m2_ptr, C, P, stride_n, num_pb,
     mask = cmask[:, None] & (p < P)[None, :]
     offs = n.to(tl.int64) * stride_n + _offsets(c, p, C, P, CHANNELS_LAST)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    return n, pb, c, cmask, offs, mask, x
+
+
+@triton.jit(do_not_specialize=["num_pb"])
+def _partial_stats(x_ptr, mean_ptr, m2_ptr, C, P, stride_n, num_pb,
+                   CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    n, pb, c, cmask, offs, mask, x = _load_tile(x_ptr, C, P, stride_n, CHANNELS_LAST, BLOCK_C, BLOCK_P)
     cnt = tl.minimum(P - pb * BLOCK_P, BLOCK_P).to(tl.float32)
     mean = tl.sum(x, axis=1) / cnt
     d = tl.where(mask, x - mean[:, None], 0.0)
@@ -112,15 +120,7 @@ def _finalize(mean_ptr, m2_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, C, CG, P, nu
 @triton.jit
 def _apply(x_ptr, y_ptr, scale_ptr, shift_ptr, C, P, stride_n,
            CHANNELS_LAST: tl.constexpr, SILU: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    pb = tl.program_id(0)
-    cb = tl.program_id(1)
-    n = tl.program_id(2)
-    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
-    cmask = c < C
-    mask = cmask[:, None] & (p < P)[None, :]
-    offs = n.to(tl.int64) * stride_n + _offsets(c, p, C, P, CHANNELS_LAST)
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    n, pb, c, cmask, offs, mask, x = _load_tile(x_ptr, C, P, stride_n, CHANNELS_LAST, BLOCK_C, BLOCK_P)
     scale = tl.load(scale_ptr + n * C + c, mask=cmask, other=0.0)
     shift = tl.load(shift_ptr + n * C + c, mask=cmask, other=0.0)
     y = x * scale[:, None] + shift[:, None]
