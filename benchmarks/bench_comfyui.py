@@ -478,6 +478,132 @@ def reconstruct_breakdown(env, iters: int, warmup: int = 3) -> dict:
     return res
 
 
+def node_overhead_probe(env, iters: int = 10) -> dict:
+    """Where LGM Reconstruct's time outside the network goes inside ComfyUI: the node's steps timed one
+    by one (CUDA-synchronised medians, ms, under ``torch.inference_mode`` as the executor runs nodes),
+    ComfyUI's memory-manager calls made meanwhile (count and total ms of ``load_models_gpu``,
+    ``free_memory``, ``soft_empty_cache``), the graph runner's captures and resets, and the top
+    functions of a cProfile of ``execute``; in three modes of ``ManagedModel``: as before this probe
+    (graphs released on ComfyUI's bookkeeping detach, ``load_models_gpu`` on every call), with the
+    graphs kept, and with the graphs kept plus the resident fast path (the default now)."""
+    import cProfile
+    import io as stdio
+    import pstats
+
+    import torch
+
+    mm = env.mm
+    classes = env.nodes.NODE_CLASS_MAPPINGS
+    node = classes["LGMReconstruct"]
+    managed = classes["LGMModelLoader"].execute("model_fp16_fixrot.safetensors", "auto", False).result[0]
+    lgm = managed.get()
+    dev = managed.device
+    size = lgm.config.input_size
+    images = torch.rand(4, size, size, 3, generator=torch.Generator().manual_seed(0))
+    pack = sys.modules[type(managed).__module__.rsplit(".", 1)[0]]  # the pack's `nodes` package
+    types_mod = sys.modules[pack.__name__ + ".types"]
+    bridge = sys.modules[pack.__name__ + ".bridge"]
+    from lgm_core.pipelines import views_to_gaussians
+
+    calls: dict = {}
+
+    def counted(name):
+        orig = getattr(mm, name)
+
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return orig(*args, **kwargs)
+            finally:
+                entry = calls.setdefault(name, [0, 0.0])
+                entry[0] += 1
+                entry[1] += (time.perf_counter() - t0) * 1000
+        setattr(mm, name, wrapper)
+        return orig
+
+    originals = {n: counted(n) for n in ("load_models_gpu", "free_memory", "soft_empty_cache", "get_free_memory")}
+    runner = lgm._graph_runner
+    events = {"captures": 0, "resets": 0}
+    if runner is not None:
+        cap, rst = runner._capture, runner.reset
+
+        def capture(*a, **k):
+            events["captures"] += 1
+            return cap(*a, **k)
+
+        def reset(*a, **k):
+            events["resets"] += 1
+            return rst(*a, **k)
+        runner._capture, runner.reset = capture, reset
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    def stages():
+        out = {}
+        t = time.perf_counter()
+
+        def lap(name):
+            nonlocal t
+            sync()
+            now = time.perf_counter()
+            out[name] = (now - t) * 1000
+            t = now
+        views = types_mod.image_to_views(images, None, 0.0); lap("image_to_views")
+        model = managed.get(); lap("ManagedModel.get")
+        v = views.to(dev); lap("views to GPU")
+        g = views_to_gaussians(model, v); lap("LGM.reconstruct")
+        g = g.to(pack.devices.intermediate_device()); lap("Gaussians to intermediate device")
+        bridge.gaussians_to_splat(g); lap("gaussians_to_splat")
+        return out
+
+    result = {}
+    default_fast, default_release = type(managed).resident_fast_path, type(managed).release_on_any_detach
+    try:
+        modes = {"before (graphs released on every detach, load_models_gpu every call)": (False, True),
+                 "graphs kept on bookkeeping detach, load_models_gpu every call": (False, False),
+                 "graphs kept + resident fast path (the default)": (True, False)}
+        for mode, (fast, release_any) in modes.items():
+            type(managed).resident_fast_path = fast
+            type(managed).release_on_any_detach = release_any
+            calls.clear()
+            events.update(captures=0, resets=0)
+            with torch.inference_mode():
+                for _ in range(3):
+                    node.execute(managed, images, 0.0)
+                sync()
+                laps = [stages() for _ in range(iters)]
+                execute = []
+                for _ in range(iters):
+                    t0 = time.perf_counter()
+                    node.execute(managed, images, 0.0)
+                    sync()
+                    execute.append((time.perf_counter() - t0) * 1000)
+                prof = cProfile.Profile()
+                prof.enable()
+                for _ in range(iters):
+                    node.execute(managed, images, 0.0)
+                sync()
+                prof.disable()
+            text = stdio.StringIO()
+            pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(22)
+            n_calls = 3 + 3 * iters
+            result[mode] = {
+                "node_execute_ms": round(statistics.median(execute), 2),
+                "stages_ms": {k: round(statistics.median(l[k] for l in laps), 2) for k in laps[0]},
+                "memory_manager_per_call": {k: [round(c / n_calls, 2), round(ms / n_calls, 2)]
+                                            for k, (c, ms) in calls.items()},
+                "graph_runner_per_call": {k: round(v / n_calls, 2) for k, v in events.items()},
+                "cprofile_top": "\n".join(line for line in text.getvalue().splitlines()[:60] if line.strip()),
+            }
+    finally:
+        for n, f in originals.items():
+            setattr(mm, n, f)
+        type(managed).resident_fast_path, type(managed).release_on_any_detach = default_fast, default_release
+    return result
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--comfyui", default=str(REPO / ".comfyui" / "0.33.0" / "ComfyUI"))
@@ -490,6 +616,8 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=24)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--only-overhead", action="store_true",
+                    help="only the LGM Reconstruct overhead probe (node_overhead_probe), no graph rows")
     a = ap.parse_args()
 
     stubbed = stub_missing_av()
@@ -545,6 +673,16 @@ def main() -> int:
                      "nodes_ms": per_node})
         print(f"{name}: median {med:.3f} s (min {best:.3f}), peak {peak:.2f} GiB; nodes {per_node}", flush=True)
 
+    if a.only_overhead:
+        probe = node_overhead_probe(env, 2 if a.tiny else max(5, a.iters))
+        for mode, res in probe.items():
+            print(f"== LGM Reconstruct overhead, {mode}:", flush=True)
+            print(json.dumps({k: v for k, v in res.items() if k != "cprofile_top"}, indent=1))
+            print(res["cprofile_top"], flush=True)
+        if a.json:
+            Path(a.json).write_text(json.dumps({"device": dev, "torch": torch.__version__, "startup": startup,
+                                                "overhead_probe": probe}, indent=1))
+        return 0
     S, F, Z = a.steps, a.frames, a.size
     few, few_warm, alt, alt_warm = (1, 0, 2, 0) if a.tiny else (3, 1, 4, 2)  # output-node and alternating rows
     # one model family at a time, so each peak is that graph's own models + activations

@@ -14,6 +14,16 @@ runtime policy's graph runner (``lgm_core.runtime.CUDAGraphRunner``) notices by 
 moved the weights and captures again. What this module adds is freeing their memory as soon as ComfyUI
 unloads the model (``release_cuda_graphs()`` of the model, on the patcher's detach callback), so
 offloading really gives the VRAM back.
+
+Graphs survive ComfyUI's bookkeeping detach: ``load_models_gpu`` on a model that is already loaded
+pops it from its list and calls ``detach(unpatch_all=False)`` before loading it again (0.3.x and 0.33
+alike), with the weights left where they are. Releasing the graphs there made every node execution
+capture again (LGM Reconstruct 121-144 ms instead of ~16 ms on the H200 in ComfyUI 0.33); only a detach
+that unpatches (the weights leave) releases them. A model that is resident — ComfyUI lists it as
+loaded, whole, on its load device, with more free VRAM than core reserves for inference — skips
+``load_models_gpu`` altogether (``ManagedModel.resident_fast_path``): it is only marked as in use
+and moved to the front of ComfyUI's list, as that call would do, without its free-memory pass
+(which on CUDA synchronises and may empty the cache every time).
 """
 
 from __future__ import annotations
@@ -57,18 +67,50 @@ class ManagedModel:
             _Holder(modules), load_device=torch_device(), offload_device=model_management.unet_offload_device())
         release = getattr(model, "release_cuda_graphs", None)
         if release is not None:
-            self.patcher.add_callback(CallbacksMP.ON_DETACH, lambda _patcher, _unpatch_all: release())
+            self.patcher.add_callback(CallbacksMP.ON_DETACH, self._on_detach(release))
 
     @property
     def device(self) -> torch.device:
         """The compute device ComfyUI loads the model on."""
         return self.patcher.load_device
 
+    resident_fast_path = True
+    """Skip ``load_models_gpu`` when the weights are resident (see the module docstring)."""
+
+    release_on_any_detach = False
+    """Release captured graphs on every detach, also ComfyUI's bookkeeping one (the old behaviour; for
+    benchmarks/bench_comfyui.py's overhead probe only)."""
+
+    def _on_detach(self, release):
+        def callback(_patcher, unpatch_all):
+            if unpatch_all or self.release_on_any_detach:  # the weights leave the device
+                release()
+        return callback
+
+    def _resident(self) -> bool:
+        """Whether ComfyUI has the weights loaded whole on the load device with room left for inference;
+        if so, mark the model as in use and most recent, as ``load_models_gpu`` would."""
+        loaded = model_management.current_loaded_models
+        index = next((i for i, entry in enumerate(loaded) if entry.model is self.patcher), None)
+        if index is None or getattr(self.patcher.model, "model_lowvram", False):
+            return False
+        if self.patcher.loaded_size() < self.patcher.model_size():
+            return False
+        device = self.patcher.load_device
+        if (not model_management.is_device_cpu(device)
+                and model_management.get_free_memory(device) < 2 * model_management.minimum_inference_memory()):
+            return False  # little VRAM left: ComfyUI makes room as usual
+        entry = loaded.pop(index)
+        entry.currently_used = True
+        loaded.insert(0, entry)
+        return True
+
     def get(self) -> Any:
         """Load the weights on the compute device (if they are not there already) and return ``model``,
         switched to the library's fast inference path on that device the first time."""
-        # Modules here have no comfy.ops cast hooks, so they are always loaded whole.
-        model_management.load_models_gpu([self.patcher], force_full_load=True)
+        if not (self.resident_fast_path and self._resident()):
+            # Modules here have no comfy.ops cast hooks, so they are always loaded whole.
+            model_management.load_models_gpu([self.patcher], force_full_load=True)
         if not self.optimized:
             self.model.optimize_for_inference()  # the library's default fast path, on the compute device
             self.optimized = True

@@ -197,10 +197,42 @@ def test_lgm_loader_gives_the_graph_path_and_frees_it_on_unload(harness, monkeyp
         reconstruct.execute(managed, torch.full((4, 64, 64, 3), float("nan")), 0.0)
     assert len(calls) == 1 and managed.model._graph_runner is runner  # once per model, not per execution
     runner.graphs["stale"] = object()  # stands in for a graph captured on a GPU
+    # ComfyUI's load of an already loaded model detaches it without moving the weights: graphs stay
+    mm.load_models_gpu([managed.patcher], force_full_load=True)
+    assert "stale" in runner.graphs
+    managed.get()
+    assert "stale" in runner.graphs
     mm.unload_all_models()
     assert not runner.graphs
     managed.get()  # loaded again: same runner (it notices the moved weights by itself), no second call
     assert len(calls) == 1 and managed.model._graph_runner is runner
+
+
+def test_resident_model_skips_comfyui_reload(harness, monkeypatch):
+    """``ManagedModel.get`` on a model ComfyUI has loaded whole skips ``load_models_gpu`` (whose free-memory
+    pass synchronises and may empty the CUDA cache on every node execution) and marks the model as in use
+    and most recent, as that call does; a model that is not loaded goes through it."""
+    import comfy.model_management as mm
+
+    managed = harness.node_classes["LGMModelLoader"].execute("model_fp16_fixrot.safetensors", "fp32", False).result[0]
+    mm.unload_all_models()
+    loads = []
+    real = mm.load_models_gpu
+    monkeypatch.setattr(mm, "load_models_gpu", lambda models, **kw: (loads.append(models), real(models, **kw))[1])
+    managed.get()
+    assert len(loads) == 1  # not loaded yet: ComfyUI loads it
+    other = harness.node_classes["LGMModelLoader"].execute("model_fp16_fixrot.safetensors", "fp16", False).result[0]
+    other.get()
+    assert mm.current_loaded_models[0].model is other.patcher
+    mm.current_loaded_models[1].currently_used = False
+    managed.get()
+    assert len(loads) == 2  # only `other`'s first load
+    assert mm.current_loaded_models[0].model is managed.patcher and mm.current_loaded_models[0].currently_used
+    assert sum(entry.model is managed.patcher for entry in mm.current_loaded_models) == 1
+    monkeypatch.setattr(type(managed), "resident_fast_path", False)
+    managed.get()
+    assert len(loads) == 3
+    mm.unload_all_models()
 
 
 def test_core_style_splat_objects_are_accepted(harness, tmp_path):
