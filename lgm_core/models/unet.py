@@ -111,7 +111,8 @@ def _fused_failed(err: Exception) -> None:
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm(32 groups, eps 1e-5) whose statistics and normalisation are computed in float32.
+    """GroupNorm(32 groups, eps 1e-5 unless given) whose statistics and normalisation are computed in
+    float32 (LGM's UNet and the multi-view diffusion UNet, ``lgm_core.mvdiffusion.unet``).
 
     For fp16/bf16 inputs on CUDA the native kernel already accumulates in float32 and rounds
     only its output (what autocast's fp32 GroupNorm followed by the next fp16 conv gives too), so
@@ -124,8 +125,8 @@ class GroupNorm32(nn.GroupNorm):
 
     native_half_on_cuda = True
 
-    def __init__(self, channels: int):
-        super().__init__(32, channels, eps=1e-5, affine=True)
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__(32, channels, eps=eps, affine=True)
 
     def forward(self, x: torch.Tensor, silu: bool = False) -> torch.Tensor:
         if use_fused_groupnorm(x, self.num_groups):

@@ -13,7 +13,10 @@ Tensor conventions
 * ImageDream: ``ip``: CLIP-ViT penultimate hidden states ``[B*F, N, 1280]``; ``ip_img``: reference
   latent ``[B, C, h, w]`` written into the last frame of every object.
 
-Attention is :func:`torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient
+GroupNorms are ``lgm_core.models.unet.GroupNorm32`` (the project's one GroupNorm policy: float32
+statistics as the original LDM ``GroupNorm32``; in fp16/bf16 CUDA inference GroupNorm (+ the SiLU that
+follows it in ResBlocks and the output head) runs as the fused Triton kernels, switch
+``LGM_FUSED_NORM=0``). Attention is :func:`torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient
 kernels on CUDA). The self-attention of every transformer runs jointly over the ``F`` frames of
 one object (``[B, F*h*w, C]``); everything else runs per frame.
 """
@@ -26,6 +29,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..models.unet import GroupNorm32
 
 __all__ = ["MultiViewUNet", "Resampler", "timestep_embedding"]
 
@@ -126,24 +131,26 @@ class ResBlock(nn.Module):
         super().__init__()
         out_channels = out_channels or channels
         self.use_scale_shift_norm = use_scale_shift_norm
-        self.in_layers = nn.Sequential(nn.GroupNorm(32, channels), nn.SiLU(),
+        self.in_layers = nn.Sequential(GroupNorm32(channels), nn.SiLU(),
                                        nn.Conv2d(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(
             nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels))
-        self.out_layers = nn.Sequential(nn.GroupNorm(32, out_channels), nn.SiLU(), nn.Dropout(dropout),
+        self.out_layers = nn.Sequential(GroupNorm32(out_channels), nn.SiLU(), nn.Dropout(dropout),
                                         nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip_connection = (nn.Identity() if out_channels == channels
                                 else nn.Conv2d(channels, out_channels, 1))
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.in_layers(x)
+        # in_layers / out_layers as written in the Sequentials (names = checkpoint keys); GroupNorm and
+        # the SiLU after it are one call (one fused kernel pass on the CUDA fp16 path)
+        h = self.in_layers[2](self.in_layers[0](x, silu=True))
         emb_out = self.emb_layers(emb).to(h.dtype)[:, :, None, None]
         if self.use_scale_shift_norm:
             scale, shift = emb_out.chunk(2, dim=1)
             h = self.out_layers[0](h) * (1 + scale) + shift
             h = self.out_layers[3](self.out_layers[2](self.out_layers[1](h)))
         else:
-            h = self.out_layers(h + emb_out)
+            h = self.out_layers[3](self.out_layers[2](self.out_layers[0](h + emb_out, silu=True)))
         return self.skip_connection(x) + h
 
 
@@ -255,7 +262,7 @@ class SpatialTransformer3D(nn.Module):
                  dropout: float = 0.0, ip_dim: int = 0, ip_weight: float = 1.0):
         super().__init__()
         inner = n_heads * d_head
-        self.norm = nn.GroupNorm(32, in_channels, eps=1e-6)
+        self.norm = GroupNorm32(in_channels, eps=1e-6)
         self.proj_in = nn.Linear(in_channels, inner)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock3D(inner, n_heads, d_head, context_dim, dropout, ip_dim, ip_weight)
@@ -419,7 +426,7 @@ class MultiViewUNet(nn.Module):
                     layers.append(Upsample(ch))
                     ds //= 2
                 self.output_blocks.append(MVSequential(*layers))
-        self.out = nn.Sequential(nn.GroupNorm(32, ch), nn.SiLU(),
+        self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(),
                                  nn.Conv2d(model_channels, out_channels, 3, padding=1))
 
     # ------------------------------------------------------------------------------------------
@@ -487,7 +494,7 @@ class MultiViewUNet(nn.Module):
         h = self.middle_block(h, emb, context, num_frames)
         for block in self.output_blocks:
             h = block(torch.cat([h, hs.pop()], dim=1), emb, context, num_frames)
-        return self.out(h)
+        return self.out[2](self.out[0](h, silu=True))
 
     def forward(
         self,
