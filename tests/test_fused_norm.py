@@ -285,3 +285,36 @@ def test_multiview_unet_fuses_its_group_norms(spy, monkeypatch):
     assert spy.count(True) == 2 * n_res + 1 and spy.count(False) == n_tf
     assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
     assert (y.float() - y_torch.float()).abs().max() < 0.1
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_geglu_matches_float64(fn, dtype):
+    torch.manual_seed(0)
+    h = (torch.randn(3, 7, 2 * 1100, device=DEVICE) * 3).to(dtype)  # D > GEGLU_BLOCK: two column blocks
+    value, gate = h.double().chunk(2, dim=-1)
+    ref = value * 0.5 * gate * (1 + torch.erf(gate / 2 ** 0.5))
+    assert_rounding_close(fn.geglu(h), ref, dtype)
+    assert fn.geglu(h[:, :0]).shape == (3, 0, 1100)
+    with pytest.raises(ValueError, match="contiguous"):
+        fn.geglu(h.transpose(0, 1))
+
+
+def test_geglu_module_dispatch(spy, fn, monkeypatch):
+    """The diffusion transformers' GEGLU runs the fused kernel in half-precision inference only, and
+    agrees with torch's ``value * gelu(gate)``."""
+    from lgm_core.mvdiffusion.unet import GEGLU
+
+    calls = []
+    real = fn.geglu
+    monkeypatch.setattr(fn, "geglu", lambda h: (calls.append(h.shape), real(h))[1])
+    torch.manual_seed(0)
+    layer = GEGLU(16, 24).to(DEVICE, torch.bfloat16)
+    x = torch.randn(2, 5, 16, device=DEVICE).bfloat16()
+    with torch.no_grad():
+        y = layer(x)
+        assert calls == [(2, 5, 48)] and y.shape == (2, 5, 24)
+        value, gate = layer.proj(x).chunk(2, dim=-1)
+        assert (y.float() - (value * F.gelu(gate)).float()).abs().max() < 0.05
+        layer.float()(x.float())  # fp32: torch's ops
+    layer(x.float())  # autograd on: torch's ops
+    assert len(calls) == 1

@@ -302,3 +302,10 @@ def test_clip_preprocessing_matches_transformers(image_pipe, spec_dir):
         torch.testing.assert_close(image_pipe._clip_pixels(img[None]), ref, atol=1e-5, rtol=0)
     finally:
         image_pipe.feature_extractor = saved
+
+
+def test_optimize_for_inference_is_inert_on_cpu(folders):
+    pipe = MultiViewPipeline.from_pretrained(folders["mvdream"])
+    pipe.use_cuda_graphs = False
+    assert pipe.optimize_for_inference() is pipe and pipe.use_cuda_graphs
+    assert all(p.is_contiguous() for p in pipe.unet.parameters())  # the layout changes on CUDA only

@@ -150,7 +150,7 @@ def run(args) -> int:
     progress(f"{tag}{len(mine)} item(s), {len(mine) - len(todo)} already done, on {device} ({dtype})")
     results = [ItemResult(it.index, it.name, rank, 0.0, 0.0, 0, skipped=True) for it in mine if it not in todo]
     if todo:
-        pipe = MultiViewPipeline.from_pretrained(mv_path, dtype=dtype, device=device)
+        pipe = MultiViewPipeline.from_pretrained(mv_path, dtype=dtype, device=device).optimize_for_inference()
         if text == pipe.is_imagedream:
             need = "an MVDream (text)" if text else "an ImageDream (image)"
             raise CLIError(f"{args.mv_model}: --{'prompts' if text else 'images'} needs {need} model")

@@ -136,7 +136,7 @@ def _generate(args, stage, **options) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     progress(f"loading multi-view model {args.mv_model} ...")
-    pipe = MultiViewPipeline.from_pretrained(mv_path, dtype=dtype, device=device)
+    pipe = MultiViewPipeline.from_pretrained(mv_path, dtype=dtype, device=device).optimize_for_inference()
     progress(f"loaded in {time.perf_counter() - t0:.1f} s ({device}, {dtype})")
     wants_image = stage is image_to_views
     if wants_image and not pipe.is_imagedream:

@@ -1,4 +1,6 @@
-"""GroupNorm (+ optional SiLU) as three small Triton kernels, for LGM's fp16/bf16 CUDA inference path.
+"""GroupNorm (+ optional SiLU) as three small Triton kernels, for the fp16/bf16 CUDA inference path of
+LGM's UNet and the multi-view diffusion UNet; and GEGLU (``geglu``, the diffusion transformers'
+feed-forward gate) as one kernel.
 
 ``group_norm(x, weight, bias, num_groups, eps, silu)`` equals
 ``F.group_norm(x.float(), num_groups, weight.float(), bias.float(), eps)`` (then ``F.silu`` when
@@ -187,4 +189,42 @@ def group_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_gr
                                      eps, BLOCK_CG=triton.next_power_of_2(cg), BLOCK_R=REDUCE_BLOCK)
         _apply[grid](x, y, scale, shift, C, P, stride_n,
                      CHANNELS_LAST=channels_last, SILU=bool(silu), BLOCK_C=block_c, BLOCK_P=block_p)
+    return y
+
+
+# ------------------------------------------------------------------------------------------- GEGLU
+GEGLU_BLOCK = 1024  # output columns per program
+
+
+@triton.jit
+def _geglu(h_ptr, y_ptr, D, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < D
+    value = tl.load(h_ptr + row * 2 * D + cols, mask=mask, other=0.0).to(tl.float32)
+    gate = tl.load(h_ptr + row * 2 * D + D + cols, mask=mask, other=0.0).to(tl.float32)
+    y = value * (0.5 * gate * (1.0 + tl.erf(gate * 0.7071067811865476)))
+    tl.store(y_ptr + row * D + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def geglu_supports(h: torch.Tensor) -> bool:
+    """Whether ``geglu`` takes ``h``: contiguous, a float dtype, an even last axis, < 2**31 elements."""
+    return (h.dim() >= 1 and h.is_contiguous() and h.shape[-1] % 2 == 0 and h.numel() < 2 ** 31
+            and h.dtype in (torch.float16, torch.bfloat16, torch.float32))
+
+
+def geglu(h: torch.Tensor) -> torch.Tensor:
+    """``value * gelu(gate)`` (exact erf GELU) of ``h = [..., value ‖ gate]`` (last axis 2*D) -> ``[..., D]``
+    in ``h``'s dtype. float32 arithmetic, one rounding (torch's fp16 path rounds the GELU and then the
+    product: at most about one ulp apart)."""
+    if not geglu_supports(h):
+        raise ValueError(f"fused geglu takes a contiguous float tensor with an even last axis; got shape "
+                         f"{tuple(h.shape)}, {h.dtype}, contiguous={h.is_contiguous()}")
+    D = h.shape[-1] // 2
+    y = torch.empty(*h.shape[:-1], D, device=h.device, dtype=h.dtype)
+    rows = h.numel() // (2 * D) if D else 0
+    if rows == 0:
+        return y
+    with torch.cuda.device(h.device) if h.is_cuda else contextlib.nullcontext():
+        _geglu[(rows, triton.cdiv(D, GEGLU_BLOCK))](h, y, D, BLOCK=GEGLU_BLOCK)
     return y

@@ -86,16 +86,36 @@ def fused_groupnorm_available(device: torch.device, dtype: torch.dtype) -> bool:
             and not _stream_ordered_allocator(device.type) and _fused_norm() is not None)
 
 
-def use_fused_groupnorm(x: torch.Tensor, num_groups: int = 32) -> bool:
-    """Whether GroupNorm32 sends ``x`` to the fused Triton kernels: the switch is on, ``x`` is an
-    fp16/bf16 4-D NCHW/NHWC tensor on CUDA, autograd is off (inference), autocast is off (training's
-    evaluation keeps autocast's fp32 GroupNorm), no torch.compile trace is running (Inductor fuses
-    GroupNorm itself), the CUDA allocator is not ``cudaMallocAsync`` and Triton imports. Otherwise torch's
-    kernels run."""
+def fused_kernels_apply(x: torch.Tensor) -> bool:
+    """The conditions every fused Triton kernel of fused_norm.py shares: the switch is on, ``x`` is an
+    fp16/bf16 tensor on CUDA, autograd is off (inference), autocast is off (training's evaluation keeps
+    autocast's fp32 ops), no torch.compile trace is running (Inductor fuses these ops itself), the CUDA
+    allocator is not ``cudaMallocAsync`` and Triton imports."""
     return (FUSED_GROUPNORM and not _compiling() and x.device.type in FUSED_DEVICE_TYPES
             and x.dtype in (torch.float16, torch.bfloat16) and not torch.is_grad_enabled()
             and not _autocast_enabled(x.device.type) and not _stream_ordered_allocator(x.device.type)
-            and _fused_norm() is not None and _fused_norm().supports(x, num_groups))
+            and _fused_norm() is not None)
+
+
+def use_fused_groupnorm(x: torch.Tensor, num_groups: int = 32) -> bool:
+    """Whether GroupNorm32 sends ``x`` to the fused Triton kernels: ``fused_kernels_apply`` and ``x`` is
+    a 4-D NCHW/NHWC tensor whose channels divide into the groups. Otherwise torch's kernels run."""
+    return fused_kernels_apply(x) and _fused_norm().supports(x, num_groups)
+
+
+def geglu(h: torch.Tensor) -> torch.Tensor:
+    """``value * gelu(gate)`` of ``h = [..., value ‖ gate]`` (exact erf GELU): the fused Triton kernel
+    under ``fused_kernels_apply`` for a contiguous ``h``, else torch's ops (same result up to one
+    rounding)."""
+    if fused_kernels_apply(h) and _fused_norm().geglu_supports(h):
+        try:
+            return _fused_norm().geglu(h)
+        except Exception as err:  # noqa: BLE001  (Triton build/launch failure: torch's kernels instead)
+            if capturing_cuda_graph():
+                raise
+            _fused_failed(err)
+    value, gate = h.chunk(2, dim=-1)
+    return value * F.gelu(gate)
 
 
 def _fused_failed(err: Exception) -> None:

@@ -15,8 +15,8 @@ Tensor conventions
 
 GroupNorms are ``lgm_core.models.unet.GroupNorm32`` (the project's one GroupNorm policy: float32
 statistics as the original LDM ``GroupNorm32``; in fp16/bf16 CUDA inference GroupNorm (+ the SiLU that
-follows it in ResBlocks and the output head) runs as the fused Triton kernels, switch
-``LGM_FUSED_NORM=0``). Attention is :func:`torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient
+follows it in ResBlocks and the output head) and the feed-forward GEGLU run as fused Triton kernels,
+switch ``LGM_FUSED_NORM=0``). Attention is :func:`torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient
 kernels on CUDA). The self-attention of every transformer runs jointly over the ``F`` frames of
 one object (``[B, F*h*w, C]``); everything else runs per frame.
 """
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.unet import GroupNorm32
+from ..models.unet import GroupNorm32, geglu
 
 __all__ = ["MultiViewUNet", "Resampler", "timestep_embedding"]
 
@@ -180,8 +180,7 @@ class GEGLU(nn.Module):
         self.proj = nn.Linear(dim_in, dim_out * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, gate = self.proj(x).chunk(2, dim=-1)
-        return x * F.gelu(gate)
+        return geglu(self.proj(x))  # one fused kernel on the CUDA fp16 inference path
 
 
 class FeedForward(nn.Module):
