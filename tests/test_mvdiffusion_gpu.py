@@ -31,6 +31,8 @@ def test_graph_equals_eager(folders, kind, dtype):
     eager = run(False)
     graph = run(True)
     assert len(pipe._unet_graphs.graphs) == 1
+    encoders = [pipe._text_graphs] + ([pipe._image_graphs] if kind == "imagedream" else [])
+    assert all(not r.failed and len(r.graphs) == 1 for r in encoders)  # the CLIP encoders are graphed too
     torch.testing.assert_close(graph, eager, atol=1e-3 if dtype == torch.float16 else 1e-5, rtol=0)
     # another batch size gets its own graph; going back reuses the first with fresh conditions
     b_eager = run(False, ["owl", "cat"])
@@ -61,20 +63,32 @@ def test_graph_equals_eager(folders, kind, dtype):
 
 @pytest.mark.parametrize("kind", ["mvdream", "imagedream"])
 def test_optimize_for_inference_channels_last(folders, kind):
-    """The default fast path (graphs + channels-last UNet + fused kernels) agrees with plain eager
-    execution on contiguous weights."""
-    pipe = MultiViewPipeline.from_pretrained(folders[kind], dtype=torch.float16, device="cuda")
+    """The default fast path (graphs + channels-last UNet + fused kernels) stays within fp16 noise:
+    its distance to the fp32 pipeline is no larger than (1.5x) that of plain fp16 eager execution on
+    contiguous weights with torch's kernels."""
+    from lgm_core.models import unet as unet_module
+
     img = torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(0)) if kind == "imagedream" else None
 
-    def run():
+    def run(pipe):
         return pipe("owl", image=img, num_inference_steps=3, generator=torch.Generator().manual_seed(1),
-                    output_type="latent").latents
+                    output_type="latent").latents.float()
 
+    ref = MultiViewPipeline.from_pretrained(folders[kind], dtype=torch.float32, device="cuda")
+    ref.use_cuda_graphs = False
+    reference = run(ref)
+    pipe = MultiViewPipeline.from_pretrained(folders[kind], dtype=torch.float16, device="cuda")
     pipe.use_cuda_graphs = False
-    eager = run()
+    fused = unet_module.FUSED_GROUPNORM
+    unet_module.FUSED_GROUPNORM = False
+    try:
+        plain = run(pipe)
+    finally:
+        unet_module.FUSED_GROUPNORM = fused
     pipe.optimize_for_inference()
     convs = [p for p in pipe.unet.parameters() if p.dim() == 4 and p.shape[-1] > 1]
     assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
-    fast = run()
+    fast = run(pipe)
     assert len(pipe._unet_graphs.graphs) == 1
-    torch.testing.assert_close(fast, eager, atol=2e-2, rtol=0)
+    noise = (plain - reference).abs().max()
+    assert (fast - reference).abs().max() <= 1.5 * noise + 1e-3

@@ -309,3 +309,28 @@ def test_optimize_for_inference_is_inert_on_cpu(folders):
     pipe.use_cuda_graphs = False
     assert pipe.optimize_for_inference() is pipe and pipe.use_cuda_graphs
     assert all(p.is_contiguous() for p in pipe.unet.parameters())  # the layout changes on CUDA only
+
+
+def test_encoders_run_through_graph_runners(folders, monkeypatch):
+    """The CLIP text and image encoders go through CUDA-graph runners (exercised here with the CPU
+    stand-in capture of test_runtime): a replay with new inputs gives what the encoder computes, and
+    ``use_cuda_graphs = False`` / ``release_cuda_graphs()`` run eagerly / drop every graph."""
+    from test_runtime import CPUGraphRunner
+
+    pipe = MultiViewPipeline.from_pretrained(folders["imagedream"])
+    for name in ("_unet_graphs", "_text_graphs", "_image_graphs"):
+        runner = getattr(pipe, name)
+        setattr(pipe, name, CPUGraphRunner(runner.fn, weights=runner.weights, name=runner.name))
+    with torch.no_grad():
+        a, b = pipe.encode_prompt(["an owl"]), pipe.encode_prompt(["a red car"])
+        torch.testing.assert_close(b, pipe._text_hidden_states(
+            pipe.tokenizer(["a red car"], padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                           truncation=True, return_tensors="pt").input_ids))
+        assert not torch.equal(a, b) and pipe._text_graphs.captures == 1
+        img = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+        feats = pipe.encode_image_features(img)
+        pipe.use_cuda_graphs = False
+        torch.testing.assert_close(pipe.encode_image_features(img), feats)
+        assert pipe._image_graphs.captures == 1
+    pipe.release_cuda_graphs()
+    assert not pipe._text_graphs.graphs and not pipe._image_graphs.graphs
