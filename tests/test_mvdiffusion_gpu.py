@@ -31,8 +31,14 @@ def test_graph_equals_eager(folders, kind, dtype):
     eager = run(False)
     graph = run(True)
     assert len(pipe._unet_graphs.graphs) == 1
-    encoders = [pipe._text_graphs] + ([pipe._image_graphs] if kind == "imagedream" else [])
-    assert all(not r.failed and len(r.graphs) == 1 for r in encoders)  # the CLIP encoders are graphed too
+    encoders = [pipe._text_graphs] + ([pipe._image_graphs, pipe._encode_graphs] if kind == "imagedream" else [])
+    assert all(not r.failed and len(r.graphs) == 1 for r in encoders)  # the encoders are graphed too
+    with torch.no_grad():
+        decoded = pipe.decode_latents(graph)  # use_cuda_graphs is on after run(True)
+        pipe.use_cuda_graphs = False
+        torch.testing.assert_close(decoded, pipe.decode_latents(graph), atol=1e-3 if dtype == torch.float16 else 1e-5,
+                                   rtol=0)
+    assert not pipe._decode_graphs.failed and len(pipe._decode_graphs.graphs) == 1
     torch.testing.assert_close(graph, eager, atol=1e-3 if dtype == torch.float16 else 1e-5, rtol=0)
     # another batch size gets its own graph; going back reuses the first with fresh conditions
     b_eager = run(False, ["owl", "cat"])

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import torch.nn.functional as F
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -318,7 +319,7 @@ def test_encoders_run_through_graph_runners(folders, monkeypatch):
     from test_runtime import CPUGraphRunner
 
     pipe = MultiViewPipeline.from_pretrained(folders["imagedream"])
-    for name in ("_unet_graphs", "_text_graphs", "_image_graphs"):
+    for name in ("_unet_graphs", "_text_graphs", "_image_graphs", "_decode_graphs", "_encode_graphs"):
         runner = getattr(pipe, name)
         setattr(pipe, name, CPUGraphRunner(runner.fn, weights=runner.weights, name=runner.name))
     with torch.no_grad():
@@ -329,8 +330,16 @@ def test_encoders_run_through_graph_runners(folders, monkeypatch):
         assert not torch.equal(a, b) and pipe._text_graphs.captures == 1
         img = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(0))
         feats = pipe.encode_image_features(img)
+        latents = pipe.encode_image_latents(img, torch.Generator().manual_seed(3))
+        decoded = pipe.decode_latents(latents)
         pipe.use_cuda_graphs = False
         torch.testing.assert_close(pipe.encode_image_features(img), feats)
         assert pipe._image_graphs.captures == 1
+        # the graphed VAE moments + diffusers' own sampling = AutoencoderKL's latent_dist.sample
+        x = F.interpolate(img.permute(0, 3, 1, 2) * 2 - 1, (256, 256), mode="bilinear", align_corners=False)
+        direct = pipe.vae.encode(x).latent_dist.sample(generator=torch.Generator().manual_seed(3))
+        torch.testing.assert_close(latents, direct * pipe.vae.config.scaling_factor)
+        torch.testing.assert_close(decoded, pipe.decode_latents(latents))
+        assert pipe._encode_graphs.captures == 1 and pipe._decode_graphs.captures == 1
     pipe.release_cuda_graphs()
-    assert not pipe._text_graphs.graphs and not pipe._image_graphs.graphs
+    assert not any(r.graphs for r in pipe._graph_runners())
