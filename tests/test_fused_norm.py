@@ -53,13 +53,16 @@ def make(shape, dtype, channels_last, mean=0.0, std=1.0, seed=0):
     return x.to(DEVICE), w.to(DEVICE), b.to(DEVICE)
 
 
+@pytest.mark.parametrize("path", ["one_pass", "split"])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(2, 64, 9, 7), (1, 192, 5, 11), (3, 384, 1, 1), (1, 1024, 3, 5),
                                    (1, 2048, 2, 3)])
-def test_matches_float64_group_norm(fn, shape, dtype, channels_last):
+def test_matches_float64_group_norm(fn, shape, dtype, channels_last, path, monkeypatch):
     """Groups of 2, 6, 12, 32 and 64 channels (192, 384: channel counts that are not powers of two;
-    2048: LGM big's widest up-block input)."""
+    2048: LGM big's widest up-block input), through the one-program kernel and the split reduction."""
+    if path == "split":
+        monkeypatch.setattr(fn, "ONE_PASS_MAX", 0)
     x, w, b = make(shape, dtype, channels_last, mean=3.0, std=2.0)
     for silu in (False, True):
         y = fn.group_norm(x, w, b, 32, 1e-5, silu=silu)
@@ -74,11 +77,43 @@ def test_split_reduction_and_large_mean(fn, channels_last, monkeypatch):
     E[x^2] - E[x]^2 would cancel): 64 channels (groups of 2) at odd 13x11 with tiny tiles."""
     monkeypatch.setattr(fn, "TILE", 64)
     monkeypatch.setattr(fn, "REDUCE_BLOCK", 4)
+    monkeypatch.setattr(fn, "ONE_PASS_MAX", 0)
     x, w, b = make((1, 64, 13, 11), torch.float16, channels_last, mean=300.0, std=50.0, seed=1)
     block_c, block_p = fn._blocks(64, 13 * 11, channels_last)
     assert 2 * -(-13 * 11 // block_p) > 3 * 4  # the merge loop really takes several steps
     y = fn.group_norm(x, w, b, 32, 1e-5, silu=True)
     assert_rounding_close(y.cpu(), reference(x.cpu(), w.cpu(), b.cpu(), True), torch.float16)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_one_pass_loops_and_large_mean(fn, channels_last, monkeypatch):
+    """The one-program kernel with several loop steps per pass (tiny tiles) and a mean far from zero."""
+    monkeypatch.setattr(fn, "ONE_PASS_TILE", 16)
+    x, w, b = make((2, 320, 13, 11), torch.float16, channels_last, mean=300.0, std=50.0, seed=1)
+    y = fn.group_norm(x, w, b, 32, 1e-6, silu=True)
+    ref = F.silu(F.group_norm(x.cpu().double(), 32, w.cpu().double(), b.cpu().double(), 1e-6))
+    assert_rounding_close(y.cpu(), ref, torch.float16)
+
+
+@pytest.mark.parametrize("path", ["one_pass", "split"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_add_before_the_statistics(fn, channels_last, path, monkeypatch):
+    """``add`` [N, C] (the diffusion ResBlock's timestep embedding) is normalised with x: the result is
+    GroupNorm(x + add) within the output rounding; a wrong shape is refused."""
+    if path == "split":
+        monkeypatch.setattr(fn, "ONE_PASS_MAX", 0)
+    x, w, b = make((2, 96, 6, 5), torch.float16, channels_last, mean=1.0, std=2.0, seed=2)
+    add = (torch.randn(2, 96, generator=torch.Generator().manual_seed(3)) * 4).half().to(DEVICE)
+    for silu in (False, True):
+        y = fn.group_norm(x, w, b, 32, 1e-5, silu=silu, add=add)
+        assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        # one program sums in fp32; the split reduction forms the fp16 sum first (as torch's path does)
+        summed = (x.cpu().double() + add.cpu().double()[:, :, None, None] if path == "one_pass"
+                  else (x + add[:, :, None, None]).cpu().double())
+        ref = reference(summed, w.cpu(), b.cpu(), silu)
+        assert_rounding_close(y.cpu(), ref, torch.float16)
+    with pytest.raises(ValueError, match="add"):
+        fn.group_norm(x, w, b, 32, 1e-5, add=add[:1])
 
 
 def test_rejects_what_it_cannot_take(fn):

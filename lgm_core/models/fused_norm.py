@@ -18,8 +18,11 @@ Any C divisible by ``num_groups`` (not only powers of two) and any H, W.
 Dtypes: fp16, bf16 and fp32 inputs (LGM only routes fp16/bf16 here); the affine weight and bias may be
 of any float dtype. All arithmetic is float32.
 
-Numerics: a group (in LGM big from 2 channels x 65536 pixels to 64 channels x 64 pixels) need not fit
-one block, so
+Numerics: a group of at most ``ONE_PASS_MAX`` elements (the diffusion UNet's, LGM's from 64x64 pixels
+down) is one program of ``_group_norm_one_pass``: it loops over its pixels three times (sum -> exact mean;
+squared deviations -> biased variance; normalise + affine (+ SiLU) -> store), the group's data staying in
+L1/L2 between the passes, one launch and no partials in memory. A larger group (LGM big from 2 channels x
+65536 pixels to 8 channels x 16384) need not fit one program and would give too few programs, so
 1. ``_partial_stats``: each program takes a tile of BLOCK_C channels x BLOCK_P pixels of one sample and
    writes, per channel, the tile's mean and M2 (sum of squared deviations from that mean, computed
    two-pass from registers, so large means do not cancel);
@@ -28,7 +31,10 @@ one block, so
    giving the biased variance, ``rstd = 1/sqrt(var + eps)``, and folds the affine into a per-channel
    ``scale = rstd * weight``, ``shift = bias - mean * scale``;
 3. ``_apply``: ``y = x * scale + shift`` (then ``y * sigmoid(y)``), rounded to the output dtype once.
-Besides the fp32 summation order, the one rounding is the only difference from torch's fp16 path,
+``add`` (optional ``[N, C]``, the diffusion ResBlock's timestep embedding) is added to every pixel of
+sample n, channel c before the statistics: ``group_norm(x + add[:, :, None, None])`` with the sum in fp32
+(torch's path rounds it to ``x.dtype`` first). Besides the fp32 summation order, the one rounding is the
+only difference from torch's fp16 path,
 which rounds the normalised value and then the separate SiLU's result (so outputs differ by at most
 about one fp16/bf16 ulp).
 """
@@ -43,6 +49,8 @@ import triton.language as tl
 
 TILE = 4096  # elements per stats/apply tile (fp32 registers: 32 per thread at 4 warps)
 REDUCE_BLOCK = 1024  # partials merged per loop step in _finalize
+ONE_PASS_MAX = 32768  # largest group (channels x pixels) normalised by one program of _group_norm_one_pass
+ONE_PASS_TILE = 2048  # elements per loop step of _group_norm_one_pass
 
 
 @triton.jit
@@ -131,6 +139,57 @@ def _apply(x_ptr, y_ptr, scale_ptr, shift_ptr, C, P, stride_n,
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit(do_not_specialize=["C", "CG", "P", "groups"])
+def _group_norm_one_pass(x_ptr, y_ptr, w_ptr, b_ptr, add_ptr, C, CG, P, stride_n, groups, eps,
+                         HAS_ADD: tl.constexpr, CHANNELS_LAST: tl.constexpr, SILU: tl.constexpr,
+                         BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    pid = tl.program_id(0)
+    n = pid // groups
+    g = pid % groups
+    ch = tl.arange(0, BLOCK_C)
+    cm = ch < CG
+    c = g * CG + ch
+    base = n.to(tl.int64) * stride_n
+    if HAS_ADD:
+        shift_in = tl.load(add_ptr + n * C + c, mask=cm, other=0.0).to(tl.float32)
+    acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+    for start in range(0, P, BLOCK_P):
+        p = start + tl.arange(0, BLOCK_P)
+        mask = cm[:, None] & (p < P)[None, :]
+        x = tl.load(x_ptr + base + _offsets(c, p, C, P, CHANNELS_LAST), mask=mask, other=0.0).to(tl.float32)
+        if HAS_ADD:
+            x = tl.where(mask, x + shift_in[:, None], 0.0)
+        acc += x
+    count = (CG * P).to(tl.float32)
+    mean = tl.sum(tl.sum(acc, axis=1), axis=0) / count
+    acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+    for start in range(0, P, BLOCK_P):
+        p = start + tl.arange(0, BLOCK_P)
+        mask = cm[:, None] & (p < P)[None, :]
+        x = tl.load(x_ptr + base + _offsets(c, p, C, P, CHANNELS_LAST), mask=mask, other=0.0).to(tl.float32)
+        if HAS_ADD:
+            x = x + shift_in[:, None]
+        d = tl.where(mask, x - mean, 0.0)
+        acc += d * d
+    var = tl.sum(tl.sum(acc, axis=1), axis=0) / count
+    rstd = 1.0 / tl.sqrt(var + eps)
+    w = tl.load(w_ptr + c, mask=cm, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + c, mask=cm, other=0.0).to(tl.float32)
+    scale = w * rstd
+    shift = b - mean * scale
+    if HAS_ADD:
+        shift = shift + shift_in * scale  # (x + a) * scale + shift, with x as loaded
+    for start in range(0, P, BLOCK_P):
+        p = start + tl.arange(0, BLOCK_P)
+        mask = cm[:, None] & (p < P)[None, :]
+        offs = base + _offsets(c, p, C, P, CHANNELS_LAST)
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        y = x * scale[:, None] + shift[:, None]
+        if SILU:
+            y = y * tl.sigmoid(y)
+        tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
 def layout_of(x: torch.Tensor):
     """``"contiguous"``, ``"channels_last"`` or ``None`` (a layout these kernels do not take)."""
     if x.dim() != 4:
@@ -161,18 +220,35 @@ def _blocks(C: int, P: int, channels_last: bool):
 
 
 def group_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_groups: int, eps: float,
-               silu: bool = False) -> torch.Tensor:
-    """GroupNorm of a 4-D tensor (see the module docstring); ``silu`` applies SiLU to the result."""
+               silu: bool = False, add: torch.Tensor | None = None) -> torch.Tensor:
+    """GroupNorm of a 4-D tensor (see the module docstring); ``silu`` applies SiLU to the result;
+    ``add`` ([N, C]) is added per sample and channel before the statistics."""
     if not supports(x, num_groups):
         raise ValueError(f"fused group_norm takes 4-D NCHW/NHWC float tensors with C % {num_groups} == 0; "
                          f"got shape {tuple(x.shape)}, strides {x.stride()}, {x.dtype}")
     N, C, H, W = x.shape
+    if add is not None and tuple(add.shape) != (N, C):
+        raise ValueError(f"add must be [N, C] = [{N}, {C}], got {tuple(add.shape)}")
     P = H * W
     channels_last = layout_of(x) == "channels_last"
     y = torch.empty_like(x)  # keeps the memory format
     if x.numel() == 0:
         return y
     stride_n = x.stride(0)
+    cg = C // num_groups
+    if cg * P <= ONE_PASS_MAX:
+        block_c = triton.next_power_of_2(cg)
+        block_p = max(1, min(triton.next_power_of_2(P), ONE_PASS_TILE // block_c))
+        add_arg = add.contiguous() if add is not None else x  # x: any pointer, unread without HAS_ADD
+        with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+            _group_norm_one_pass[(N * num_groups,)](
+                x, y, weight, bias, add_arg, C, cg, P, stride_n, num_groups, eps, HAS_ADD=add is not None,
+                CHANNELS_LAST=channels_last, SILU=bool(silu), BLOCK_C=block_c, BLOCK_P=block_p)
+        return y
+    if add is not None:  # the split-reduction kernels take no add: form the sum first
+        x = (x + add[:, :, None, None].to(x.dtype)).contiguous(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        stride_n = x.stride(0)
     block_c, block_p = _blocks(C, P, channels_last)
     num_pb, num_cb = triton.cdiv(P, block_p), triton.cdiv(C, block_c)
     grid = (num_pb, num_cb, N)
@@ -180,7 +256,6 @@ def group_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_gr
     m2 = torch.empty_like(mean)
     scale = torch.empty((N, C), device=x.device, dtype=torch.float32)
     shift = torch.empty_like(scale)
-    cg = C // num_groups
     # Triton launches on the current GPU and its current stream: make that x's GPU (e.g. cuda:1)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         _partial_stats[grid](x, mean, m2, C, P, stride_n, num_pb,

@@ -148,14 +148,19 @@ class GroupNorm32(nn.GroupNorm):
     def __init__(self, channels: int, eps: float = 1e-5):
         super().__init__(32, channels, eps=eps, affine=True)
 
-    def forward(self, x: torch.Tensor, silu: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, silu: bool = False, add: torch.Tensor | None = None) -> torch.Tensor:
+        """``norm(x)`` (``silu``: then SiLU); ``add`` ([N, C]) normalises ``x + add[:, :, None, None]``
+        instead (the diffusion ResBlock's timestep embedding; fused into the kernel on the fast path)."""
         if use_fused_groupnorm(x, self.num_groups):
             try:
-                return _fused_norm().group_norm(x, self.weight, self.bias, self.num_groups, self.eps, silu=silu)
+                return _fused_norm().group_norm(x, self.weight, self.bias, self.num_groups, self.eps, silu=silu,
+                                                add=add)
             except Exception as err:  # noqa: BLE001  (Triton build/launch failure: torch's kernels instead)
                 if capturing_cuda_graph():
                     raise  # a failed capture is retried eagerly by the runner, which lands here again
                 _fused_failed(err)
+        if add is not None:
+            x = x + add[:, :, None, None]
         y = self._group_norm(x)
         return F.silu(y) if silu else y
 

@@ -144,13 +144,13 @@ class ResBlock(nn.Module):
         # in_layers / out_layers as written in the Sequentials (names = checkpoint keys); GroupNorm and
         # the SiLU after it are one call (one fused kernel pass on the CUDA fp16 path)
         h = self.in_layers[2](self.in_layers[0](x, silu=True))
-        emb_out = self.emb_layers(emb).to(h.dtype)[:, :, None, None]
+        emb_out = self.emb_layers(emb).to(h.dtype)  # [N, C]
         if self.use_scale_shift_norm:
-            scale, shift = emb_out.chunk(2, dim=1)
+            scale, shift = emb_out[:, :, None, None].chunk(2, dim=1)
             h = self.out_layers[0](h) * (1 + scale) + shift
             h = self.out_layers[3](self.out_layers[2](self.out_layers[1](h)))
-        else:
-            h = self.out_layers[3](self.out_layers[2](self.out_layers[0](h + emb_out, silu=True)))
+        else:  # GroupNorm(h + emb_out) + SiLU: the add is fused into the norm on the fast path
+            h = self.out_layers[3](self.out_layers[2](self.out_layers[0](h, silu=True, add=emb_out)))
         return self.skip_connection(x) + h
 
 
