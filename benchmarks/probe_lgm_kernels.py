@@ -53,12 +53,14 @@ QUICK = dict(down_channels=(32, 64), down_attention=(False, True), up_channels=(
 
 def family(name: str) -> str:
     n = name.lower()
-    if any(k in n for k in ("_partial_stats", "_finalize", "_apply")):  # lgm_core/models/fused_norm.py
+    if any(k in n for k in ("_partial_stats", "_finalize", "_apply", "_group_norm_one_pass")):  # fused_norm.py
         return "fused GroupNorm+SiLU (Triton)"
+    if n.startswith("_geglu"):
+        return "fused GEGLU (Triton)"
+    if any(k in n for k in ("flash", "fmha", "attention", "mem_eff", "sdpa")):  # before cuDNN: its SDPA kernels
+        return "attention"
     if any(k in n for k in ("conv", "cudnn", "implicit", "dgrad", "fprop", "xmma", "sm90_xmma")):
         return "convolution"
-    if any(k in n for k in ("flash", "fmha", "attention", "mem_eff")):
-        return "attention"
     if any(k in n for k in ("gemm", "cutlass", "cublas", "nvjet", "matmul")):
         return "gemm"
     if "group_norm" in n or "groupnorm" in n or "welford" in n or "red_fused" in n or "per_fused" in n:

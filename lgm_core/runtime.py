@@ -15,7 +15,9 @@ One policy for every front end (CLI, ComfyUI nodes, trainer, benchmarks) and bot
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Callable, Dict, Hashable, Optional, Sequence, Tuple, Union
 
@@ -60,10 +62,10 @@ class _Graph:
 class CUDAGraphRunner:
     """Wrap ``fn(*args) -> tensor`` (args: tensors or None) so CUDA inputs run through captured graphs.
 
-    ``weights``: the module (or a callable returning the tensors) whose memory ``fn`` reads besides its
-    arguments. Its storage addresses are checked on every call; when they changed (the weights moved or
-    were reloaded) every captured graph reads stale memory and is dropped, so the next call captures
-    again. The output is a fresh tensor (the graph's static output is cloned), so results of earlier
+    ``weights``: the module (or a callable returning a module, or tensors) whose memory ``fn`` reads
+    besides its arguments (a module's parameters and buffers). Their storage addresses are checked on
+    every call; when they changed (the weights moved or were reloaded) every captured graph reads stale
+    memory and is dropped, so the next call captures again. The output is a fresh tensor (the graph's static output is cloned), so results of earlier
     calls are never overwritten. Inference only: calls with autograd recording run ``fn`` eagerly.
     Set ``enabled = False`` to run eagerly.
     """
@@ -92,8 +94,15 @@ class CUDAGraphRunner:
     def _current_weights(self) -> Tuple[int, ...]:
         if self.weights is None:
             return ()
-        tensors = self.weights.parameters() if isinstance(self.weights, torch.nn.Module) else self.weights()
-        return tuple(t.data_ptr() for t in tensors)
+        source = self.weights if isinstance(self.weights, torch.nn.Module) else self.weights()
+        ptrs = []
+        for item in ([source] if isinstance(source, torch.nn.Module) else source):
+            if isinstance(item, torch.nn.Module):  # parameters and buffers (e.g. CLIP's position ids)
+                ptrs.extend(t.data_ptr() for t in item.parameters())
+                ptrs.extend(t.data_ptr() for t in item.buffers())
+            else:
+                ptrs.append(item.data_ptr())
+        return tuple(ptrs)
 
     def __call__(self, *args: Optional[torch.Tensor]) -> torch.Tensor:
         if not self._graphable(args):
@@ -108,7 +117,8 @@ class CUDAGraphRunner:
         if graph is None:
             static = tuple(None if a is None else a.clone() for a in args)
             try:
-                graph = self._capture(static)
+                with building_cuda_graph_scope():
+                    graph = self._capture(static)
             except Exception as exc:  # capture is an optimisation only
                 log.warning("CUDA graph capture of %s failed (%s: %s); running eagerly", self.name,
                             type(exc).__name__, exc)
@@ -152,6 +162,28 @@ class CUDAGraphRunner:
 def capturing_cuda_graph() -> bool:
     """Whether the current CUDA stream is capturing a CUDA graph (False without CUDA)."""
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+_graph_build = threading.local()
+
+
+@contextlib.contextmanager
+def building_cuda_graph_scope():
+    """Marks this thread as building a CUDA graph (:class:`CUDAGraphRunner` wraps its warm-up runs and
+    its capture in it)."""
+    depth = getattr(_graph_build, "depth", 0)
+    _graph_build.depth = depth + 1
+    try:
+        yield
+    finally:
+        _graph_build.depth = depth
+
+
+def building_cuda_graph() -> bool:
+    """Whether code runs to be captured in a CUDA graph: a :class:`CUDAGraphRunner` warming up or
+    capturing on this thread, or any stream capture. Kernels whose launch is expensive but whose GPU
+    time is short (the fused Triton kernels of ``lgm_core.models.fused_norm``) are used only then."""
+    return getattr(_graph_build, "depth", 0) > 0 or capturing_cuda_graph()
 
 
 # ------------------------------------------------------------------------------------- compilation

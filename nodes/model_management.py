@@ -28,6 +28,7 @@ and moved to the front of ComfyUI's list, as that call would do, without its fre
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -36,6 +37,15 @@ from .comfy_api import CallbacksMP, model_management, model_patcher
 from .devices import torch_device
 
 __all__ = ["ManagedModel"]
+
+
+def _release_on_unpatch(cls, release):
+    """The patcher's ON_DETACH callback: ``release()`` when the detach unpatches (the weights leave the
+    device), or on every detach with ``cls.release_on_any_detach``."""
+    def callback(_patcher, unpatch_all):
+        if unpatch_all or cls.release_on_any_detach:
+            release()
+    return callback
 
 
 class _Holder(torch.nn.Module):
@@ -67,7 +77,10 @@ class ManagedModel:
             _Holder(modules), load_device=torch_device(), offload_device=model_management.unet_offload_device())
         release = getattr(model, "release_cuda_graphs", None)
         if release is not None:
-            self.patcher.add_callback(CallbacksMP.ON_DETACH, self._on_detach(release))
+            # neither callback refers to this ManagedModel (no reference cycle through the patcher): dropped
+            # by ComfyUI's cache, it dies at once and frees the graphs' memory without waiting for the gc
+            self.patcher.add_callback(CallbacksMP.ON_DETACH, _release_on_unpatch(type(self), release))
+            weakref.finalize(self, release).atexit = False
 
     @property
     def device(self) -> torch.device:
@@ -80,12 +93,6 @@ class ManagedModel:
     release_on_any_detach = False
     """Release captured graphs on every detach, also ComfyUI's bookkeeping one (the old behaviour; for
     benchmarks/bench_comfyui.py's overhead probe only)."""
-
-    def _on_detach(self, release):
-        def callback(_patcher, unpatch_all):
-            if unpatch_all or self.release_on_any_detach:  # the weights leave the device
-                release()
-        return callback
 
     def _resident(self) -> bool:
         """Whether ComfyUI has the weights loaded whole on the load device with room left for inference;

@@ -55,7 +55,8 @@ def test_quick_run_every_section(tmp_path):
     assert "ERROR" not in md and "skipped" not in md and "section failed" not in md, md
     lgm = next(v for k, v in tables.items() if k.startswith("2."))
     modes = [r[1] for r in lgm["rows"]]
-    assert modes[:3] == ["original-equivalent (math attention, fp16 GN)", "eager SDPA", "+ CUDA graphs (default path)"]
+    assert modes[:4] == ["original-equivalent (math attention, fp16 GN)", "eager SDPA", "+ CUDA graphs",
+                         "+ channels-last = default path (optimize_for_inference)"]
     warm = next(r for r in lgm["rows"] if r[1].startswith("+ compile warm"))
     err_col = lgm["header"].index("max|d| vs eager fp16")
     assert float(warm[err_col]) < 1e-3  # the compiled function computes the same Gaussians

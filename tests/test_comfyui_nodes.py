@@ -235,6 +235,31 @@ def test_resident_model_skips_comfyui_reload(harness, monkeypatch):
     mm.unload_all_models()
 
 
+def test_dropped_model_frees_its_graphs_at_once(harness, monkeypatch):
+    """A model ComfyUI's cache drops dies at once (no reference cycle through its patcher's callbacks):
+    its entry leaves ComfyUI's loaded-model list and its captured graphs are released without a gc run."""
+    import gc
+    import weakref
+
+    import comfy.model_management as mm
+
+    from lgm_core.models.lgm import LGM
+
+    released = []
+    monkeypatch.setattr(LGM, "release_cuda_graphs", lambda self: released.append(self))
+    managed = harness.node_classes["LGMModelLoader"].execute("model_fp16_fixrot.safetensors", "fp32", False).result[0]
+    managed.get()
+    patcher = weakref.ref(managed.patcher)
+    gc.disable()
+    try:
+        del managed
+        assert patcher() is None and released
+        mm.cleanup_models()
+        assert not any(entry.model is None or entry.model is patcher() for entry in mm.current_loaded_models)
+    finally:
+        gc.enable()
+
+
 def test_core_style_splat_objects_are_accepted(harness, tmp_path):
     """Any object with SPLAT's attributes (e.g. core's SPLAT) works with the pack's SPLAT inputs."""
     from lgm_core.mesh.synthetic import make_scene

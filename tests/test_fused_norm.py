@@ -139,7 +139,26 @@ def spy(fn, monkeypatch):
     monkeypatch.setattr(unet, "FUSED_DEVICE_TYPES", ("cuda", "cpu"))
     monkeypatch.setattr(unet, "FUSED_GROUPNORM", True)
     monkeypatch.setattr(unet, "_fused_module", fn)
+    monkeypatch.setattr(unet, "building_cuda_graph", lambda: True)  # as inside a CUDA-graph runner's capture
     return calls
+
+
+def test_fused_only_while_a_graph_is_built(spy, monkeypatch):
+    """Launched eagerly the fused kernels are slower than torch's (Triton's launcher): they run only
+    while a CUDA graph is built, i.e. in the code a graph replays."""
+    from lgm_core import runtime
+
+    monkeypatch.setattr(unet, "building_cuda_graph", runtime.building_cuda_graph)
+    gn = half_norm()
+    x = torch.randn(2, 64, 6, 6, device=DEVICE).half()
+    with torch.no_grad():
+        gn(x, silu=True)
+        assert spy == []
+        with runtime.building_cuda_graph_scope():
+            gn(x, silu=True)
+        assert spy == [True]
+        gn(x)
+    assert spy == [True] and not runtime.building_cuda_graph()
 
 
 def half_norm(dtype=torch.float16):

@@ -7,6 +7,8 @@ from safetensors.torch import load_file, save_file
 from lgm_core import LGM, load_lgm
 from ref_utils import expand_compact_weights
 
+from lgm_core.runtime import building_cuda_graph_scope
+
 pytestmark = pytest.mark.gpu
 
 
@@ -39,13 +41,14 @@ def test_fp16_default_and_cuda_graphs(ref, tmp_path):
     with torch.inference_mode():
         before = model.forward_gaussians(x)
         model.optimize_for_inference()  # may change the layout (channels-last with the fused GroupNorm)
-        eager = model._forward_gaussians(x)  # the same kernels, without a graph
+        with building_cuda_graph_scope():  # the kernels a graph holds (fused Triton ones included), no graph
+            eager = model._forward_gaussians(x)
         graphed = [model.forward_gaussians(x) for _ in range(3)]
         batch2 = model.forward_gaussians(torch.cat([x, x]))  # a new shape gets its own graph
     assert (before - eager).abs().max() < 5e-2  # layouts differ by fp16 rounding only
-    # batch 2 runs other convolution kernels: fp16 rounding apart (the bound of fp16 vs fp32 below)
+    # batch 2 runs other convolution kernels: fp16 rounding apart (the bounds of fp16 vs fp32 below)
     d2 = (batch2[1] - eager[0]).abs()
-    assert batch2.shape[0] == 2 and d2.median() < 2e-3 and d2[..., :7].max() < 5e-2
+    assert batch2.shape[0] == 2 and d2.median() < 2e-3 and d2.max() < 5e-2
     # weights moved (offloading) and changed: the replay must read the current weights, never stale memory
     model.cpu().cuda()
     saved = model.conv.bias.detach().clone()

@@ -112,3 +112,21 @@ def test_compiled_or_eager_uses_the_given_compiler_and_falls_back():
     assert f(3) == 106 and calls == ["compiled"]
     assert f(-1) == -2 and not f.ok      # compiled call failed: eager from now on
     assert f(3) == 6 and calls == ["compiled", "compiled"]
+
+
+def test_runner_marks_warm_up_and_capture_as_graph_building():
+    """``runtime.building_cuda_graph()`` is true while a runner captures (the fused kernels' condition)
+    and false for the replays and for eager calls."""
+    seen = []
+
+    def fn(x):
+        seen.append(runtime.building_cuda_graph())
+        return x * 2
+
+    runner = CPUGraphRunner(fn)
+    with torch.no_grad():
+        runner(torch.ones(3))
+        assert seen == [True, False]  # the stand-in capture runs fn, then its replay (outside the capture)
+        runner(torch.ones(3))
+        assert seen == [True, False, False]  # later calls only replay
+    assert not runtime.building_cuda_graph()

@@ -118,21 +118,22 @@ class MultiViewPipeline:
         self.image_encoder = image_encoder
         self.feature_extractor = feature_extractor
         self.use_cuda_graphs = True
-        self._unet_graphs = CUDAGraphRunner(self._unet_step, weights=lambda: list(self.unet.parameters()),
+        self._unet_graphs = CUDAGraphRunner(self._unet_step, weights=lambda: self.unet,
                                             name="MultiViewUNet step")
-        # the encoders run once per call but are launch-bound (H200: CLIP text 9-14 ms, CLIP-ViT-H 14-20 ms
-        # eager for a few kernels' worth of GPU work), so they are graphed as well (one graph per batch size)
+        # the encoders run once per call but are launch-bound (H200: CLIP text 8-16 ms, CLIP-ViT-H 14-26 ms
+        # eager; 3-4 and 7 ms graphed), so they are graphed as well (one graph per batch size)
         self._text_graphs = CUDAGraphRunner(self._text_hidden_states,
-                                            weights=lambda: list(self.text_encoder.parameters()),
+                                            weights=lambda: self.text_encoder,
                                             name="CLIP text encoder")
         self._image_graphs = CUDAGraphRunner(self._image_hidden_states,
-                                             weights=lambda: list(self.image_encoder.parameters()),
+                                             weights=lambda: self.image_encoder,
                                              name="CLIP vision encoder")
-        # the VAE: decoding the 4 views is host-bound (H200: 22-24 ms host for 16 ms of GPU work); the
-        # encoder's moments are graphed and the reference latent sampled from them as diffusers does
-        self._decode_graphs = CUDAGraphRunner(self._vae_decoded, weights=lambda: list(self.vae.parameters()),
+        # the VAE too (ImageDream image -> 4 views on the H200: 333 ms with the encoders graphed, 309 ms with
+        # the VAE as well); the encoder's moments are graphed and the reference latent sampled from them as
+        # diffusers does
+        self._decode_graphs = CUDAGraphRunner(self._vae_decoded, weights=lambda: self.vae,
                                               name="VAE decoder")
-        self._encode_graphs = CUDAGraphRunner(self._vae_moments, weights=lambda: list(self.vae.parameters()),
+        self._encode_graphs = CUDAGraphRunner(self._vae_moments, weights=lambda: self.vae,
                                               name="VAE encoder")
         if self.is_imagedream and image_encoder is None:
             raise ValueError("an ImageDream UNet (ip_dim > 0) needs an image_encoder")
@@ -179,7 +180,7 @@ class MultiViewPipeline:
         CUDA graphs for the UNet step (``use_cuda_graphs``) and, on CUDA, the UNet's weights in
         channels-last memory, cuDNN's native layout: no NCHW<->NHWC transposes around every convolution,
         and each transformer's pixel->token reshape becomes a view. The UNet's GroupNorm(+SiLU) runs as
-        the fused Triton kernels on its own (``lgm_core.models.unet.use_fused_groupnorm``). H200, fp16,
+        the fused Triton kernels inside the captured graphs (``lgm_core.models.unet.use_fused_groupnorm``). H200, fp16,
         one MVDream UNet step with CFG (batch 8) under CUDA graphs: 13.0 ms with torch's GroupNorm on
         contiguous memory, 10.8 ms fused, 9.0 ms fused + channels-last
         (benchmarks/results/probe_mv_kernels_h200.md). Outputs stay within the fp16 noise of eager

@@ -14,7 +14,8 @@ Tensor conventions
   latent ``[B, C, h, w]`` written into the last frame of every object.
 
 GroupNorms are ``lgm_core.models.unet.GroupNorm32`` (the project's one GroupNorm policy: float32
-statistics as the original LDM ``GroupNorm32``; in fp16/bf16 CUDA inference GroupNorm (+ the SiLU that
+statistics as the original LDM ``GroupNorm32``; in fp16/bf16 CUDA inference captured in CUDA graphs
+(the pipeline's default) GroupNorm (+ the timestep-embedding add before it and the SiLU that
 follows it in ResBlocks and the output head) and the feed-forward GEGLU run as fused Triton kernels,
 switch ``LGM_FUSED_NORM=0``). Attention is :func:`torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient
 kernels on CUDA). The self-attention of every transformer runs jointly over the ``F`` frames of
