@@ -6,14 +6,16 @@ One process, random-weight real-size pipelines built from the hub configs (bench
 MVDream and ImageDream:
 
 1. the UNet step's inputs are recorded from a real pipeline call;
-2. for fused GroupNorm off/on x contiguous/channels-last: the UNet step alone, eager and under the
-   project's CUDA-graph runner (CUDA events, medians), and a kernel-family profile (``torch.profiler``,
-   GPU ms per step) of the eager step;
+2. for fused kernels off/on (and, with ``--one-pass N``, on with the one-program GroupNorm for groups of
+   up to N elements) x contiguous/channels-last: the UNet step alone, eager and under the project's
+   CUDA-graph runner (CUDA events, medians), and a kernel-family profile (``torch.profiler``, GPU ms per
+   step) of the step run as a graph is built (``runtime.building_cuda_graph_scope``; plain eager calls
+   always get torch's kernels since the fused ones run only inside graphs);
 3. the whole pipeline call (prompt/image -> 4 views on the host, the default CUDA-graph path) with the
    fused GroupNorm off and on, and max |difference| of the output images against the run with torch's
    kernels next to the noise level (the same call with SDPA on its math backend).
 
-Usage on the device (about 2 min): python benchmarks/probe_mv_kernels.py --configs DIR --out $OUT
+Usage on the device (about 2 min): python benchmarks/probe_mv_kernels.py --configs DIR --one-pass 32768 --out $OUT
 CPU smoke (tiny pipeline, 2 steps, no CUDA rows): python benchmarks/probe_mv_kernels.py --quick
 """
 
@@ -36,7 +38,7 @@ from bench_floor import build_pipeline, max_abs, mv_call  # noqa: E402
 from bench_lgm import timed  # noqa: E402
 from probe_lgm_kernels import kernel_profile  # noqa: E402
 from lgm_core.models import unet as unet_module  # noqa: E402
-from lgm_core.runtime import CUDAGraphRunner  # noqa: E402
+from lgm_core.runtime import CUDAGraphRunner, building_cuda_graph_scope  # noqa: E402
 
 
 def record_step_inputs(pipe, kind: str, steps: int):
@@ -79,6 +81,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--calls", type=int, default=3, help="timed whole-pipeline calls per mode")
+    ap.add_argument("--one-pass", type=int, default=0,
+                    help="also measure the fused GroupNorm's one-program kernel for groups up to this size")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
@@ -90,6 +94,14 @@ def main(argv=None) -> int:
              f"torch {torch.__version__}, {a.steps} DDIM steps, CFG (UNet batch 8), {'fp16' if device == 'cuda' else 'fp32 (CPU smoke)'}\n"]
     rows, results = [], {}
     fused_default = unet_module.FUSED_GROUPNORM
+    from lgm_core.models import fused_norm
+
+    one_pass_default = fused_norm.ONE_PASS_MAX
+    modes = [False, True] + (["one-pass"] if a.one_pass else [])
+
+    def set_mode(mode):
+        unet_module.FUSED_GROUPNORM = bool(mode)
+        fused_norm.ONE_PASS_MAX = a.one_pass if mode == "one-pass" else 0
     for kind in a.kinds:
         try:
             pipe = build_pipeline(kind, a, device)
@@ -98,13 +110,17 @@ def main(argv=None) -> int:
             step = pipe._unet_step
             for channels_last in (False, True):
                 pipe.unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-                for fused in (False, True):
-                    unet_module.FUSED_GROUPNORM = fused
+                for fused in modes:
+                    set_mode(fused)
                     graphed = CUDAGraphRunner(step, weights=pipe.unet)
+
+                    def as_in_graph():
+                        with building_cuda_graph_scope():
+                            return step(*args)
                     with torch.inference_mode():
-                        eager_ms = timed(lambda: step(*args), a.iters, 3, device)[0]
+                        eager_ms = timed(as_in_graph, a.iters, 3, device)[0]
                         graph_ms = timed(lambda: graphed(*args), a.iters, 3, device)[0] if device == "cuda" else None
-                        fam, top = kernel_profile(lambda: step(*args)) if device == "cuda" else ({}, [])
+                        fam, top = kernel_profile(as_in_graph) if device == "cuda" else ({}, [])
                     graphed.reset()
                     rows.append(dict(kind=kind, fused=fused, channels_last=channels_last, eager_ms=round(eager_ms, 3),
                                      graph_ms=None if graph_ms is None else round(graph_ms, 3),
@@ -113,8 +129,8 @@ def main(argv=None) -> int:
                     print(json.dumps({k: v for k, v in rows[-1].items() if k != "top"}), flush=True)
             pipe.unet.to(memory_format=torch.contiguous_format)
             calls = {}
-            for fused in (False, True):
-                unet_module.FUSED_GROUPNORM = fused
+            for fused in modes:
+                set_mode(fused)
                 pipe.release_cuda_graphs()
                 mv_call(pipe, kind, a.steps)  # capture
                 ms = wall_ms(lambda: mv_call(pipe, kind, a.steps), a.calls, device)
@@ -127,6 +143,7 @@ def main(argv=None) -> int:
             with sdpa_kernel([SDPBackend.MATH]):
                 noise = max_abs(mv_call(pipe, kind, a.steps).images, eager)
             results[kind] = dict(call_ms_torch_norm=round(calls[False][0], 1), call_ms_fused=round(calls[True][0], 1),
+                                 call_ms_one_pass=round(calls["one-pass"][0], 1) if "one-pass" in calls else None,
                                  max_d_fused_vs_torch=max_abs(calls[True][1], calls[False][1]),
                                  max_d_graphs_vs_eager=max_abs(calls[False][1], eager), noise_math_sdpa=noise)
             print(kind, json.dumps(results[kind]), flush=True)
@@ -137,8 +154,9 @@ def main(argv=None) -> int:
             results[kind] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
         finally:
             unet_module.FUSED_GROUPNORM = fused_default
+            fused_norm.ONE_PASS_MAX = one_pass_default
 
-    lines.append("| workload | fused GroupNorm | channels-last | UNet step eager ms | + CUDA graphs ms |")
+    lines.append("| workload | fused kernels | channels-last | UNet step eager ms (graph's kernels) | + CUDA graphs ms |")
     lines.append("|---|---|---|---|---|")
     for r in rows:
         lines.append(f"| {r['kind']} | {r['fused']} | {r['channels_last']} | {r['eager_ms']} | {r['graph_ms']} |")
@@ -152,13 +170,14 @@ def main(argv=None) -> int:
         lines.append("\n| top kernels | ms | calls |\n|---|---|---|")
         lines += [f"| `{k}` | {t} | {c} |" for t, c, k in r["top"]]
     lines.append(f"\n## whole call, {a.steps} steps, CUDA graphs (default path): fused GroupNorm off vs on\n")
-    lines.append("| workload | torch GroupNorm ms | fused ms | max|d| fused vs torch | max|d| graphs vs eager | "
-                 "noise (SDPA math) |\n|---|---|---|---|---|---|")
+    lines.append("| workload | torch GroupNorm ms | fused ms | one-pass ms | max|d| fused vs torch | max|d| graphs vs eager | "
+                 "noise (SDPA math) |\n|---|---|---|---|---|---|---|")
     for kind, r in results.items():
         if "error" in r:
-            lines.append(f"| {kind} | ERROR {r['error']} | | | | |")
+            lines.append(f"| {kind} | ERROR {r['error']} | | | | | |")
         else:
-            lines.append(f"| {kind} | {r['call_ms_torch_norm']} | {r['call_ms_fused']} | {r['max_d_fused_vs_torch']:.2e} | "
+            lines.append(f"| {kind} | {r['call_ms_torch_norm']} | {r['call_ms_fused']} | {r['call_ms_one_pass']} | "
+                         f"{r['max_d_fused_vs_torch']:.2e} | "
                          f"{r['max_d_graphs_vs_eager']:.2e} | {r['noise_math_sdpa']:.2e} |")
     text = "\n".join(lines) + "\n"
     print(text)

@@ -61,8 +61,7 @@ def make(shape, dtype, channels_last, mean=0.0, std=1.0, seed=0):
 def test_matches_float64_group_norm(fn, shape, dtype, channels_last, path, monkeypatch):
     """Groups of 2, 6, 12, 32 and 64 channels (192, 384: channel counts that are not powers of two;
     2048: LGM big's widest up-block input), through the one-program kernel and the split reduction."""
-    if path == "split":
-        monkeypatch.setattr(fn, "ONE_PASS_MAX", 0)
+    monkeypatch.setattr(fn, "ONE_PASS_MAX", 0 if path == "split" else 32768)
     x, w, b = make(shape, dtype, channels_last, mean=3.0, std=2.0)
     for silu in (False, True):
         y = fn.group_norm(x, w, b, 32, 1e-5, silu=silu)
@@ -89,6 +88,7 @@ def test_split_reduction_and_large_mean(fn, channels_last, monkeypatch):
 def test_one_pass_loops_and_large_mean(fn, channels_last, monkeypatch):
     """The one-program kernel with several loop steps per pass (tiny tiles) and a mean far from zero."""
     monkeypatch.setattr(fn, "ONE_PASS_TILE", 16)
+    monkeypatch.setattr(fn, "ONE_PASS_MAX", 32768)
     x, w, b = make((2, 320, 13, 11), torch.float16, channels_last, mean=300.0, std=50.0, seed=1)
     y = fn.group_norm(x, w, b, 32, 1e-6, silu=True)
     ref = F.silu(F.group_norm(x.cpu().double(), 32, w.cpu().double(), b.cpu().double(), 1e-6))
@@ -100,8 +100,7 @@ def test_one_pass_loops_and_large_mean(fn, channels_last, monkeypatch):
 def test_add_before_the_statistics(fn, channels_last, path, monkeypatch):
     """``add`` [N, C] (the diffusion ResBlock's timestep embedding) is normalised with x: the result is
     GroupNorm(x + add) within the output rounding; a wrong shape is refused."""
-    if path == "split":
-        monkeypatch.setattr(fn, "ONE_PASS_MAX", 0)
+    monkeypatch.setattr(fn, "ONE_PASS_MAX", 0 if path == "split" else 32768)
     x, w, b = make((2, 96, 6, 5), torch.float16, channels_last, mean=1.0, std=2.0, seed=2)
     add = (torch.randn(2, 96, generator=torch.Generator().manual_seed(3)) * 4).half().to(DEVICE)
     for silu in (False, True):

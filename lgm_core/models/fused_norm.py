@@ -18,8 +18,9 @@ Any C divisible by ``num_groups`` (not only powers of two) and any H, W.
 Dtypes: fp16, bf16 and fp32 inputs (LGM only routes fp16/bf16 here); the affine weight and bias may be
 of any float dtype. All arithmetic is float32.
 
-Numerics: a group of at most ``ONE_PASS_MAX`` elements (the diffusion UNet's, LGM's from 64x64 pixels
-down) is one program of ``_group_norm_one_pass``: it loops over its pixels three times (sum -> exact mean;
+Numerics: a group of at most ``ONE_PASS_MAX`` elements (0 by default, i.e. off until measured on a GPU;
+32768 would cover the diffusion UNet's groups and LGM's from 64x64 pixels down) is one program of
+``_group_norm_one_pass``: it loops over its pixels three times (sum -> exact mean;
 squared deviations -> biased variance; normalise + affine (+ SiLU) -> store), the group's data staying in
 L1/L2 between the passes, one launch and no partials in memory. A larger group (LGM big from 2 channels x
 65536 pixels to 8 channels x 16384) need not fit one program and would give too few programs, so
@@ -49,7 +50,10 @@ import triton.language as tl
 
 TILE = 4096  # elements per stats/apply tile (fp32 registers: 32 per thread at 4 warps)
 REDUCE_BLOCK = 1024  # partials merged per loop step in _finalize
-ONE_PASS_MAX = 32768  # largest group (channels x pixels) normalised by one program of _group_norm_one_pass
+# Largest group (channels x pixels) normalised by one program of _group_norm_one_pass; 0 = never. Off until
+# measured on a GPU against the split reduction (it is checked for correctness in the tests; the device was
+# not available after it was written): benchmarks/probe_mv_kernels.py --one-pass 32768 compares both.
+ONE_PASS_MAX = 0
 ONE_PASS_TILE = 2048  # elements per loop step of _group_norm_one_pass
 
 
