@@ -434,6 +434,27 @@ def direct_text_to_3d(env, steps, frames, size, iters):
     return statistics.median(times)
 
 
+def _sync(dev) -> None:
+    import torch
+
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _median_ms(fn, iters: int, warmup: int, dev) -> float:
+    """Median wall ms of ``fn()`` over ``iters`` calls after ``warmup`` calls, synchronised with ``dev``."""
+    for _ in range(warmup):
+        fn()
+    _sync(dev)
+    out = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        _sync(dev)
+        out.append((time.perf_counter() - t0) * 1000)
+    return round(statistics.median(out), 2)
+
+
 def reconstruct_breakdown(env, iters: int, warmup: int = 3) -> dict:
     """Where LGM Reconstruct's node time goes (ms, medians, CUDA-synchronised): the node's ``execute``
     on a CPU IMAGE batch (as ComfyUI hands it over: validation, copy to the GPU, network, SPLAT frame
@@ -449,21 +470,8 @@ def reconstruct_breakdown(env, iters: int, warmup: int = 3) -> dict:
     images = torch.rand(4, size, size, 3, generator=torch.Generator().manual_seed(0))
     node = classes["LGMReconstruct"]
 
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
     def timed(fn):
-        for _ in range(warmup):
-            fn()
-        sync()
-        out = []
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            out.append((time.perf_counter() - t0) * 1000)
-        return round(statistics.median(out), 2)
+        return _median_ms(fn, iters, warmup, dev)
 
     from lgm_core.views import Views
 
@@ -536,17 +544,13 @@ def node_overhead_probe(env, iters: int = 10) -> dict:
             return rst(*a, **k)
         runner._capture, runner.reset = capture, reset
 
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
     def stages():
         out = {}
         t = time.perf_counter()
 
         def lap(name):
             nonlocal t
-            sync()
+            _sync(dev)
             now = time.perf_counter()
             out[name] = (now - t) * 1000
             t = now
@@ -572,25 +576,20 @@ def node_overhead_probe(env, iters: int = 10) -> dict:
             with torch.inference_mode():
                 for _ in range(3):
                     node.execute(managed, images, 0.0)
-                sync()
+                _sync(dev)
                 laps = [stages() for _ in range(iters)]
-                execute = []
-                for _ in range(iters):
-                    t0 = time.perf_counter()
-                    node.execute(managed, images, 0.0)
-                    sync()
-                    execute.append((time.perf_counter() - t0) * 1000)
+                execute_ms = _median_ms(lambda: node.execute(managed, images, 0.0), iters, 0, dev)
                 prof = cProfile.Profile()
                 prof.enable()
                 for _ in range(iters):
                     node.execute(managed, images, 0.0)
-                sync()
+                _sync(dev)
                 prof.disable()
             text = stdio.StringIO()
             pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(22)
             n_calls = 3 + 3 * iters
             result[mode] = {
-                "node_execute_ms": round(statistics.median(execute), 2),
+                "node_execute_ms": execute_ms,
                 "stages_ms": {k: round(statistics.median(l[k] for l in laps), 2) for k in laps[0]},
                 "memory_manager_per_call": {k: [round(c / n_calls, 2), round(ms / n_calls, 2)]
                                             for k, (c, ms) in calls.items()},

@@ -143,6 +143,16 @@ def _apply(x_ptr, y_ptr, scale_ptr, shift_ptr, C, P, stride_n,
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _group_tile(x_ptr, base, c, cm, start, C, P, CHANNELS_LAST: tl.constexpr, BLOCK_P: tl.constexpr):
+    """One loop step of ``_group_norm_one_pass``: element offsets, mask and fp32 values (0 where masked) of
+    the group's channels ``c`` (mask ``cm``) at pixels ``start .. start + BLOCK_P``."""
+    p = start + tl.arange(0, BLOCK_P)
+    mask = cm[:, None] & (p < P)[None, :]
+    offs = base + _offsets(c, p, C, P, CHANNELS_LAST)
+    return offs, mask, tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+
+
 @triton.jit(do_not_specialize=["C", "CG", "P", "groups"])
 def _group_norm_one_pass(x_ptr, y_ptr, w_ptr, b_ptr, add_ptr, C, CG, P, stride_n, groups, eps,
                          HAS_ADD: tl.constexpr, CHANNELS_LAST: tl.constexpr, SILU: tl.constexpr,
@@ -158,9 +168,7 @@ def _group_norm_one_pass(x_ptr, y_ptr, w_ptr, b_ptr, add_ptr, C, CG, P, stride_n
         shift_in = tl.load(add_ptr + n * C + c, mask=cm, other=0.0).to(tl.float32)
     acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
     for start in range(0, P, BLOCK_P):
-        p = start + tl.arange(0, BLOCK_P)
-        mask = cm[:, None] & (p < P)[None, :]
-        x = tl.load(x_ptr + base + _offsets(c, p, C, P, CHANNELS_LAST), mask=mask, other=0.0).to(tl.float32)
+        offs, mask, x = _group_tile(x_ptr, base, c, cm, start, C, P, CHANNELS_LAST, BLOCK_P)
         if HAS_ADD:
             x = tl.where(mask, x + shift_in[:, None], 0.0)
         acc += x
@@ -168,9 +176,7 @@ def _group_norm_one_pass(x_ptr, y_ptr, w_ptr, b_ptr, add_ptr, C, CG, P, stride_n
     mean = tl.sum(tl.sum(acc, axis=1), axis=0) / count
     acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
     for start in range(0, P, BLOCK_P):
-        p = start + tl.arange(0, BLOCK_P)
-        mask = cm[:, None] & (p < P)[None, :]
-        x = tl.load(x_ptr + base + _offsets(c, p, C, P, CHANNELS_LAST), mask=mask, other=0.0).to(tl.float32)
+        offs, mask, x = _group_tile(x_ptr, base, c, cm, start, C, P, CHANNELS_LAST, BLOCK_P)
         if HAS_ADD:
             x = x + shift_in[:, None]
         d = tl.where(mask, x - mean, 0.0)
@@ -184,10 +190,7 @@ def _group_norm_one_pass(x_ptr, y_ptr, w_ptr, b_ptr, add_ptr, C, CG, P, stride_n
     if HAS_ADD:
         shift = shift + shift_in * scale  # (x + a) * scale + shift, with x as loaded
     for start in range(0, P, BLOCK_P):
-        p = start + tl.arange(0, BLOCK_P)
-        mask = cm[:, None] & (p < P)[None, :]
-        offs = base + _offsets(c, p, C, P, CHANNELS_LAST)
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        offs, mask, x = _group_tile(x_ptr, base, c, cm, start, C, P, CHANNELS_LAST, BLOCK_P)
         y = x * scale[:, None] + shift[:, None]
         if SILU:
             y = y * tl.sigmoid(y)

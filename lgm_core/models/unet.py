@@ -106,21 +106,6 @@ def use_fused_groupnorm(x: torch.Tensor, num_groups: int = 32) -> bool:
     return fused_kernels_apply(x) and _fused_norm().supports(x, num_groups)
 
 
-def geglu(h: torch.Tensor) -> torch.Tensor:
-    """``value * gelu(gate)`` of ``h = [..., value ‖ gate]`` (exact erf GELU): the fused Triton kernel
-    under ``fused_kernels_apply`` for a contiguous ``h``, else torch's ops (same result up to one
-    rounding)."""
-    if fused_kernels_apply(h) and _fused_norm().geglu_supports(h):
-        try:
-            return _fused_norm().geglu(h)
-        except Exception as err:  # noqa: BLE001  (Triton build/launch failure: torch's kernels instead)
-            if capturing_cuda_graph():
-                raise
-            _fused_failed(err)
-    value, gate = h.chunk(2, dim=-1)
-    return value * F.gelu(gate)
-
-
 def _fused_failed(err: Exception) -> None:
     """The fused kernels could not build or launch (e.g. Triton finds no C compiler for its launcher,
     no writable cache folder): torch's kernels from now on, with one log line."""
@@ -131,6 +116,31 @@ def _fused_failed(err: Exception) -> None:
     logging.getLogger("lgm_core").warning(
         "fused Triton GroupNorm unavailable (%s: %s); using torch's GroupNorm kernels (LGM_FUSED_NORM=0 "
         "skips this attempt)", type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
+
+
+def _try_fused(call):
+    """``call()`` of a fused kernel, or None when Triton cannot build or launch it (the kernels are then
+    switched off, ``_fused_failed``); during a capture the error propagates: the graph runner retries
+    eagerly, which lands here again."""
+    try:
+        return call()
+    except Exception as err:  # noqa: BLE001  (Triton build/launch failure: torch's kernels instead)
+        if capturing_cuda_graph():
+            raise
+        _fused_failed(err)
+        return None
+
+
+def geglu(h: torch.Tensor) -> torch.Tensor:
+    """``value * gelu(gate)`` of ``h = [..., value ‖ gate]`` (exact erf GELU): the fused Triton kernel
+    under ``fused_kernels_apply`` for a contiguous ``h``, else torch's ops (same result up to one
+    rounding)."""
+    if fused_kernels_apply(h) and _fused_norm().geglu_supports(h):
+        y = _try_fused(lambda: _fused_norm().geglu(h))
+        if y is not None:
+            return y
+    value, gate = h.chunk(2, dim=-1)
+    return value * F.gelu(gate)
 
 
 class GroupNorm32(nn.GroupNorm):
@@ -155,13 +165,10 @@ class GroupNorm32(nn.GroupNorm):
         """``norm(x)`` (``silu``: then SiLU); ``add`` ([N, C]) normalises ``x + add[:, :, None, None]``
         instead (the diffusion ResBlock's timestep embedding; fused into the kernel on the fast path)."""
         if use_fused_groupnorm(x, self.num_groups):
-            try:
-                return _fused_norm().group_norm(x, self.weight, self.bias, self.num_groups, self.eps, silu=silu,
-                                                add=add)
-            except Exception as err:  # noqa: BLE001  (Triton build/launch failure: torch's kernels instead)
-                if capturing_cuda_graph():
-                    raise  # a failed capture is retried eagerly by the runner, which lands here again
-                _fused_failed(err)
+            y = _try_fused(lambda: _fused_norm().group_norm(x, self.weight, self.bias, self.num_groups, self.eps,
+                                                            silu=silu, add=add))
+            if y is not None:
+                return y
         if add is not None:
             x = x + add[:, :, None, None]
         y = self._group_norm(x)

@@ -117,7 +117,6 @@ class MultiViewPipeline:
         self.scheduler = scheduler
         self.image_encoder = image_encoder
         self.feature_extractor = feature_extractor
-        self.use_cuda_graphs = True
         self._unet_graphs = CUDAGraphRunner(self._unet_step, weights=lambda: self.unet,
                                             name="MultiViewUNet step")
         # the encoders run once per call but are launch-bound (H200: CLIP text 8-16 ms, CLIP-ViT-H 14-26 ms
@@ -135,6 +134,7 @@ class MultiViewPipeline:
                                               name="VAE decoder")
         self._encode_graphs = CUDAGraphRunner(self._vae_moments, weights=lambda: self.vae,
                                               name="VAE encoder")
+        self.use_cuda_graphs = True
         if self.is_imagedream and image_encoder is None:
             raise ValueError("an ImageDream UNet (ip_dim > 0) needs an image_encoder")
 
@@ -196,6 +196,17 @@ class MultiViewPipeline:
         for runner in self._graph_runners():
             runner.reset()
 
+    @property
+    def use_cuda_graphs(self) -> bool:
+        """Whether CUDA inputs run through the captured graphs (every runner of the pipeline follows it)."""
+        return self._use_cuda_graphs
+
+    @use_cuda_graphs.setter
+    def use_cuda_graphs(self, enabled: bool) -> None:
+        self._use_cuda_graphs = bool(enabled)
+        for runner in self._graph_runners():
+            runner.enabled = self._use_cuda_graphs
+
     def _graph_runners(self) -> List[CUDAGraphRunner]:
         return [self._unet_graphs, self._text_graphs, self._image_graphs, self._decode_graphs, self._encode_graphs]
 
@@ -231,7 +242,6 @@ class MultiViewPipeline:
         """CLIP text ``last_hidden_state`` ``[P, 77, D]`` (BOS, tokens, EOS, pad id 0 up to 77)."""
         ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids
-        self._text_graphs.enabled = self.use_cuda_graphs
         return self._text_graphs(ids.to(self.text_encoder.device))
 
     def _text_hidden_states(self, ids: torch.Tensor) -> torch.Tensor:
@@ -283,7 +293,6 @@ class MultiViewPipeline:
         (truncated to uint8 first, as the original)."""
         u8 = (images.detach().cpu().float().numpy() * 255).astype(np.uint8)
         pixels = self._clip_pixels(u8).to(self.image_encoder.device, self.image_encoder.dtype)
-        self._image_graphs.enabled = self.use_cuda_graphs
         return self._image_graphs(pixels)
 
     def encode_image_latents(self, images: torch.Tensor, generator=None) -> torch.Tensor:
@@ -291,7 +300,6 @@ class MultiViewPipeline:
         2x-1, ``latent_dist.sample(generator)`` x scaling_factor."""
         x = images.permute(0, 3, 1, 2).contiguous().to(self.vae.device, torch.float32) * 2 - 1
         x = F.interpolate(x, (IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)
-        self._encode_graphs.enabled = self.use_cuda_graphs
         dist = _diagonal_gaussian()(self._encode_graphs(x.to(self.vae.dtype)))  # AutoencoderKL's latent_dist
         return dist.sample(generator=generator).float() * self.vae.config.scaling_factor
 
@@ -303,7 +311,6 @@ class MultiViewPipeline:
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """``[N, 4, 32, 32]`` -> images ``[N, 256, 256, 3]`` float32 in [0, 1] (on the pipeline device)."""
-        self._decode_graphs.enabled = self.use_cuda_graphs
         x = self._decode_graphs((latents / self.vae.config.scaling_factor).to(self.vae.dtype))
         return (x.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
 
@@ -462,7 +469,6 @@ class MultiViewPipeline:
         if "eta" in step_params:
             step_kwargs["eta"] = eta
         total = len(timesteps)
-        self._unet_graphs.enabled = self.use_cuda_graphs
 
         # ---- denoising loop ---------------------------------------------------------------------
         for i, t in enumerate(timesteps):
