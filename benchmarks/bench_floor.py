@@ -230,7 +230,7 @@ def mv_kwargs(kind: str, steps: int) -> Dict[str, Any]:
 
 
 def mv_call(pipe, kind: str, steps: int, **extra):
-    return pipe(**mv_kwargs(kind, steps), generator=torch.Generator().manual_seed(0), **extra)
+    return pipe(**{**mv_kwargs(kind, steps), **extra}, generator=torch.Generator().manual_seed(0))
 
 
 def reconstruct(lgm: LGM, out):

@@ -74,7 +74,8 @@ def family(name: str) -> str:
     return "other"
 
 
-def kernel_profile(fn, steps=5):
+def kernel_profile(fn, steps=5, top_n=15, width=90):
+    """GPU ms per call by kernel family, and the ``top_n`` kernels (ms, calls, name cut to ``width``)."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()
@@ -91,9 +92,9 @@ def kernel_profile(fn, steps=5):
         if t <= 0 or e.key.startswith("ProfilerStep"):
             continue
         fam[family(e.key)] += t / steps / 1000
-        top.append((t / steps / 1000, e.count // steps, e.key[:90]))
+        top.append((t / steps / 1000, e.count // steps, e.key[:width]))
     top.sort(reverse=True)
-    return dict(sorted(fam.items(), key=lambda kv: -kv[1])), top[:15]
+    return dict(sorted(fam.items(), key=lambda kv: -kv[1])), top[:top_n]
 
 
 FIRST_CALL = r"""

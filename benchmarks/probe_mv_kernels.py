@@ -41,7 +41,7 @@ from lgm_core.models import unet as unet_module  # noqa: E402
 from lgm_core.runtime import CUDAGraphRunner, building_cuda_graph_scope  # noqa: E402
 
 
-def record_step_inputs(pipe, kind: str, steps: int):
+def record_step_inputs(pipe, kind: str, steps: int, **extra):
     """The arguments of the pipeline's first UNet step (cloned)."""
     seen = []
     runner = pipe._unet_graphs
@@ -54,7 +54,7 @@ def record_step_inputs(pipe, kind: str, steps: int):
 
     runner.fn = recording
     try:
-        mv_call(pipe, kind, steps)
+        mv_call(pipe, kind, steps, **extra)
     finally:
         runner.fn = fn
     return seen[0]
@@ -83,6 +83,14 @@ def main(argv=None) -> int:
     ap.add_argument("--calls", type=int, default=3, help="timed whole-pipeline calls per mode")
     ap.add_argument("--one-pass", type=int, default=0,
                     help="also measure the fused GroupNorm's one-program kernel for groups up to this size")
+    ap.add_argument("--batch", type=int, default=1,
+                    help="prompts per call (MVDream; ImageDream repeats its image): the UNet runs 8 x batch rows")
+    ap.add_argument("--layouts", default="contiguous,channels_last")
+    ap.add_argument("--no-fold", action="store_true",
+                    help="also measure the fused GroupNorm without the folded biases / residual kernel")
+    ap.add_argument("--skip-calls", action="store_true", help="only the UNet step rows (no whole-call rows)")
+    ap.add_argument("--top", type=int, default=15, help="kernels listed per profile")
+    ap.add_argument("--name-width", type=int, default=90, help="characters of each kernel name")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
@@ -91,24 +99,31 @@ def main(argv=None) -> int:
     if a.quick:
         a.steps, a.iters, a.calls = 2, 2, 1
     lines = [f"# Multi-view diffusion kernel probe\n\n- {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}, "
-             f"torch {torch.__version__}, {a.steps} DDIM steps, CFG (UNet batch 8), {'fp16' if device == 'cuda' else 'fp32 (CPU smoke)'}\n"]
+             f"torch {torch.__version__}, {a.steps} DDIM steps, CFG (UNet batch {8 * a.batch}), {'fp16' if device == 'cuda' else 'fp32 (CPU smoke)'}\n"]
     rows, results = [], {}
     fused_default = unet_module.FUSED_GROUPNORM
     from lgm_core.models import fused_norm
 
     one_pass_default = fused_norm.ONE_PASS_MAX
-    modes = [False, True] + (["one-pass"] if a.one_pass else [])
+    modes = [False] + (["no-fold"] if a.no_fold else []) + [True] + (["one-pass"] if a.one_pass else [])
+    fold_default = unet_module.FOLD_BIASES
+    layouts = [layout == "channels_last" for layout in a.layouts.split(",")]
 
     def set_mode(mode):
         unet_module.FUSED_GROUPNORM = bool(mode)
+        unet_module.FOLD_BIASES = mode != "no-fold"
         fused_norm.ONE_PASS_MAX = a.one_pass if mode == "one-pass" else 0
+
+    extra = {}
+    if a.batch > 1:
+        extra = dict(prompt=[f"a ceramic owl, variant {i}" for i in range(a.batch)])
     for kind in a.kinds:
         try:
             pipe = build_pipeline(kind, a, device)
             pipe.use_cuda_graphs = True
-            args = record_step_inputs(pipe, kind, a.steps)
+            args = record_step_inputs(pipe, kind, a.steps, **(extra if kind == "mvdream" else {}))
             step = pipe._unet_step
-            for channels_last in (False, True):
+            for channels_last in layouts:
                 pipe.unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
                 for fused in modes:
                     set_mode(fused)
@@ -120,7 +135,8 @@ def main(argv=None) -> int:
                     with torch.inference_mode():
                         eager_ms = timed(as_in_graph, a.iters, 3, device)[0]
                         graph_ms = timed(lambda: graphed(*args), a.iters, 3, device)[0] if device == "cuda" else None
-                        fam, top = kernel_profile(as_in_graph) if device == "cuda" else ({}, [])
+                        fam, top = (kernel_profile(as_in_graph, top_n=a.top, width=a.name_width) if device == "cuda"
+                                    else ({}, []))
                     graphed.reset()
                     rows.append(dict(kind=kind, fused=fused, channels_last=channels_last, eager_ms=round(eager_ms, 3),
                                      graph_ms=None if graph_ms is None else round(graph_ms, 3),
@@ -128,6 +144,8 @@ def main(argv=None) -> int:
                                      top=[(round(t, 3), c, k) for t, c, k in top]))
                     print(json.dumps({k: v for k, v in rows[-1].items() if k != "top"}), flush=True)
             pipe.unet.to(memory_format=torch.contiguous_format)
+            if a.skip_calls:
+                continue
             calls = {}
             for fused in modes:
                 set_mode(fused)
@@ -154,6 +172,7 @@ def main(argv=None) -> int:
             results[kind] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
         finally:
             unet_module.FUSED_GROUPNORM = fused_default
+            unet_module.FOLD_BIASES = fold_default
             fused_norm.ONE_PASS_MAX = one_pass_default
 
     lines.append("| workload | fused kernels | channels-last | UNet step eager ms (graph's kernels) | + CUDA graphs ms |")

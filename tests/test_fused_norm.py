@@ -70,16 +70,17 @@ def test_matches_float64_group_norm(fn, shape, dtype, channels_last, path, monke
         assert_rounding_close(y.cpu(), reference(x.cpu(), w.cpu(), b.cpu(), silu), dtype)
 
 
+@pytest.mark.parametrize("programs_per_sm", [1, 8])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_split_reduction_and_large_mean(fn, channels_last, monkeypatch):
-    """Many pixel tiles per group, several merge steps in _finalize, and a mean far from zero (where
-    E[x^2] - E[x]^2 would cancel): 64 channels (groups of 2) at odd 13x11 with tiny tiles."""
+def test_split_reduction_and_large_mean(fn, channels_last, programs_per_sm, monkeypatch):
+    """Several pixel tiles per stats program (1 program per SM) or many programs per group (8), several
+    merge steps in _finalize, and a mean far from zero (where E[x^2] - E[x]^2 would cancel; the shifted
+    sums do not): 64 channels (groups of 2) at odd 13x11 with tiny tiles."""
     monkeypatch.setattr(fn, "TILE", 64)
     monkeypatch.setattr(fn, "REDUCE_BLOCK", 4)
     monkeypatch.setattr(fn, "ONE_PASS_MAX", 0)
+    monkeypatch.setattr(fn, "STATS_PROGRAMS_PER_SM", programs_per_sm)
     x, w, b = make((1, 64, 13, 11), torch.float16, channels_last, mean=300.0, std=50.0, seed=1)
-    block_c, block_p = fn._blocks(64, 13 * 11, channels_last)
-    assert 2 * -(-13 * 11 // block_p) > 3 * 4  # the merge loop really takes several steps
     y = fn.group_norm(x, w, b, 32, 1e-5, silu=True)
     assert_rounding_close(y.cpu(), reference(x.cpu(), w.cpu(), b.cpu(), True), torch.float16)
 
@@ -97,22 +98,49 @@ def test_one_pass_loops_and_large_mean(fn, channels_last, monkeypatch):
 
 @pytest.mark.parametrize("path", ["one_pass", "split"])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_add_before_the_statistics(fn, channels_last, path, monkeypatch):
-    """``add`` [N, C] (the diffusion ResBlock's timestep embedding) is normalised with x: the result is
-    GroupNorm(x + add) within the output rounding; a wrong shape is refused."""
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_add_before_the_statistics(fn, channels_last, path, per_sample, monkeypatch):
+    """``add`` ([N, C]: the diffusion ResBlock's timestep embedding; [C]: a folded convolution bias) is
+    normalised with x, summed in fp32 in both paths: the result is GroupNorm(x + add) within the output
+    rounding; a wrong shape is refused."""
     monkeypatch.setattr(fn, "ONE_PASS_MAX", 0 if path == "split" else 32768)
     x, w, b = make((2, 96, 6, 5), torch.float16, channels_last, mean=1.0, std=2.0, seed=2)
     add = (torch.randn(2, 96, generator=torch.Generator().manual_seed(3)) * 4).half().to(DEVICE)
+    if not per_sample:
+        add = add[1]
     for silu in (False, True):
         y = fn.group_norm(x, w, b, 32, 1e-5, silu=silu, add=add)
         assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-        # one program sums in fp32; the split reduction forms the fp16 sum first (as torch's path does)
-        summed = (x.cpu().double() + add.cpu().double()[:, :, None, None] if path == "one_pass"
-                  else (x + add[:, :, None, None]).cpu().double())
+        summed = x.cpu().double() + add.cpu().double().reshape(-1, 96)[:, :, None, None]
         ref = reference(summed, w.cpu(), b.cpu(), silu)
         assert_rounding_close(y.cpu(), ref, torch.float16)
     with pytest.raises(ValueError, match="add"):
-        fn.group_norm(x, w, b, 32, 1e-5, add=add[:1])
+        fn.group_norm(x, w, b, 32, 1e-5, add=add.reshape(-1)[:5])
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("biases", ["none", "a", "both"])
+def test_residual_matches_float64(fn, channels_last, biases):
+    """``residual`` = ((a + a_bias) + (b + b_bias)) * scale, rounded once (half an fp16 ulp of float64's
+    result), in the inputs' layout; mismatched inputs are refused."""
+    a, a_bias, b_bias = make((2, 96, 5, 7), torch.float16, channels_last, seed=4)
+    b = make((2, 96, 5, 7), torch.float16, channels_last, mean=0.5, seed=5)[0]
+    a_bias = None if biases == "none" else a_bias
+    b_bias = b_bias if biases == "both" else None
+    y = fn.residual(a, b, 0.7071067811865476, a_bias, b_bias)
+    ref = a.cpu().double() + b.cpu().double()
+    for v in (a_bias, b_bias):
+        if v is not None:
+            ref = ref + v.cpu().double().view(1, -1, 1, 1)
+    ref = ref * 0.7071067811865476
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert_rounding_close(y.cpu(), ref, torch.float16)
+    other = b.contiguous(memory_format=torch.contiguous_format if channels_last else torch.channels_last)
+    assert not fn.residual_supports(a, other) and not fn.residual_supports(a, b[:, :48])
+    with pytest.raises(ValueError):
+        fn.residual(a, other, 1.0)
+    with pytest.raises(ValueError, match="a_bias"):
+        fn.residual(a, b, 1.0, a_bias=torch.zeros(5, dtype=a.dtype, device=a.device))
 
 
 def test_rejects_what_it_cannot_take(fn):
@@ -204,6 +232,51 @@ def test_resnet_block_fuses_norm_and_silu(spy, monkeypatch):
         y_torch = block(x)
     assert spy == [True, True] and y.dtype == torch.bfloat16
     assert (y.float() - y_torch.float()).abs().max() < 0.1
+
+
+@pytest.mark.parametrize("c_in,c_out", [(64, 64), (64, 128)])
+def test_resnet_block_folds_conv_biases(spy, fn, monkeypatch, c_in, c_out):
+    """On the fused path the ResnetBlock's convolutions run without bias: conv1's bias goes into norm2's
+    ``add``, conv2's and the shortcut's into ``residual`` (one kernel for biases, skip and scale); the
+    result matches the unfused block within fp16 rounding, in its channels-last layout."""
+    residual_calls = []
+    real_residual = fn.residual
+    monkeypatch.setattr(fn, "residual", lambda *a, **k: residual_calls.append(a[3:]) or real_residual(*a, **k))
+    torch.manual_seed(0)
+    block = ResnetBlock(c_in, c_out)
+    with torch.no_grad():
+        for m in (block.conv1, block.conv2, block.shortcut):
+            if isinstance(m, torch.nn.Conv2d):
+                m.bias.normal_()  # nonzero biases, so that a lost one shows
+    block = block.to(DEVICE, torch.float16).to(memory_format=torch.channels_last)
+    x = torch.randn(2, c_in, 6, 5, device=DEVICE).half().contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y = block(x)
+        monkeypatch.setattr(unet, "FUSED_GROUPNORM", False)
+        y_torch = block(x)
+        ref = block.float()(x.float())
+    assert spy == [True, True] and len(residual_calls) == 1
+    assert all(v is not None for v in residual_calls[0][: 2 if c_in != c_out else 1])
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    tol = 2e-2 * float(ref.abs().max())  # a few fp16 roundings of values up to ref's size
+    assert float((y.float() - ref).abs().max()) < tol and float((y_torch.float() - ref).abs().max()) < tol
+
+
+def test_attention_residual_fused(spy, fn, monkeypatch):
+    """MVAttention's ``(attn + x) * sqrt(1/2)`` is one residual kernel on channels-last input, equal to
+    torch's ops within fp16 rounding."""
+    calls = []
+    real_residual = fn.residual
+    monkeypatch.setattr(fn, "residual", lambda *a, **k: calls.append(1) or real_residual(*a, **k))
+    torch.manual_seed(0)
+    block = unet.MVAttention(64).to(DEVICE, torch.float16).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 64, 3, 4, device=DEVICE).half().contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y = block(x)
+        monkeypatch.setattr(unet, "FUSED_GROUPNORM", False)
+        y_torch = block(x)
+    assert calls == [1] and y.is_contiguous(memory_format=torch.channels_last)
+    assert float((y.float() - y_torch.float()).abs().max()) < 1e-2
 
 
 def test_not_used_on_cpu_by_default():
@@ -338,6 +411,67 @@ def test_multiview_unet_fuses_its_group_norms(spy, monkeypatch):
     assert spy.count(True) == 2 * n_res + 1 and spy.count(False) == n_tf
     assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
     assert (y.float() - y_torch.float()).abs().max() < 0.1
+
+
+@pytest.mark.parametrize("c_out", [64, 96])
+def test_diffusion_resblock_folds_conv_biases(spy, fn, monkeypatch, c_out):
+    """The diffusion ResBlock's fused path: conv1's bias joins the timestep embedding in the second
+    GroupNorm's ``add``, conv2's and the skip convolution's biases go into one ``residual`` kernel; the
+    result matches the float32 block like the unfused fp16 block does. In training mode the block keeps
+    the written-out ops."""
+    from lgm_core.mvdiffusion.unet import ResBlock
+
+    residual_calls = []
+    real_residual = fn.residual
+    monkeypatch.setattr(fn, "residual", lambda *a, **k: residual_calls.append(1) or real_residual(*a, **k))
+    torch.manual_seed(0)
+    block = ResBlock(64, 32, out_channels=c_out).eval()
+    with torch.no_grad():
+        for m in block.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.bias.normal_()
+    block = block.to(DEVICE, torch.float16).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 64, 6, 5, device=DEVICE).half().contiguous(memory_format=torch.channels_last)
+    emb = torch.randn(2, 32, device=DEVICE).half()
+    with torch.no_grad():
+        y = block(x, emb)
+        assert residual_calls == [1] and spy == [True, True]
+        monkeypatch.setattr(unet, "FUSED_GROUPNORM", False)
+        y_torch = block(x, emb)
+        ref = block.float()(x.float(), emb.float())
+    tol = 2e-2 * float(ref.abs().max())
+    assert float((y.float() - ref).abs().max()) < tol and float((y_torch.float() - ref).abs().max()) < tol
+    monkeypatch.setattr(unet, "FUSED_GROUPNORM", True)
+    block.half().train()
+    with torch.no_grad():
+        block(x, emb)
+    assert residual_calls == [1]
+
+
+def test_folded_biases_survive_a_fused_kernel_failure(spy, fn, monkeypatch, caplog):
+    """If the fused GroupNorm cannot build mid-block, the folded bias (now an fp32 ``add``) is applied
+    by torch's path in the activations' dtype: the block's result is still right."""
+    torch.manual_seed(0)
+    block = ResnetBlock(64, 64)
+    with torch.no_grad():
+        block.conv1.bias.normal_()
+    block = block.to(DEVICE, torch.float16).to(memory_format=torch.channels_last)
+    x = torch.randn(1, 64, 4, 4, device=DEVICE).half().contiguous(memory_format=torch.channels_last)
+    real = fn.group_norm
+    calls = []
+
+    def second_call_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("Failed to find C compiler.")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fn, "group_norm", second_call_fails)
+    with torch.no_grad(), caplog.at_level("WARNING", logger="lgm_core"):
+        y = block(x)
+        ref = block.float()(x.float())
+    assert y.dtype == torch.float16 and unet.FUSED_GROUPNORM is False
+    assert float((y.float() - ref).abs().max()) < 2e-2 * float(ref.abs().max())
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -1,6 +1,8 @@
 """GroupNorm (+ optional SiLU) as three small Triton kernels, for the fp16/bf16 CUDA inference path of
-LGM's UNet and the multi-view diffusion UNet; and GEGLU (``geglu``, the diffusion transformers'
-feed-forward gate) as one kernel.
+LGM's UNet and the multi-view diffusion UNet; GEGLU (``geglu``, the diffusion transformers'
+feed-forward gate) as one kernel; and the residual join ``(a + a_bias + b + b_bias) * scale``
+(``residual``: LGM's ResnetBlock and attention outputs, with the convolution biases folded in) as one
+kernel.
 
 ``group_norm(x, weight, bias, num_groups, eps, silu)`` equals
 ``F.group_norm(x.float(), num_groups, weight.float(), bias.float(), eps)`` (then ``F.silu`` when
@@ -32,10 +34,11 @@ L1/L2 between the passes, one launch and no partials in memory. A larger group (
    giving the biased variance, ``rstd = 1/sqrt(var + eps)``, and folds the affine into a per-channel
    ``scale = rstd * weight``, ``shift = bias - mean * scale``;
 3. ``_apply``: ``y = x * scale + shift`` (then ``y * sigmoid(y)``), rounded to the output dtype once.
-``add`` (optional ``[N, C]``, the diffusion ResBlock's timestep embedding) is added to every pixel of
-sample n, channel c before the statistics: ``group_norm(x + add[:, :, None, None])`` with the sum in fp32
-(torch's path rounds it to ``x.dtype`` first). Besides the fp32 summation order, the one rounding is the
-only difference from torch's fp16 path,
+``add`` (optional ``[N, C]``, the diffusion ResBlock's timestep embedding, or ``[C]`` for all samples, the
+bias of the convolution that produced ``x``, which then runs without it) is added to every pixel of
+sample n, channel c before the statistics, in both paths: ``group_norm(x + add[:, :, None, None])`` with
+the sum in fp32 (torch's path rounds it to ``x.dtype`` first). Besides the fp32 summation order, the one
+rounding is the only difference from torch's fp16 path,
 which rounds the normalised value and then the separate SiLU's result (so outputs differ by at most
 about one fp16/bf16 ulp).
 """
@@ -50,9 +53,11 @@ import triton.language as tl
 
 TILE = 4096  # elements per stats/apply tile (fp32 registers: 32 per thread at 4 warps)
 REDUCE_BLOCK = 1024  # partials merged per loop step in _finalize
-# Largest group (channels x pixels) normalised by one program of _group_norm_one_pass; 0 = never. Off until
-# measured on a GPU against the split reduction (it is checked for correctness in the tests; the device was
-# not available after it was written): benchmarks/probe_mv_kernels.py --one-pass 32768 compares both.
+STATS_PROGRAMS_PER_SM = 8  # _partial_stats programs per SM (each loops over its share of the pixels)
+# Largest group (channels x pixels) normalised by one program of _group_norm_one_pass; 0 = never. Off: slower
+# than the split reduction wherever measured (H200, CUDA graphs; benchmarks/probe_lgm_fusion.py and
+# probe_mv_kernels.py --one-pass N): LGM big b1 7.42 ms off vs 7.57 / 7.88 / 10.38 ms for groups up to
+# 8192 / 32768 / 131072 elements; MVDream 30-step call 272.3 vs 273.0 ms (32768); batch-16 UNet step 68.3 vs 69.8 ms.
 ONE_PASS_MAX = 0
 ONE_PASS_TILE = 2048  # elements per loop step of _group_norm_one_pass
 
@@ -82,47 +87,84 @@ def _load_tile(x_ptr, C, P, stride_n, CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.c
     return n, pb, c, cmask, offs, mask, x
 
 
-@triton.jit(do_not_specialize=["num_pb"])
-def _partial_stats(x_ptr, mean_ptr, m2_ptr, C, P, stride_n, num_pb,
+@triton.jit
+def _reference(x_ptr, add_ptr, n, c, cmask, C, P, stride_n, add_stride_n, HAS_ADD: tl.constexpr,
+               CHANNELS_LAST: tl.constexpr):
+    """Per channel ``c`` of sample ``n``: its first pixel's value (+ add), fp32: the shift ``K_c`` of the
+    shifted sums (the same in every program, so that partial sums add up)."""
+    offs = n.to(tl.int64) * stride_n + (c if CHANNELS_LAST else c * P)
+    k = tl.load(x_ptr + offs, mask=cmask, other=0.0).to(tl.float32)
+    if HAS_ADD:
+        k += tl.load(add_ptr + n * add_stride_n + c, mask=cmask, other=0.0).to(tl.float32)
+    return k
+
+
+@triton.jit(do_not_specialize=["num_pb", "pix_per_prog"])
+def _partial_stats(x_ptr, s1_ptr, s2_ptr, C, P, stride_n, num_pb, pix_per_prog,
                    CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    n, pb, c, cmask, offs, mask, x = _load_tile(x_ptr, C, P, stride_n, CHANNELS_LAST, BLOCK_C, BLOCK_P)
-    cnt = tl.minimum(P - pb * BLOCK_P, BLOCK_P).to(tl.float32)
-    mean = tl.sum(x, axis=1) / cnt
-    d = tl.where(mask, x - mean[:, None], 0.0)
-    m2 = tl.sum(d * d, axis=1)
-    out = (n * C + c) * num_pb + pb  # partials laid out [N, C, num_pb]
-    tl.store(mean_ptr + out, mean, mask=cmask)
-    tl.store(m2_ptr + out, m2, mask=cmask)
+    """Program (pb, cb, n): channels cb*BLOCK_C.. of sample n over pixels pb*pix_per_prog.. (a multiple of
+    BLOCK_P): per channel the sums of ``d = x - x_c0`` (``x_c0``: the channel's first pixel; with ``add``,
+    ``(x + a) - K_c`` is the same d) and of ``d*d``, accumulated elementwise in registers over the pixel
+    tiles and reduced once; stored at [n, pb, c] (contiguous over c)."""
+    pb = tl.program_id(0)
+    cb = tl.program_id(1)
+    n = tl.program_id(2)
+    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    k = _reference(x_ptr, x_ptr, n, c, cmask, C, P, stride_n, 0, False, CHANNELS_LAST)
+    base = n.to(tl.int64) * stride_n
+    acc1 = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+    acc2 = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+    p_begin = pb * pix_per_prog
+    p_end = tl.minimum(p_begin + pix_per_prog, P)
+    for start in range(p_begin, p_end, BLOCK_P):
+        p = start + tl.arange(0, BLOCK_P)
+        mask = cmask[:, None] & (p < P)[None, :]
+        x = tl.load(x_ptr + base + _offsets(c, p, C, P, CHANNELS_LAST), mask=mask, other=0.0).to(tl.float32)
+        d = tl.where(mask, x - k[:, None], 0.0)
+        acc1 += d
+        acc2 += d * d
+    out = (n * num_pb + pb) * C + c
+    tl.store(s1_ptr + out, tl.sum(acc1, axis=1), mask=cmask)
+    tl.store(s2_ptr + out, tl.sum(acc2, axis=1), mask=cmask)
 
 
-@triton.jit(do_not_specialize=["C", "CG", "P", "num_pb", "tile_p", "groups"])  # one JIT variant per BLOCK_CG
-def _finalize(mean_ptr, m2_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, C, CG, P, num_pb, tile_p, groups, eps,
+@triton.jit(do_not_specialize=["C", "CG", "P", "num_pb", "groups"])  # one JIT variant per BLOCK_CG
+def _finalize(x_ptr, add_ptr, s1_ptr, s2_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, C, CG, P, stride_n, add_stride_n,
+              num_pb, groups, eps, HAS_ADD: tl.constexpr, CHANNELS_LAST: tl.constexpr,
               BLOCK_CG: tl.constexpr, BLOCK_R: tl.constexpr):
+    """Program (n, g): the group's CG channels x num_pb partial sums -> exact group mean ``m`` (from
+    ``S1_c + P K_c``), biased variance ``sum_c S2_c - 2 (m - K_c) S1_c + P (m - K_c)^2`` over CG*P (every
+    term of size n*var: no cancellation for means far from zero), then the per-channel affine fold."""
     pid = tl.program_id(0)
     n = pid // groups
     g = pid % groups
-    base = (n * C + g * CG) * num_pb  # this group's CG * num_pb partials are contiguous
+    ch = tl.arange(0, BLOCK_CG)
+    cm = ch < CG
+    k_ch = _reference(x_ptr, add_ptr, n, g * CG + ch, cm, C, P, stride_n, add_stride_n, HAS_ADD, CHANNELS_LAST)
     total = CG * num_pb
     r = tl.arange(0, BLOCK_R)
     acc = tl.zeros([BLOCK_R], dtype=tl.float32)
-    for start in range(0, total, BLOCK_R):
-        k = start + r
-        km = k < total
-        cnt = tl.minimum(P - (k % num_pb) * tile_p, tile_p).to(tl.float32)
-        acc += tl.where(km, cnt * tl.load(mean_ptr + base + k, mask=km, other=0.0), 0.0)
+    for start in range(0, total, BLOCK_R):  # partial k: pb = k // CG, channel g*CG + k % CG
+        kk = start + r
+        km = kk < total
+        idx = (n * num_pb + kk // CG) * C + g * CG + kk % CG
+        acc += tl.load(s1_ptr + idx, mask=km, other=0.0)
     count = (P * CG).to(tl.float32)
-    mean = tl.sum(acc, axis=0) / count
+    mean = (tl.sum(acc, axis=0) + P.to(tl.float32) * tl.sum(tl.where(cm, k_ch, 0.0), axis=0)) / count
     acc = tl.zeros([BLOCK_R], dtype=tl.float32)
     for start in range(0, total, BLOCK_R):
-        k = start + r
-        km = k < total
-        cnt = tl.minimum(P - (k % num_pb) * tile_p, tile_p).to(tl.float32)
-        dm = tl.load(mean_ptr + base + k, mask=km, other=0.0) - mean
-        acc += tl.where(km, tl.load(m2_ptr + base + k, mask=km, other=0.0) + cnt * dm * dm, 0.0)
-    var = tl.sum(acc, axis=0) / count
+        kk = start + r
+        km = kk < total
+        idx = (n * num_pb + kk // CG) * C + g * CG + kk % CG
+        kc = _reference(x_ptr, add_ptr, n, g * CG + kk % CG, km, C, P, stride_n, add_stride_n, HAS_ADD,
+                        CHANNELS_LAST)
+        s1 = tl.load(s1_ptr + idx, mask=km, other=0.0)
+        s2 = tl.load(s2_ptr + idx, mask=km, other=0.0)
+        acc += tl.where(km, s2 - 2.0 * (mean - kc) * s1, 0.0)
+    dm = tl.where(cm, mean - k_ch, 0.0)
+    var = tl.maximum((tl.sum(acc, axis=0) + P.to(tl.float32) * tl.sum(dm * dm, axis=0)) / count, 0.0)
     rstd = 1.0 / tl.sqrt(var + eps)
-    ch = tl.arange(0, BLOCK_CG)
-    cm = ch < CG
     c = g * CG + ch
     w = tl.load(w_ptr + c, mask=cm, other=0.0).to(tl.float32)
     b = tl.load(b_ptr + c, mask=cm, other=0.0).to(tl.float32)
@@ -132,11 +174,13 @@ def _finalize(mean_ptr, m2_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, C, CG, P, nu
 
 
 @triton.jit
-def _apply(x_ptr, y_ptr, scale_ptr, shift_ptr, C, P, stride_n,
+def _apply(x_ptr, add_ptr, y_ptr, scale_ptr, shift_ptr, C, P, stride_n, add_stride_n, HAS_ADD: tl.constexpr,
            CHANNELS_LAST: tl.constexpr, SILU: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     n, pb, c, cmask, offs, mask, x = _load_tile(x_ptr, C, P, stride_n, CHANNELS_LAST, BLOCK_C, BLOCK_P)
     scale = tl.load(scale_ptr + n * C + c, mask=cmask, other=0.0)
     shift = tl.load(shift_ptr + n * C + c, mask=cmask, other=0.0)
+    if HAS_ADD:  # (x + a) * scale + shift
+        shift = shift + tl.load(add_ptr + n * add_stride_n + c, mask=cmask, other=0.0).to(tl.float32) * scale
     y = x * scale[:, None] + shift[:, None]
     if SILU:
         y = y * tl.sigmoid(y)
@@ -154,7 +198,7 @@ def _group_tile(x_ptr, base, c, cm, start, C, P, CHANNELS_LAST: tl.constexpr, BL
 
 
 @triton.jit(do_not_specialize=["C", "CG", "P", "groups"])
-def _group_norm_one_pass(x_ptr, y_ptr, w_ptr, b_ptr, add_ptr, C, CG, P, stride_n, groups, eps,
+def _group_norm_one_pass(x_ptr, y_ptr, w_ptr, b_ptr, add_ptr, C, CG, P, stride_n, add_stride_n, groups, eps,
                          HAS_ADD: tl.constexpr, CHANNELS_LAST: tl.constexpr, SILU: tl.constexpr,
                          BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     pid = tl.program_id(0)
@@ -165,7 +209,7 @@ def _group_norm_one_pass(x_ptr, y_ptr, w_ptr, b_ptr, add_ptr, C, CG, P, stride_n
     c = g * CG + ch
     base = n.to(tl.int64) * stride_n
     if HAS_ADD:
-        shift_in = tl.load(add_ptr + n * C + c, mask=cm, other=0.0).to(tl.float32)
+        shift_in = tl.load(add_ptr + n * add_stride_n + c, mask=cm, other=0.0).to(tl.float32)
     acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
     for start in range(0, P, BLOCK_P):
         offs, mask, x = _group_tile(x_ptr, base, c, cm, start, C, P, CHANNELS_LAST, BLOCK_P)
@@ -197,6 +241,19 @@ def _group_norm_one_pass(x_ptr, y_ptr, w_ptr, b_ptr, add_ptr, C, CG, P, stride_n
         tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+_SM_COUNTS: dict = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (cached); 8 for other devices (the interpreter)."""
+    if device.type != "cuda":
+        return 8
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNTS:
+        _SM_COUNTS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SM_COUNTS[index]
+
+
 def layout_of(x: torch.Tensor):
     """``"contiguous"``, ``"channels_last"`` or ``None`` (a layout these kernels do not take)."""
     if x.dim() != 4:
@@ -226,16 +283,29 @@ def _blocks(C: int, P: int, channels_last: bool):
     return block_c, block_p
 
 
+def _add_vector(add: torch.Tensor | None, N: int, C: int, x: torch.Tensor):
+    """``add`` ([N, C] per sample, or [C] for every sample) as a contiguous tensor and its sample stride
+    (C or 0); ``x`` (any valid pointer, never read) and 0 without ``add``."""
+    if add is None:
+        return x, 0
+    if tuple(add.shape) == (N, C):
+        return add.contiguous(), C
+    if tuple(add.shape) == (C,):
+        return add.contiguous(), 0
+    raise ValueError(f"add must be [N, C] = [{N}, {C}] or [C] = [{C}], got {tuple(add.shape)}")
+
+
 def group_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_groups: int, eps: float,
                silu: bool = False, add: torch.Tensor | None = None) -> torch.Tensor:
     """GroupNorm of a 4-D tensor (see the module docstring); ``silu`` applies SiLU to the result;
-    ``add`` ([N, C]) is added per sample and channel before the statistics."""
+    ``add`` ([N, C], or [C] for every sample: e.g. the bias of the convolution that produced ``x``) is
+    added per sample and channel before the statistics, in fp32."""
     if not supports(x, num_groups):
         raise ValueError(f"fused group_norm takes 4-D NCHW/NHWC float tensors with C % {num_groups} == 0; "
                          f"got shape {tuple(x.shape)}, strides {x.stride()}, {x.dtype}")
     N, C, H, W = x.shape
-    if add is not None and tuple(add.shape) != (N, C):
-        raise ValueError(f"add must be [N, C] = [{N}, {C}], got {tuple(add.shape)}")
+    add_arg, add_stride_n = _add_vector(add, N, C, x)
+    has_add = add is not None
     P = H * W
     channels_last = layout_of(x) == "channels_last"
     y = torch.empty_like(x)  # keeps the memory format
@@ -243,34 +313,87 @@ def group_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_gr
         return y
     stride_n = x.stride(0)
     cg = C // num_groups
-    if cg * P <= ONE_PASS_MAX:
-        block_c = triton.next_power_of_2(cg)
-        block_p = max(1, min(triton.next_power_of_2(P), ONE_PASS_TILE // block_c))
-        add_arg = add.contiguous() if add is not None else x  # x: any pointer, unread without HAS_ADD
-        with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-            _group_norm_one_pass[(N * num_groups,)](
-                x, y, weight, bias, add_arg, C, cg, P, stride_n, num_groups, eps, HAS_ADD=add is not None,
-                CHANNELS_LAST=channels_last, SILU=bool(silu), BLOCK_C=block_c, BLOCK_P=block_p)
-        return y
-    if add is not None:  # the split-reduction kernels take no add: form the sum first
-        x = (x + add[:, :, None, None].to(x.dtype)).contiguous(
-            memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-        stride_n = x.stride(0)
-    block_c, block_p = _blocks(C, P, channels_last)
-    num_pb, num_cb = triton.cdiv(P, block_p), triton.cdiv(C, block_c)
-    grid = (num_pb, num_cb, N)
-    mean = torch.empty((N, C, num_pb), device=x.device, dtype=torch.float32)
-    m2 = torch.empty_like(mean)
-    scale = torch.empty((N, C), device=x.device, dtype=torch.float32)
-    shift = torch.empty_like(scale)
     # Triton launches on the current GPU and its current stream: make that x's GPU (e.g. cuda:1)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        _partial_stats[grid](x, mean, m2, C, P, stride_n, num_pb,
-                             CHANNELS_LAST=channels_last, BLOCK_C=block_c, BLOCK_P=block_p)
-        _finalize[(N * num_groups,)](mean, m2, weight, bias, scale, shift, C, cg, P, num_pb, block_p, num_groups,
-                                     eps, BLOCK_CG=triton.next_power_of_2(cg), BLOCK_R=REDUCE_BLOCK)
-        _apply[grid](x, y, scale, shift, C, P, stride_n,
+        if cg * P <= ONE_PASS_MAX:
+            block_c = triton.next_power_of_2(cg)
+            block_p = max(1, min(triton.next_power_of_2(P), ONE_PASS_TILE // block_c))
+            _group_norm_one_pass[(N * num_groups,)](
+                x, y, weight, bias, add_arg, C, cg, P, stride_n, add_stride_n, num_groups, eps, HAS_ADD=has_add,
+                CHANNELS_LAST=channels_last, SILU=bool(silu), BLOCK_C=block_c, BLOCK_P=block_p)
+            return y
+        block_c, block_p = _blocks(C, P, channels_last)
+        num_cb = triton.cdiv(C, block_c)
+        # stats: about STATS_PROGRAMS_PER_SM programs per SM, each looping over whole pixel tiles
+        want = max(1, (STATS_PROGRAMS_PER_SM * _sm_count(x.device)) // (num_cb * N))
+        pix_per_prog = triton.cdiv(triton.cdiv(P, min(want, triton.cdiv(P, block_p))), block_p) * block_p
+        num_pb = triton.cdiv(P, pix_per_prog)
+        s1 = torch.empty((N, num_pb, C), device=x.device, dtype=torch.float32)
+        s2 = torch.empty_like(s1)
+        scale = torch.empty((N, C), device=x.device, dtype=torch.float32)
+        shift = torch.empty_like(scale)
+        _partial_stats[(num_pb, num_cb, N)](x, s1, s2, C, P, stride_n, num_pb, pix_per_prog,
+                                            CHANNELS_LAST=channels_last, BLOCK_C=block_c, BLOCK_P=block_p)
+        _finalize[(N * num_groups,)](x, add_arg, s1, s2, weight, bias, scale, shift, C, cg, P, stride_n, add_stride_n,
+                                     num_pb, num_groups, eps, HAS_ADD=has_add, CHANNELS_LAST=channels_last,
+                                     BLOCK_CG=triton.next_power_of_2(cg), BLOCK_R=REDUCE_BLOCK)
+        grid = (triton.cdiv(P, block_p), num_cb, N)
+        _apply[grid](x, add_arg, y, scale, shift, C, P, stride_n, add_stride_n, HAS_ADD=has_add,
                      CHANNELS_LAST=channels_last, SILU=bool(silu), BLOCK_C=block_c, BLOCK_P=block_p)
+    return y
+
+
+# ------------------------------------------------------------------------------------------- residual
+RESIDUAL_BLOCK = 2048  # elements per program
+
+
+@triton.jit
+def _residual(a_ptr, b_ptr, a_bias_ptr, b_bias_ptr, y_ptr, numel, C, P, scale,
+              HAS_A_BIAS: tl.constexpr, HAS_B_BIAS: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+              BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    y = tl.load(a_ptr + offs, mask=mask, other=0.0).to(tl.float32) + tl.load(b_ptr + offs, mask=mask,
+                                                                               other=0.0).to(tl.float32)
+    if HAS_A_BIAS or HAS_B_BIAS:
+        c = offs % C if CHANNELS_LAST else (offs // P) % C
+        if HAS_A_BIAS:
+            y += tl.load(a_bias_ptr + c, mask=mask, other=0.0).to(tl.float32)
+        if HAS_B_BIAS:
+            y += tl.load(b_bias_ptr + c, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + offs, (y * scale).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def residual_supports(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``residual`` takes ``a`` and ``b``: 4-D, the same shape, dtype and memory layout (NCHW or
+    NHWC, dense), a float dtype, < 2**31 elements."""
+    return (layout_of(a) is not None and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+            and a.device == b.device and a.numel() < 2 ** 31
+            and a.dtype in (torch.float16, torch.bfloat16, torch.float32))
+
+
+def residual(a: torch.Tensor, b: torch.Tensor, scale: float, a_bias: torch.Tensor | None = None,
+             b_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``((a + a_bias) + (b + b_bias)) * scale`` for 4-D ``a``, ``b`` ([N, C, H, W], one layout) and optional
+    per-channel biases [C]: one kernel instead of the convolutions' separate bias adds, the residual add
+    and the scaling. float32 arithmetic, one rounding to ``a.dtype`` (torch's fp16 path rounds after every
+    op); the output has ``a``'s layout."""
+    if not residual_supports(a, b):
+        raise ValueError(f"fused residual takes two 4-D tensors of one shape, dtype and NCHW/NHWC layout; got "
+                         f"{tuple(a.shape)} {a.stride()} {a.dtype} and {tuple(b.shape)} {b.stride()} {b.dtype}")
+    N, C, H, W = a.shape
+    for name, v in (("a_bias", a_bias), ("b_bias", b_bias)):
+        if v is not None and tuple(v.shape) != (C,):
+            raise ValueError(f"{name} must be [C] = [{C}], got {tuple(v.shape)}")
+    y = torch.empty_like(a)
+    numel = a.numel()
+    if numel == 0:
+        return y
+    with torch.cuda.device(a.device) if a.is_cuda else contextlib.nullcontext():
+        _residual[(triton.cdiv(numel, RESIDUAL_BLOCK),)](
+            a, b, a if a_bias is None else a_bias.contiguous(), a if b_bias is None else b_bias.contiguous(), y,
+            numel, C, H * W, float(scale), HAS_A_BIAS=a_bias is not None, HAS_B_BIAS=b_bias is not None,
+            CHANNELS_LAST=layout_of(a) == "channels_last", BLOCK=RESIDUAL_BLOCK)
     return y
 
 

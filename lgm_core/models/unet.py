@@ -30,6 +30,9 @@ ATTENTION_BACKENDS = ("sdpa", "math")
 # once, at import) or by setting this switch to False at any time (the original-equivalent benchmark
 # rows do, to run torch's own kernels as the original).
 FUSED_GROUPNORM = os.environ.get("LGM_FUSED_NORM", "1").strip() != "0"
+# The residual kernel and the folding of convolution biases into it and into GroupNorm's ``add``
+# (``fold_biases``): on with the fused GroupNorm; benchmarks switch it off to measure what it buys.
+FOLD_BIASES = True
 FUSED_DEVICE_TYPES = ("cuda",)  # where the fused kernels run (tests add "cpu" with TRITON_INTERPRET=1)
 _fused_module = None  # fused_norm once imported, False when Triton is not importable
 
@@ -162,15 +165,17 @@ class GroupNorm32(nn.GroupNorm):
         super().__init__(32, channels, eps=eps, affine=True)
 
     def forward(self, x: torch.Tensor, silu: bool = False, add: torch.Tensor | None = None) -> torch.Tensor:
-        """``norm(x)`` (``silu``: then SiLU); ``add`` ([N, C]) normalises ``x + add[:, :, None, None]``
-        instead (the diffusion ResBlock's timestep embedding; fused into the kernel on the fast path)."""
+        """``norm(x)`` (``silu``: then SiLU); ``add`` ([N, C] per sample, e.g. the diffusion ResBlock's
+        timestep embedding, or [C] for every sample, e.g. the bias of the convolution that made ``x``)
+        normalises ``x + add`` broadcast over the pixels instead (fused into the kernel on the fast path)."""
         if use_fused_groupnorm(x, self.num_groups):
             y = _try_fused(lambda: _fused_norm().group_norm(x, self.weight, self.bias, self.num_groups, self.eps,
                                                             silu=silu, add=add))
             if y is not None:
                 return y
         if add is not None:
-            x = x + add[:, :, None, None]
+            add = add.to(x.dtype)
+            x = x + (add.view(1, -1, 1, 1) if add.dim() == 1 else add[:, :, None, None])
         y = self._group_norm(x)
         return F.silu(y) if silu else y
 
@@ -184,6 +189,35 @@ class GroupNorm32(nn.GroupNorm):
         if x.dtype == torch.float32 or (x.is_cuda and self.native_half_on_cuda):
             return F.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
         return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
+
+
+def residual(a: torch.Tensor, b: torch.Tensor, scale: float, a_bias: torch.Tensor | None = None,
+             b_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``((a + a_bias) + (b + b_bias)) * scale`` (biases [C] per channel, optional): the fused Triton kernel
+    of fused_norm.py under ``fused_kernels_apply`` when ``a`` and ``b`` share one NCHW/NHWC layout, else
+    torch's ops (same result up to fp16 roundings: torch rounds after every op, the kernel once)."""
+    if FOLD_BIASES and fused_kernels_apply(a) and _fused_norm().residual_supports(a, b):
+        y = _try_fused(lambda: _fused_norm().residual(a, b, scale, a_bias, b_bias))
+        if y is not None:
+            return y
+    if a_bias is not None:
+        a = a + a_bias.view(1, -1, 1, 1)
+    if b_bias is not None:
+        b = b + b_bias.view(1, -1, 1, 1)
+    return (a + b) * scale
+
+
+def fold_biases(x: torch.Tensor) -> bool:
+    """Whether LGM's blocks run their convolutions without bias and hand the biases to the next fused
+    kernel (GroupNorm's ``add``, ``residual``): on the fused path, for a 4-D NCHW/NHWC ``x``. Saves one
+    broadcast bias-add kernel per convolution (cuDNN adds the bias separately: 89 of them, ~0.95 ms of
+    LGM big's 8 ms at batch 1 on the H200)."""
+    return FOLD_BIASES and fused_kernels_apply(x) and _fused_norm().layout_of(x) is not None
+
+
+def conv_without_bias(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` minus its bias (the caller adds ``conv.bias`` in a later fused kernel)."""
+    return conv._conv_forward(x, conv.weight, None)
 
 
 def conv3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
@@ -202,6 +236,12 @@ class ResnetBlock(nn.Module):
         self.shortcut = nn.Conv2d(c_in, c_out, kernel_size=1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fold_biases(x):  # the same sums, the biases added inside the fused kernels
+            h = conv_without_bias(self.conv1, self.norm1(x, silu=True))
+            h = conv_without_bias(self.conv2, self.norm2(h, silu=True, add=self.conv1.bias))
+            if isinstance(self.shortcut, nn.Conv2d):
+                return residual(h, conv_without_bias(self.shortcut, x), SKIP_SCALE, self.conv2.bias, self.shortcut.bias)
+            return residual(h, x, SKIP_SCALE, self.conv2.bias)
         h = self.conv1(self.norm1(x, silu=True))
         h = self.conv2(self.norm2(h, silu=True))
         return (h + self.shortcut(x)) * SKIP_SCALE
@@ -246,7 +286,7 @@ class MVAttention(nn.Module):
         y = y.reshape(b, NUM_VIEWS, c, h, w).permute(0, 1, 3, 4, 2).reshape(b, NUM_VIEWS * h * w, c)
         y = self.attn(y)
         y = y.reshape(b, NUM_VIEWS, h, w, c).permute(0, 1, 4, 2, 3).reshape(bv, c, h, w)
-        return (y + x) * SKIP_SCALE
+        return residual(y, x, SKIP_SCALE)
 
 
 class DownBlock(nn.Module):

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.unet import GroupNorm32, geglu
+from ..models.unet import GroupNorm32, conv_without_bias, fold_biases, geglu, residual
 
 __all__ = ["MultiViewUNet", "Resampler", "timestep_embedding"]
 
@@ -144,6 +144,8 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         # in_layers / out_layers as written in the Sequentials (names = checkpoint keys); GroupNorm and
         # the SiLU after it are one call (one fused kernel pass on the CUDA fp16 path)
+        if not self.use_scale_shift_norm and not self.training and fold_biases(x):
+            return self._forward_folded(x, emb)
         h = self.in_layers[2](self.in_layers[0](x, silu=True))
         emb_out = self.emb_layers(emb).to(h.dtype)  # [N, C]
         if self.use_scale_shift_norm:
@@ -153,6 +155,19 @@ class ResBlock(nn.Module):
         else:  # GroupNorm(h + emb_out) + SiLU: the add is fused into the norm on the fast path
             h = self.out_layers[3](self.out_layers[2](self.out_layers[0](h, silu=True, add=emb_out)))
         return self.skip_connection(x) + h
+
+    def _forward_folded(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """The same sums on the fused path: the first convolution's bias joins the timestep embedding in
+        the second GroupNorm's ``add`` (fp32), the second's and the skip's biases join the skip in one
+        ``residual`` kernel (lgm_core.models.unet.fold_biases)."""
+        conv1, conv2 = self.in_layers[2], self.out_layers[3]
+        h = conv_without_bias(conv1, self.in_layers[0](x, silu=True))
+        add = self.emb_layers(emb).to(h.dtype).float() + conv1.bias.float()  # [N, C]
+        h = conv_without_bias(conv2, self.out_layers[0](h, silu=True, add=add))
+        skip = self.skip_connection
+        if isinstance(skip, nn.Conv2d):
+            return residual(conv_without_bias(skip, x), h, 1.0, skip.bias, conv2.bias)
+        return residual(x, h, 1.0, None, conv2.bias)
 
 
 class Downsample(nn.Module):

@@ -1,0 +1,149 @@
+"""What each fused kernel buys LGM big on the default path (issue 15, item 1), in one process.
+
+Random weights (bench_lgm's init), fp16, channels-last, CUDA graphs (the project's runner), input
+[B, 4, 9, 256, 256]. Modes, each re-captured:
+
+- ``torch kernels``: FUSED_GROUPNORM off (torch's GroupNorm, SiLU, bias adds, residual ops);
+- ``fused GroupNorm+SiLU``: the fused GroupNorm, biases and residuals as torch ops (FOLD_BIASES off);
+- ``+ folded biases + residual kernel``: the default path (convolutions without bias; the biases
+  inside GroupNorm's ``add`` and the ``residual`` kernel);
+- ``+ one-pass GroupNorm <= N``: the default plus ``fused_norm.ONE_PASS_MAX = N`` (one program per group
+  for groups of up to N elements) for each ``--one-pass`` value.
+
+For each: median ms (CUDA events), peak GB above the weights, max |d| of the activated Gaussians vs the
+fp32 model (positions in [-1, 1], colours in [0, 1]); then a kernel profile (GPU ms per family, the top
+kernels with full names) of the best mode at batch 1, run as a graph is built.
+
+Usage on the device (about 1 min): python benchmarks/probe_lgm_fusion.py --out $OUT
+CPU smoke (tiny config, Triton interpreter, no timings that mean anything): python benchmarks/probe_lgm_fusion.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+if "--quick" in sys.argv:  # the CPU smoke runs the Triton kernels in the interpreter, read at Triton's import
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+
+from bench_lgm import build, timed  # noqa: E402
+from probe_lgm_kernels import QUICK, kernel_profile  # noqa: E402
+from lgm_core.models import unet as unet_module  # noqa: E402
+from lgm_core.models.lgm import LGMConfig  # noqa: E402
+from lgm_core.runtime import CUDAGraphRunner, building_cuda_graph_scope  # noqa: E402
+
+
+def modes(one_pass):
+    out = [("torch kernels", dict(fused=False, fold=False, one_pass=0)),
+           ("fused GroupNorm+SiLU", dict(fused=True, fold=False, one_pass=0)),
+           ("+ folded biases + residual kernel (default)", dict(fused=True, fold=True, one_pass=0))]
+    out += [(f"+ one-pass GroupNorm <= {n}", dict(fused=True, fold=True, one_pass=n)) for n in one_pass]
+    return out
+
+
+def set_mode(fused: bool, fold: bool, one_pass: int) -> None:
+    from lgm_core.models import fused_norm
+
+    unet_module.FUSED_GROUPNORM = fused
+    unet_module.FOLD_BIASES = fold
+    fused_norm.ONE_PASS_MAX = one_pass
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batches", default="1,4")
+    ap.add_argument("--one-pass", default="32768,131072", help="ONE_PASS_MAX values to try (comma list)")
+    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() and not a.quick else "cpu"
+    if device == "cpu":
+        unet_module.FUSED_DEVICE_TYPES = ("cuda", "cpu")  # the interpreter runs the kernels
+        a.iters = 1
+    cfg = LGMConfig(**QUICK) if a.quick else "big"
+    dtype = torch.float16 if device == "cuda" else torch.bfloat16
+    batches = [int(b) for b in a.batches.split(",")] if not a.quick else [1]
+    one_pass = [int(n) for n in a.one_pass.split(",") if n.strip()][: 1 if a.quick else None]
+    model = build(cfg, device, dtype).use_channels_last()
+    ref_model = build(cfg, device, torch.float32)
+    size = model.config.input_size
+    defaults = (unet_module.FUSED_GROUPNORM, unet_module.FOLD_BIASES)
+    from lgm_core.models import fused_norm
+
+    one_pass_default = fused_norm.ONE_PASS_MAX
+    rows = []
+    lines = [f"# LGM fusion probe\n\n- {torch.cuda.get_device_name() if device == 'cuda' else 'CPU (smoke)'}, "
+             f"torch {torch.__version__}, {dtype}, channels-last, CUDA graphs\n",
+             "| mode | batch | median ms | peak GB | max|d| vs fp32 |", "|---|---|---|---|---|"]
+    best = None
+    try:
+        for b in batches:
+            x = torch.randn(b, 4, 9, size, size, device=device, generator=torch.Generator(device).manual_seed(b))
+            with torch.inference_mode():
+                ref = ref_model._forward_gaussians(x)
+            for name, mode in modes(one_pass):
+                try:
+                    set_mode(**mode)
+                    runner = CUDAGraphRunner(model._forward_gaussians, weights=model)
+
+                    def call():
+                        if device == "cuda":
+                            return runner(x)
+                        with building_cuda_graph_scope():  # CPU smoke: the kernels a graph would hold
+                            return model._forward_gaussians(x)
+                    with torch.inference_mode():
+                        base = torch.cuda.memory_allocated() if device == "cuda" else 0
+                        ms, peak, out = timed(call, a.iters, 3 if device == "cuda" else 0, device, base)
+                        err = float((out.float() - ref).abs().max())
+                    runner.reset()
+                    rows.append(dict(mode=name, batch=b, ms=round(ms, 3), peak_gb=round(peak, 3), max_d=err))
+                    if b == 1 and name != "torch kernels" and (best is None or ms < best[1]):
+                        best = (name, ms, mode)
+                except Exception as exc:  # noqa: BLE001  (keep the other modes)
+                    traceback.print_exc()
+                    rows.append(dict(mode=name, batch=b, error=f"{type(exc).__name__}: {exc}"[:300]))
+                print(json.dumps(rows[-1]), flush=True)
+        for r in rows:
+            if "error" in r:
+                lines.append(f"| {r['mode']} | {r['batch']} | ERROR {r['error']} | | |")
+            else:
+                lines.append(f"| {r['mode']} | {r['batch']} | {r['ms']} | {r['peak_gb']} | {r['max_d']:.3g} |")
+        if best is not None and device == "cuda":
+            set_mode(**best[2])
+            x = torch.randn(1, 4, 9, size, size, device=device)
+
+            def as_in_graph():
+                with building_cuda_graph_scope():
+                    return model._forward_gaussians(x)
+            with torch.inference_mode():
+                fam, top = kernel_profile(as_in_graph, top_n=40, width=200)
+            total = sum(fam.values())
+            lines.append(f"\n## kernels of the fastest mode ({best[0]}), batch 1: {total:.3f} GPU ms per call\n")
+            lines.append("| family | ms |\n|---|---|")
+            lines += [f"| {k} | {v:.3f} |" for k, v in fam.items()]
+            lines.append("\n| top kernels | ms | calls |\n|---|---|---|")
+            lines += [f"| `{k}` | {t:.3f} | {c} |" for t, c, k in top]
+    finally:
+        unet_module.FUSED_GROUPNORM, unet_module.FOLD_BIASES = defaults
+        fused_norm.ONE_PASS_MAX = one_pass_default
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if a.out:
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+        (Path(a.out) / "probe_lgm_fusion.md").write_text(text)
+        (Path(a.out) / "probe_lgm_fusion.json").write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
