@@ -285,8 +285,9 @@ class StageProfiler:
         return a.elapsed_time(b) if self.cuda else (b - a) * 1000
 
 
-def profile_call(pipe, kind: str, steps: int, device) -> Dict[str, Any]:
-    """One profiled pipeline call: per-stage GPU ms and host ms, the denoising loop, syncs."""
+def profile_call(pipe, kind: str, steps: int, device, **extra) -> Dict[str, Any]:
+    """One profiled pipeline call (``extra``: call arguments, e.g. a prompt list): per-stage GPU ms and
+    host ms, the denoising loop, syncs."""
     prof = StageProfiler(device)
     for obj, attr, stage in ((pipe, "encode_prompt", "text encoder"),
                              (pipe, "encode_image_features", "CLIP vision"),
@@ -305,7 +306,7 @@ def profile_call(pipe, kind: str, steps: int, device) -> Dict[str, Any]:
             if prof.cuda:
                 torch.cuda.set_sync_debug_mode(1)
             try:
-                mv_call(pipe, kind, steps)
+                mv_call(pipe, kind, steps, **extra)
             finally:
                 if prof.cuda:
                     torch.cuda.set_sync_debug_mode(0)
@@ -685,8 +686,15 @@ def section_throughput(args, budget, device, table, state) -> None:
                 dt, g = wall(text_to_gaussians, device)
                 times.append(dt)
             med = statistics.median(times)
-            return {"objects": b, "s per batch": med, "objects/s": b / med,
-                    "peak GB": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")}
+            peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+            # where a batch's time goes: one more call, profiled by stage, and the LGM part alone
+            stages = profile_call(pipe, "mvdream", args.steps, device, prompt=prompts)["stages"]
+            views = pipe(prompt=prompts, num_inference_steps=1, generator=torch.Generator().manual_seed(0))
+            lgm_s, _ = wall(lambda: (reconstruct(lgm, views), _sync(device)), device)
+            loop = stages.get("denoising loop (UNet + CFG + scheduler)", [0, float("nan")])[1]
+            return {"objects": b, "s per batch": med, "objects/s": b / med, "peak GB": peak,
+                    "denoising s": loop / 1000, "VAE decode s": stages.get("VAE decode", [0, float("nan")])[1] / 1000,
+                    "LGM s": lgm_s}
         row(table, budget, COST[device]["throughput"] * (b / 16 + 0.2), {"batch": b}, fn)
 
 
@@ -819,7 +827,8 @@ def run(args) -> int:
                      ["workload", "mode", "ms", "min_ms", "x vs eager", "peak_gb", "step_ms", "syncs",
                       "max|d| vs eager", "warm-up s", "start s", "note"])
     tp_table = Table("4. Throughput text -> Gaussians (batched MVDream + batched LGM, CUDA graphs)",
-                     ["batch", "objects", "s per batch", "objects/s", "peak GB", "note"])
+                     ["batch", "objects", "s per batch", "objects/s", "peak GB", "denoising s", "VAE decode s", "LGM s",
+                      "note"])
     state: Dict[str, Any] = {}
 
     specs = compile_specs(args, device, run_dir) if "compile" in args.sections else []

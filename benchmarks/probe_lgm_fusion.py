@@ -63,6 +63,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", default="1,4")
     ap.add_argument("--one-pass", default="32768,131072", help="ONE_PASS_MAX values to try (comma list)")
     ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--sweep", default="",
+                    help="GroupNorm stats settings to time on the default mode: ';'-separated "
+                         "programs_per_sm,stats_tile,warps triples (e.g. '8,4096,4;16,2048,4')")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
@@ -113,6 +116,24 @@ def main(argv=None) -> int:
                     traceback.print_exc()
                     rows.append(dict(mode=name, batch=b, error=f"{type(exc).__name__}: {exc}"[:300]))
                 print(json.dumps(rows[-1]), flush=True)
+        if a.sweep:
+            defaults_sweep = (fused_norm.STATS_PROGRAMS_PER_SM, fused_norm.STATS_TILE, fused_norm.STATS_WARPS)
+            set_mode(fused=True, fold=True, one_pass=0)
+            try:
+                for triple in a.sweep.split(";"):
+                    pps, tile, warps = (int(v) for v in triple.split(","))
+                    fused_norm.STATS_PROGRAMS_PER_SM, fused_norm.STATS_TILE, fused_norm.STATS_WARPS = pps, tile, warps
+                    for b in batches:
+                        x = torch.randn(b, 4, 9, size, size, device=device)
+                        runner = CUDAGraphRunner(model._forward_gaussians, weights=model)
+                        with torch.inference_mode():
+                            ms = timed(lambda: runner(x), a.iters, 3, device)[0] if device == "cuda" else float("nan")
+                        runner.reset()
+                        rows.append(dict(mode=f"default, stats programs/SM {pps}, tile {tile}, warps {warps}",
+                                         batch=b, ms=round(ms, 3), peak_gb=float("nan"), max_d=float("nan")))
+                        print(json.dumps(rows[-1]), flush=True)
+            finally:
+                fused_norm.STATS_PROGRAMS_PER_SM, fused_norm.STATS_TILE, fused_norm.STATS_WARPS = defaults_sweep
         for r in rows:
             if "error" in r:
                 lines.append(f"| {r['mode']} | {r['batch']} | ERROR {r['error']} | | |")

@@ -77,6 +77,7 @@ def test_split_reduction_and_large_mean(fn, channels_last, programs_per_sm, monk
     merge steps in _finalize, and a mean far from zero (where E[x^2] - E[x]^2 would cancel; the shifted
     sums do not): 64 channels (groups of 2) at odd 13x11 with tiny tiles."""
     monkeypatch.setattr(fn, "TILE", 64)
+    monkeypatch.setattr(fn, "STATS_TILE", 64)
     monkeypatch.setattr(fn, "REDUCE_BLOCK", 4)
     monkeypatch.setattr(fn, "ONE_PASS_MAX", 0)
     monkeypatch.setattr(fn, "STATS_PROGRAMS_PER_SM", programs_per_sm)
@@ -505,3 +506,60 @@ def test_geglu_module_dispatch(spy, fn, monkeypatch):
         layer.float()(x.float())  # fp32: torch's ops
     layer(x.float())  # autograd on: torch's ops
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("with_residual", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(3, 7, 320), (2, 5, 96), (1, 3, 1280)])
+def test_layer_norm_matches_float64(fn, shape, dtype, with_residual):
+    """``layer_norm`` = LayerNorm over the last axis (fp32 statistics, one rounding); with a residual,
+    also the sum ``s = x + r`` rounded as torch's add, and the norm of that rounded sum."""
+    g = torch.Generator().manual_seed(7)
+    x = (torch.randn(shape, generator=g) * 2 + 3).to(dtype).to(DEVICE)
+    r = (torch.randn(shape, generator=g)).to(dtype).to(DEVICE) if with_residual else None
+    w = torch.randn(shape[-1], generator=g).to(dtype).to(DEVICE)
+    b = torch.randn(shape[-1], generator=g).to(dtype).to(DEVICE)
+    out = fn.layer_norm(x, w, b, 1e-5, residual=r)
+    if with_residual:
+        s, y = out
+        torch_sum = (x + r).cpu()
+        if dtype == torch.float16 or CUDA:  # the residual stream exactly as torch's add rounds it
+            assert torch.equal(s.cpu(), torch_sum)
+        else:  # Triton's interpreter truncates to bf16 instead of rounding: one ulp
+            assert bool(((s.cpu().double() - torch_sum.double()).abs() <= torch_sum.double().abs() * 2.0 ** -7).all())
+        base = s
+    else:
+        y, base = out, x
+    ref = F.layer_norm(base.cpu().double(), shape[-1:], w.cpu().double(), b.cpu().double(), 1e-5)
+    assert_rounding_close(y.cpu(), ref, dtype)
+    with pytest.raises(ValueError):
+        fn.layer_norm(x.transpose(-1, -2), w[:1].expand(shape[-2]).contiguous(), b, 1e-5)  # not contiguous
+
+
+def test_transformer_block_fuses_layer_norms(spy, fn, monkeypatch):
+    """The diffusion transformer block: norm1 is one fused LayerNorm, the first two residual adds are
+    fused with norm2 / norm3; the block's output equals the written-out ops within fp16 rounding."""
+    from lgm_core.mvdiffusion.unet import BasicTransformerBlock3D
+
+    calls = []
+    real = fn.layer_norm
+    monkeypatch.setattr(fn, "layer_norm", lambda *a, **k: calls.append(
+        k.get("residual", a[4] if len(a) > 4 else None) is not None) or real(*a, **k))
+    torch.manual_seed(0)
+    block = BasicTransformerBlock3D(64, 2, 32, context_dim=48).eval()
+    with torch.no_grad():
+        for m in block.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0.0, 0.1)
+    block = block.to(DEVICE, torch.float16)
+    x = torch.randn(8, 6, 64, device=DEVICE).half()
+    ctx = torch.randn(8, 5, 48, device=DEVICE).half()
+    with torch.no_grad():
+        y = block(x, ctx, num_frames=4)
+        monkeypatch.setattr(unet, "FUSED_GROUPNORM", False)
+        y_torch = block(x, ctx, num_frames=4)
+        ref = block.float()(x.float(), ctx.float(), num_frames=4)
+    assert calls == [False, True, True]
+    tol = 2e-2 * float(ref.abs().max())
+    assert float((y.float() - ref).abs().max()) < tol and float((y_torch.float() - ref).abs().max()) < tol

@@ -2,7 +2,8 @@
 LGM's UNet and the multi-view diffusion UNet; GEGLU (``geglu``, the diffusion transformers'
 feed-forward gate) as one kernel; and the residual join ``(a + a_bias + b + b_bias) * scale``
 (``residual``: LGM's ResnetBlock and attention outputs, with the convolution biases folded in) as one
-kernel.
+kernel; and LayerNorm with an optional residual add before it (``layer_norm``: the diffusion
+transformer blocks) as one kernel.
 
 ``group_norm(x, weight, bias, num_groups, eps, silu)`` equals
 ``F.group_norm(x.float(), num_groups, weight.float(), bias.float(), eps)`` (then ``F.silu`` when
@@ -54,6 +55,8 @@ import triton.language as tl
 TILE = 4096  # elements per stats/apply tile (fp32 registers: 32 per thread at 4 warps)
 REDUCE_BLOCK = 1024  # partials merged per loop step in _finalize
 STATS_PROGRAMS_PER_SM = 8  # _partial_stats programs per SM (each loops over its share of the pixels)
+STATS_TILE = 2048  # elements per loop step of a _partial_stats program (H200 sweep: probe_lgm_fusion --sweep)
+STATS_WARPS = 4  # warps per _partial_stats program
 # Largest group (channels x pixels) normalised by one program of _group_norm_one_pass; 0 = never. Off: slower
 # than the split reduction wherever measured (H200, CUDA graphs; benchmarks/probe_lgm_fusion.py and
 # probe_mv_kernels.py --one-pass N): LGM big b1 7.42 ms off vs 7.57 / 7.88 / 10.38 ms for groups up to
@@ -272,14 +275,16 @@ def supports(x: torch.Tensor, num_groups: int) -> bool:
             and x.dtype in (torch.float16, torch.bfloat16, torch.float32))
 
 
-def _blocks(C: int, P: int, channels_last: bool):
-    """Tile shape (BLOCK_C, BLOCK_P) of ~TILE elements whose contiguous axis is the memory-fast one."""
+def _blocks(C: int, P: int, channels_last: bool, tile: int | None = None):
+    """Tile shape (BLOCK_C, BLOCK_P) of ~``tile`` (default TILE) elements whose contiguous axis is the
+    memory-fast one."""
+    tile = tile or TILE
     if channels_last:
         block_c = min(C & -C, 128)  # the largest power of two dividing C: no masked-off lanes (C = 192: 64)
-        block_p = min(triton.next_power_of_2(P), TILE // block_c)
+        block_p = max(1, min(triton.next_power_of_2(P), tile // block_c))
     else:
-        block_p = min(triton.next_power_of_2(P), TILE // 4)
-        block_c = min(triton.next_power_of_2(C), TILE // block_p)
+        block_p = min(triton.next_power_of_2(P), tile // 4)
+        block_c = max(1, min(triton.next_power_of_2(C), tile // block_p))
     return block_c, block_p
 
 
@@ -322,22 +327,25 @@ def group_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_gr
                 x, y, weight, bias, add_arg, C, cg, P, stride_n, add_stride_n, num_groups, eps, HAS_ADD=has_add,
                 CHANNELS_LAST=channels_last, SILU=bool(silu), BLOCK_C=block_c, BLOCK_P=block_p)
             return y
-        block_c, block_p = _blocks(C, P, channels_last)
-        num_cb = triton.cdiv(C, block_c)
         # stats: about STATS_PROGRAMS_PER_SM programs per SM, each looping over whole pixel tiles
-        want = max(1, (STATS_PROGRAMS_PER_SM * _sm_count(x.device)) // (num_cb * N))
-        pix_per_prog = triton.cdiv(triton.cdiv(P, min(want, triton.cdiv(P, block_p))), block_p) * block_p
+        stats_c, stats_p = _blocks(C, P, channels_last, STATS_TILE)
+        stats_cb = triton.cdiv(C, stats_c)
+        want = max(1, (STATS_PROGRAMS_PER_SM * _sm_count(x.device)) // (stats_cb * N))
+        pix_per_prog = triton.cdiv(triton.cdiv(P, min(want, triton.cdiv(P, stats_p))), stats_p) * stats_p
         num_pb = triton.cdiv(P, pix_per_prog)
         s1 = torch.empty((N, num_pb, C), device=x.device, dtype=torch.float32)
         s2 = torch.empty_like(s1)
         scale = torch.empty((N, C), device=x.device, dtype=torch.float32)
         shift = torch.empty_like(scale)
-        _partial_stats[(num_pb, num_cb, N)](x, s1, s2, C, P, stride_n, num_pb, pix_per_prog,
-                                            CHANNELS_LAST=channels_last, BLOCK_C=block_c, BLOCK_P=block_p)
+        _partial_stats[(num_pb, stats_cb, N)](x, s1, s2, C, P, stride_n, num_pb, pix_per_prog,
+                                              CHANNELS_LAST=channels_last, BLOCK_C=stats_c, BLOCK_P=stats_p,
+                                              num_warps=STATS_WARPS)
         _finalize[(N * num_groups,)](x, add_arg, s1, s2, weight, bias, scale, shift, C, cg, P, stride_n, add_stride_n,
                                      num_pb, num_groups, eps, HAS_ADD=has_add, CHANNELS_LAST=channels_last,
-                                     BLOCK_CG=triton.next_power_of_2(cg), BLOCK_R=REDUCE_BLOCK)
-        grid = (triton.cdiv(P, block_p), num_cb, N)
+                                     BLOCK_CG=triton.next_power_of_2(cg),
+                                     BLOCK_R=min(REDUCE_BLOCK, max(16, triton.next_power_of_2(cg * num_pb))))
+        block_c, block_p = _blocks(C, P, channels_last)
+        grid = (triton.cdiv(P, block_p), triton.cdiv(C, block_c), N)
         _apply[grid](x, add_arg, y, scale, shift, C, P, stride_n, add_stride_n, HAS_ADD=has_add,
                      CHANNELS_LAST=channels_last, SILU=bool(silu), BLOCK_C=block_c, BLOCK_P=block_p)
     return y
@@ -395,6 +403,69 @@ def residual(a: torch.Tensor, b: torch.Tensor, scale: float, a_bias: torch.Tenso
             numel, C, H * W, float(scale), HAS_A_BIAS=a_bias is not None, HAS_B_BIAS=b_bias is not None,
             CHANNELS_LAST=layout_of(a) == "channels_last", BLOCK=RESIDUAL_BLOCK)
     return y
+
+
+# ------------------------------------------------------------------------------------------- LayerNorm
+LAYER_NORM_TILE = 4096  # elements (rows x padded columns) per program
+
+
+@triton.jit
+def _layer_norm(x_ptr, r_ptr, s_ptr, w_ptr, b_ptr, y_ptr, rows, D, eps, HAS_RESIDUAL: tl.constexpr,
+                BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rows row0.. of a [rows, D] matrix: ``s = x (+ r)`` rounded to the dtype (stored when HAS_RESIDUAL),
+    then LayerNorm of s over D in fp32 (exact two-pass mean / biased variance in registers)."""
+    row = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    col = tl.arange(0, BLOCK_D)
+    cm = col < D
+    mask = (row < rows)[:, None] & cm[None, :]
+    offs = row[:, None] * D + col[None, :]
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        x = (x.to(tl.float32) + tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32)).to(s_ptr.dtype.element_ty)
+        tl.store(s_ptr + offs, x, mask=mask)
+    x = x.to(tl.float32)
+    mean = tl.sum(x, axis=1) / D
+    d = tl.where(mask, x - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=1) / D + eps)
+    w = tl.load(w_ptr + col, mask=cm, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + col, mask=cm, other=0.0).to(tl.float32)
+    y = d * rstd[:, None] * w[None, :] + b[None, :]
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def layer_norm_supports(x: torch.Tensor, residual: torch.Tensor | None = None) -> bool:
+    """Whether ``layer_norm`` takes ``x`` (and ``residual``): contiguous, a float dtype, the last axis
+    at most LAYER_NORM_TILE wide, < 2**31 elements; ``residual`` of the same shape, dtype and device."""
+    ok = (x.dim() >= 1 and x.is_contiguous() and 0 < x.shape[-1] <= LAYER_NORM_TILE and x.numel() < 2 ** 31
+          and x.dtype in (torch.float16, torch.bfloat16, torch.float32))
+    if residual is not None:
+        ok = ok and residual.shape == x.shape and residual.dtype == x.dtype and residual.is_contiguous() and \
+            residual.device == x.device
+    return ok
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+               residual: torch.Tensor | None = None):
+    """LayerNorm over the last axis of a contiguous ``x`` (fp32 statistics, one rounding), equal to
+    ``F.layer_norm`` up to that rounding. With ``residual``: returns ``(s, layer_norm(s))`` where
+    ``s = x + residual`` rounded to the dtype as torch's add would (the transformer's residual stream),
+    in one pass over the data."""
+    if not layer_norm_supports(x, residual):
+        raise ValueError(f"fused layer_norm takes a contiguous float tensor (last axis <= {LAYER_NORM_TILE}) and an "
+                         f"equal residual; got {tuple(x.shape)} {x.dtype} contiguous={x.is_contiguous()}"
+                         + ("" if residual is None else f" and {tuple(residual.shape)} {residual.dtype}"))
+    D = x.shape[-1]
+    rows = x.numel() // D
+    y = torch.empty_like(x)
+    s = torch.empty_like(x) if residual is not None else y
+    if rows:
+        block_d = triton.next_power_of_2(D)
+        block_r = max(1, LAYER_NORM_TILE // block_d)
+        with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+            _layer_norm[(triton.cdiv(rows, block_r),)](
+                x, x if residual is None else residual, s, weight, bias, y, rows, D, float(eps),
+                HAS_RESIDUAL=residual is not None, BLOCK_R=block_r, BLOCK_D=block_d)
+    return y if residual is None else (s, y)
 
 
 # ------------------------------------------------------------------------------------------- GEGLU

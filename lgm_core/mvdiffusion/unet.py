@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.unet import GroupNorm32, conv_without_bias, fold_biases, geglu, residual
+from ..models.unet import GroupNorm32, conv_without_bias, fold_biases, geglu, layer_norm, residual
 
 __all__ = ["MultiViewUNet", "Resampler", "timestep_embedding"]
 
@@ -264,10 +264,11 @@ class BasicTransformerBlock3D(nn.Module):
         n, length, c = x.shape
         # joint self-attention over the F frames of each object: [(B F), L, C] -> [B, F L, C]
         xm = x.reshape(n // num_frames, num_frames * length, c)
-        xm = self.attn1(self.norm1(xm)) + xm
-        x = xm.reshape(n, length, c)
-        x = self.attn2(self.norm2(x), context) + x
-        return self.ff(self.norm3(x)) + x
+        # x = attn1(norm1(x)) + x; x = attn2(norm2(x), ctx) + x; x = ff(norm3(x)) + x, each residual add
+        # joined with the next LayerNorm (one fused kernel on the CUDA fp16 inference path)
+        xm, h = layer_norm(self.norm2, self.attn1(layer_norm(self.norm1, xm)), xm)
+        x, h = layer_norm(self.norm3, self.attn2(h.reshape(n, length, c), context), xm.reshape(n, length, c))
+        return self.ff(h) + x
 
 
 class SpatialTransformer3D(nn.Module):
