@@ -21,19 +21,21 @@ Any C divisible by ``num_groups`` (not only powers of two) and any H, W.
 Dtypes: fp16, bf16 and fp32 inputs (LGM only routes fp16/bf16 here); the affine weight and bias may be
 of any float dtype. All arithmetic is float32.
 
-Numerics: a group of at most ``ONE_PASS_MAX`` elements (0 by default, i.e. off until measured on a GPU;
-32768 would cover the diffusion UNet's groups and LGM's from 64x64 pixels down) is one program of
-``_group_norm_one_pass``: it loops over its pixels three times (sum -> exact mean;
-squared deviations -> biased variance; normalise + affine (+ SiLU) -> store), the group's data staying in
-L1/L2 between the passes, one launch and no partials in memory. A larger group (LGM big from 2 channels x
-65536 pixels to 8 channels x 16384) need not fit one program and would give too few programs, so
-1. ``_partial_stats``: each program takes a tile of BLOCK_C channels x BLOCK_P pixels of one sample and
-   writes, per channel, the tile's mean and M2 (sum of squared deviations from that mean, computed
-   two-pass from registers, so large means do not cancel);
-2. ``_finalize``: one program per (sample, group) merges its channels' partials with Chan's formula
-   (two passes over the partials: the exact group mean, then ``sum M2_i + n_i (mean_i - mean)^2``),
-   giving the biased variance, ``rstd = 1/sqrt(var + eps)``, and folds the affine into a per-channel
-   ``scale = rstd * weight``, ``shift = bias - mean * scale``;
+Numerics: a group of at most ``ONE_PASS_MAX`` elements (0 by default: measured slower on the H200, see
+the constant) is one program of ``_group_norm_one_pass``: it loops over its pixels three times (sum ->
+exact mean; squared deviations -> biased variance; normalise + affine (+ SiLU) -> store), one launch and
+no partials in memory. Otherwise (the default) the split reduction:
+1. ``_partial_stats``: grid (pixel range, channel block, sample), about ``STATS_PROGRAMS_PER_SM`` programs
+   per SM; each loops over whole ``STATS_TILE``-element tiles of its pixel range and accumulates, per
+   channel c, the shifted sums ``S1 = sum d`` and ``S2 = sum d^2`` of ``d = x - K_c`` elementwise in fp32
+   registers (one reduction at the end), where ``K_c`` is the channel's value at its first pixel — the
+   same in every program, so the partials of a channel simply add up, and ``d`` stays of the size of the
+   spread, so large means do not cancel;
+2. ``_finalize``: one program per (sample, group) sums its channels' partials, takes the exact group mean
+   ``m = (sum S1 + P sum K_c) / (CG P)`` and the biased variance
+   ``(sum_c S2_c - 2 (m - K_c) S1_c + P (m - K_c)^2) / (CG P)`` (every term of the size of n*var or of the
+   between-channel spread: no cancellation), ``rstd = 1/sqrt(var + eps)``, and folds the affine into a
+   per-channel ``scale = rstd * weight``, ``shift = bias - m * scale``;
 3. ``_apply``: ``y = x * scale + shift`` (then ``y * sigmoid(y)``), rounded to the output dtype once.
 ``add`` (optional ``[N, C]``, the diffusion ResBlock's timestep embedding, or ``[C]`` for all samples, the
 bias of the convolution that produced ``x``, which then runs without it) is added to every pixel of

@@ -246,8 +246,8 @@ class LGM(nn.Module):
         impossible), its code kept per machine by :mod:`lgm_core.compile_cache` (``LGM_CACHE_DIR``): ~1 min
         the first time for a config/dtype/input shape, loaded from the cache in later processes. Safe to
         call again (captured graphs are kept). H200, ``big`` fp16 batch 1: eager 17.8 ms, graphs 12.8 ms,
-        default (graphs + fused GroupNorm + channels-last) 8.2 ms, compile + graphs 7.4 ms
-        (docs/benchmarks.md)."""
+        default (graphs + fused GroupNorm, folded biases and residual kernel + channels-last) 7.2-7.7 ms,
+        compile + graphs 7.4 ms (docs/benchmarks.md)."""
         if compile and self.device.type == "cuda":
             from ..compile_cache import PersistentCompile
             from ..runtime import CompiledOrEager
