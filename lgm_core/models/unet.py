@@ -118,7 +118,8 @@ def _fused_failed(err: Exception) -> None:
     import logging
 
     logging.getLogger("lgm_core").warning(
-        "fused Triton GroupNorm unavailable (%s: %s); using torch's GroupNorm kernels (LGM_FUSED_NORM=0 "
+        "fused Triton kernels (GroupNorm, residual, LayerNorm, GEGLU) unavailable (%s: %s); using torch's "
+        "kernels (LGM_FUSED_NORM=0 "
         "skips this attempt)", type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
 
 
@@ -214,7 +215,8 @@ def layer_norm(norm: nn.LayerNorm, x: torch.Tensor, residual: torch.Tensor | Non
     for contiguous inputs (torch's LayerNorm kernel reaches ~1/4 of the memory bandwidth on rows of
     320-1280 channels), else torch's ops (identical to writing them out)."""
     if (FOLD_BIASES and fused_kernels_apply(x) and norm.elementwise_affine and norm.bias is not None
-            and len(norm.normalized_shape) == 1 and _fused_norm().layer_norm_supports(x, residual)):
+            and len(norm.normalized_shape) == 1 and norm.normalized_shape[0] == x.shape[-1]
+            and _fused_norm().layer_norm_supports(x, residual)):
         out = _try_fused(lambda: _fused_norm().layer_norm(x, norm.weight, norm.bias, norm.eps, residual))
         if out is not None:
             return out
@@ -233,7 +235,8 @@ def fold_biases(x: torch.Tensor) -> bool:
 
 
 def conv_without_bias(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)`` minus its bias (the caller adds ``conv.bias`` in a later fused kernel)."""
+    """``conv(x)`` minus its bias (the caller adds ``conv.bias`` in a later fused kernel). Calls the
+    convolution directly, not ``conv.forward``: module hooks do not run (the pack's UNets register none)."""
     return conv._conv_forward(x, conv.weight, None)
 
 

@@ -144,7 +144,8 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         # in_layers / out_layers as written in the Sequentials (names = checkpoint keys); GroupNorm and
         # the SiLU after it are one call (one fused kernel pass on the CUDA fp16 path)
-        if not self.use_scale_shift_norm and not self.training and fold_biases(x):
+        if (not self.use_scale_shift_norm and not self.training and self.in_layers[2].bias is not None
+                and self.out_layers[3].bias is not None and fold_biases(x)):
             return self._forward_folded(x, emb)
         h = self.in_layers[2](self.in_layers[0](x, silu=True))
         emb_out = self.emb_layers(emb).to(h.dtype)  # [N, C]
