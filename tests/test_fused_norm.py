@@ -470,6 +470,20 @@ def test_diffusion_resblock_folds_conv_biases(spy, fn, monkeypatch, c_out):
     assert residual_calls == [1]
 
 
+def fail_second_group_norm(fn, monkeypatch):
+    """Makes the second fused GroupNorm call fail as a Triton build failure does (a block's norm2)."""
+    real = fn.group_norm
+    calls = []
+
+    def second_call_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("Failed to find C compiler.")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fn, "group_norm", second_call_fails)
+
+
 def test_diffusion_resblock_survives_a_fused_kernel_failure(spy, fn, monkeypatch, caplog):
     """The diffusion ResBlock's folded ``add`` is fp32 ([N, C]: embedding + conv1's bias): when the fused
     GroupNorm fails there, torch's path casts it to the activations' dtype (fp16 out, right values)."""
@@ -482,16 +496,7 @@ def test_diffusion_resblock_survives_a_fused_kernel_failure(spy, fn, monkeypatch
     block = block.to(DEVICE, torch.float16)
     x = torch.randn(2, 64, 4, 4, device=DEVICE).half()
     emb = torch.randn(2, 32, device=DEVICE).half()
-    real = fn.group_norm
-    calls = []
-
-    def second_call_fails(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("Failed to find C compiler.")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(fn, "group_norm", second_call_fails)
+    fail_second_group_norm(fn, monkeypatch)
     with torch.no_grad(), caplog.at_level("WARNING", logger="lgm_core"):
         y = block(x, emb)
         ref = block.float()(x.float(), emb.float())
@@ -508,16 +513,7 @@ def test_folded_biases_survive_a_fused_kernel_failure(spy, fn, monkeypatch, capl
         block.conv1.bias.normal_()
     block = block.to(DEVICE, torch.float16).to(memory_format=torch.channels_last)
     x = torch.randn(1, 64, 4, 4, device=DEVICE).half().contiguous(memory_format=torch.channels_last)
-    real = fn.group_norm
-    calls = []
-
-    def second_call_fails(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("Failed to find C compiler.")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(fn, "group_norm", second_call_fails)
+    fail_second_group_norm(fn, monkeypatch)
     with torch.no_grad(), caplog.at_level("WARNING", logger="lgm_core"):
         y = block(x)
         ref = block.float()(x.float())

@@ -95,6 +95,16 @@ def _load_tile(x_ptr, C, P, stride_n, CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.c
 
 
 @triton.jit
+def _group_tile(x_ptr, base, c, cm, start, C, P, CHANNELS_LAST: tl.constexpr, BLOCK_P: tl.constexpr):
+    """One loop step of ``_partial_stats`` and ``_group_norm_one_pass``: element offsets, mask and fp32
+    values (0 where masked) of channels ``c`` (mask ``cm``) at pixels ``start .. start + BLOCK_P``."""
+    p = start + tl.arange(0, BLOCK_P)
+    mask = cm[:, None] & (p < P)[None, :]
+    offs = base + _offsets(c, p, C, P, CHANNELS_LAST)
+    return offs, mask, tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _reference(x_ptr, add_ptr, n, c, cmask, C, P, stride_n, add_stride_n, HAS_ADD: tl.constexpr,
                CHANNELS_LAST: tl.constexpr):
     """Per channel ``c`` of sample ``n``: its first pixel's value (+ add), fp32: the shift ``K_c`` of the
@@ -125,9 +135,7 @@ def _partial_stats(x_ptr, s1_ptr, s2_ptr, C, P, stride_n, num_pb, pix_per_prog,
     p_begin = pb * pix_per_prog
     p_end = tl.minimum(p_begin + pix_per_prog, P)
     for start in range(p_begin, p_end, BLOCK_P):
-        p = start + tl.arange(0, BLOCK_P)
-        mask = cmask[:, None] & (p < P)[None, :]
-        x = tl.load(x_ptr + base + _offsets(c, p, C, P, CHANNELS_LAST), mask=mask, other=0.0).to(tl.float32)
+        _, mask, x = _group_tile(x_ptr, base, c, cmask, start, C, P, CHANNELS_LAST, BLOCK_P)
         d = tl.where(mask, x - k[:, None], 0.0)
         acc1 += d
         acc2 += d * d
@@ -141,8 +149,8 @@ def _finalize(x_ptr, add_ptr, s1_ptr, s2_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr
               num_pb, groups, eps, HAS_ADD: tl.constexpr, CHANNELS_LAST: tl.constexpr,
               BLOCK_CG: tl.constexpr, BLOCK_R: tl.constexpr):
     """Program (n, g): the group's CG channels x num_pb partial sums -> exact group mean ``m`` (from
-    ``S1_c + P K_c``), biased variance ``sum_c S2_c - 2 (m - K_c) S1_c + P (m - K_c)^2`` over CG*P (every
-    term of size n*var: no cancellation for means far from zero), then the per-channel affine fold."""
+    ``S1_c + P K_c``), biased variance ``sum_c S2_c - 2 (m - K_c) S1_c + P (m - K_c)^2`` over CG*P (its
+    precision condition: the module docstring), then the per-channel affine fold."""
     pid = tl.program_id(0)
     n = pid // groups
     g = pid % groups
@@ -192,16 +200,6 @@ def _apply(x_ptr, add_ptr, y_ptr, scale_ptr, shift_ptr, C, P, stride_n, add_stri
     if SILU:
         y = y * tl.sigmoid(y)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _group_tile(x_ptr, base, c, cm, start, C, P, CHANNELS_LAST: tl.constexpr, BLOCK_P: tl.constexpr):
-    """One loop step of ``_group_norm_one_pass``: element offsets, mask and fp32 values (0 where masked) of
-    the group's channels ``c`` (mask ``cm``) at pixels ``start .. start + BLOCK_P``."""
-    p = start + tl.arange(0, BLOCK_P)
-    mask = cm[:, None] & (p < P)[None, :]
-    offs = base + _offsets(c, p, C, P, CHANNELS_LAST)
-    return offs, mask, tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit(do_not_specialize=["C", "CG", "P", "groups"])

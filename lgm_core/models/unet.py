@@ -193,12 +193,18 @@ class GroupNorm32(nn.GroupNorm):
         return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
 
 
+def _fused_joins_apply(x: torch.Tensor) -> bool:
+    """``FOLD_BIASES`` and ``fused_kernels_apply(x)``: the condition of the residual and LayerNorm kernels
+    and of the bias folding."""
+    return FOLD_BIASES and fused_kernels_apply(x)
+
+
 def residual(a: torch.Tensor, b: torch.Tensor, scale: float, a_bias: torch.Tensor | None = None,
              b_bias: torch.Tensor | None = None) -> torch.Tensor:
     """``((a + a_bias) + (b + b_bias)) * scale`` (biases [C] per channel, optional): the fused Triton kernel
     of fused_norm.py under ``fused_kernels_apply`` when ``a`` and ``b`` share one NCHW/NHWC layout, else
     torch's ops (same result up to fp16 roundings: torch rounds after every op, the kernel once)."""
-    if FOLD_BIASES and fused_kernels_apply(a) and _fused_norm().residual_supports(a, b):
+    if _fused_joins_apply(a) and _fused_norm().residual_supports(a, b):
         y = _try_fused(lambda: _fused_norm().residual(a, b, scale, a_bias, b_bias))
         if y is not None:
             return y
@@ -214,7 +220,7 @@ def layer_norm(norm: nn.LayerNorm, x: torch.Tensor, residual: torch.Tensor | Non
     stream and the next block's normalised input): one fused Triton kernel under ``fused_kernels_apply``
     for contiguous inputs (torch's LayerNorm kernel reaches ~1/4 of the memory bandwidth on rows of
     320-1280 channels), else torch's ops (identical to writing them out)."""
-    if (FOLD_BIASES and fused_kernels_apply(x) and norm.elementwise_affine and norm.bias is not None
+    if (_fused_joins_apply(x) and norm.elementwise_affine and norm.bias is not None
             and len(norm.normalized_shape) == 1 and norm.normalized_shape[0] == x.shape[-1]
             and _fused_norm().layer_norm_supports(x, residual)):
         out = _try_fused(lambda: _fused_norm().layer_norm(x, norm.weight, norm.bias, norm.eps, residual))
@@ -231,13 +237,21 @@ def fold_biases(x: torch.Tensor) -> bool:
     kernel (GroupNorm's ``add``, ``residual``): on the fused path, for a 4-D NCHW/NHWC ``x``. Saves one
     broadcast bias-add kernel per convolution (cuDNN adds the bias separately: 89 of them, ~0.95 ms of
     LGM big's 8 ms at batch 1 on the H200)."""
-    return FOLD_BIASES and fused_kernels_apply(x) and _fused_norm().layout_of(x) is not None
+    return _fused_joins_apply(x) and _fused_norm().layout_of(x) is not None
 
 
 def conv_without_bias(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)`` minus its bias (the caller adds ``conv.bias`` in a later fused kernel). Calls the
     convolution directly, not ``conv.forward``: module hooks do not run (the pack's UNets register none)."""
     return conv._conv_forward(x, conv.weight, None)
+
+
+def skip_without_bias(skip: nn.Module, x: torch.Tensor):
+    """A residual block's skip path on the folded path: ``(conv(x) minus its bias, conv.bias)`` for a
+    1x1 convolution, ``(x, None)`` for an identity (the bias goes into ``residual``)."""
+    if isinstance(skip, nn.Conv2d):
+        return conv_without_bias(skip, x), skip.bias
+    return x, None
 
 
 def conv3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
@@ -259,9 +273,8 @@ class ResnetBlock(nn.Module):
         if fold_biases(x):  # the same sums, the biases added inside the fused kernels
             h = conv_without_bias(self.conv1, self.norm1(x, silu=True))
             h = conv_without_bias(self.conv2, self.norm2(h, silu=True, add=self.conv1.bias))
-            if isinstance(self.shortcut, nn.Conv2d):
-                return residual(h, conv_without_bias(self.shortcut, x), SKIP_SCALE, self.conv2.bias, self.shortcut.bias)
-            return residual(h, x, SKIP_SCALE, self.conv2.bias)
+            skip, skip_bias = skip_without_bias(self.shortcut, x)
+            return residual(h, skip, SKIP_SCALE, self.conv2.bias, skip_bias)
         h = self.conv1(self.norm1(x, silu=True))
         h = self.conv2(self.norm2(h, silu=True))
         return (h + self.shortcut(x)) * SKIP_SCALE

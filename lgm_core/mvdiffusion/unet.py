@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.unet import GroupNorm32, conv_without_bias, fold_biases, geglu, layer_norm, residual
+from ..models.unet import (GroupNorm32, conv_without_bias, fold_biases, geglu, layer_norm, residual,
+                           skip_without_bias)
 
 __all__ = ["MultiViewUNet", "Resampler", "timestep_embedding"]
 
@@ -165,10 +166,8 @@ class ResBlock(nn.Module):
         h = conv_without_bias(conv1, self.in_layers[0](x, silu=True))
         add = self.emb_layers(emb).to(h.dtype).float() + conv1.bias.float()  # [N, C]
         h = conv_without_bias(conv2, self.out_layers[0](h, silu=True, add=add))
-        skip = self.skip_connection
-        if isinstance(skip, nn.Conv2d):
-            return residual(conv_without_bias(skip, x), h, 1.0, skip.bias, conv2.bias)
-        return residual(x, h, 1.0, None, conv2.bias)
+        skip, skip_bias = skip_without_bias(self.skip_connection, x)
+        return residual(skip, h, 1.0, skip_bias, conv2.bias)
 
 
 class Downsample(nn.Module):
