@@ -16,7 +16,9 @@ Markdown table each, printed at the end in this order (each row is also printed 
 3. **Multi-view diffusion** at 30 DDIM steps: eager, CUDA graphs (the default), compiled + graphs (cold,
    warm); errors against eager fp16, next to the noise of switching SDPA to its math backend.
 4. **Throughput** text -> Gaussians (batched diffusion + batched LGM, the default graph path) at batch
-   1, 4, 16: objects/s and peak memory with both models resident.
+   1, 4, 16: objects/s and peak memory with both models resident, through ``lgm_core.pipelines.text_to_3d``
+   with a list of prompts and one seed per object (what ``python -m lgm_core batch`` calls per batch; the
+   views stay on the GPU between the two models).
 
 **Compilation** goes through :mod:`lgm_core.compile_cache`. Cold compiles run in background worker
 processes (``--compile-slots`` at a time; by default while sections 1-4 are timed, so their first-call
@@ -63,6 +65,7 @@ from lgm_core.compile_cache import PersistentCompile, compile_cached  # noqa: E4
 from lgm_core.models.lgm import LGM, LGMConfig  # noqa: E402
 from lgm_core.models import unet as unet_module  # noqa: E402
 from lgm_core.models.unet import GroupNorm32  # noqa: E402
+from lgm_core.pipelines import text_to_3d, text_to_views, views_to_gaussians  # noqa: E402
 from bench_lgm import build, timed  # noqa: E402  (random init and CUDA-event timing of the LGM benchmark)
 
 DEFAULT_CONFIGS = ROOT.parent / "shared" / "spec" / "mvdream_configs" / "imagedream-ipmv-diffusers"
@@ -673,8 +676,7 @@ def section_throughput(args, budget, device, table, state) -> None:
             prompts = [f"a ceramic owl, variant {i}" for i in range(b)]
 
             def text_to_gaussians():
-                out = pipe(prompt=prompts, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(0))
-                g = reconstruct(lgm, out)
+                g = text_to_3d(pipe, lgm, prompts, steps=args.steps, seed=0).gaussians
                 _sync(device)
                 return g
 
@@ -688,9 +690,9 @@ def section_throughput(args, budget, device, table, state) -> None:
             med = statistics.median(times)
             peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
             # where a batch's time goes: one more call, profiled by stage, and the LGM part alone
-            stages = profile_call(pipe, "mvdream", args.steps, device, prompt=prompts)["stages"]
-            views = pipe(prompt=prompts, num_inference_steps=1, generator=torch.Generator().manual_seed(0))
-            lgm_s, _ = wall(lambda: (reconstruct(lgm, views), _sync(device)), device)
+            stages = profile_call(pipe, "mvdream", args.steps, device, prompt=prompts, output_type="pt")["stages"]
+            views = text_to_views(pipe, prompts, steps=1, seed=0)  # on the GPU, as text_to_3d hands them over
+            lgm_s, _ = wall(lambda: (views_to_gaussians(lgm, views), _sync(device)), device)
             loop = stages.get("denoising loop (UNet + CFG + scheduler)", [0, float("nan")])[1]
             return {"objects": b, "s per batch": med, "objects/s": b / med, "peak GB": peak,
                     "denoising s": loop / 1000, "VAE decode s": stages.get("VAE decode", [0, float("nan")])[1] / 1000,

@@ -88,6 +88,9 @@ def main(argv=None) -> int:
     ap.add_argument("--layouts", default="contiguous,channels_last")
     ap.add_argument("--no-fold", action="store_true",
                     help="also measure the fused GroupNorm without the folded biases / residual kernel")
+    ap.add_argument("--per-row-context", action="store_true",
+                    help="also measure the fused step with the text context repeated per frame (as before the "
+                         "pipeline passed one context row per object)")
     ap.add_argument("--skip-calls", action="store_true", help="only the UNet step rows (no whole-call rows)")
     ap.add_argument("--top", type=int, default=15, help="kernels listed per profile")
     ap.add_argument("--name-width", type=int, default=90, help="characters of each kernel name")
@@ -105,7 +108,8 @@ def main(argv=None) -> int:
     from lgm_core.models import fused_norm
 
     one_pass_default = fused_norm.ONE_PASS_MAX
-    modes = [False] + (["no-fold"] if a.no_fold else []) + [True] + (["one-pass"] if a.one_pass else [])
+    modes = ([False] + (["no-fold"] if a.no_fold else []) + [True] + (["one-pass"] if a.one_pass else [])
+             + (["per-row-context"] if a.per_row_context else []))
     fold_default = unet_module.FOLD_BIASES
     layouts = [layout == "channels_last" for layout in a.layouts.split(",")]
 
@@ -128,13 +132,17 @@ def main(argv=None) -> int:
                 for fused in modes:
                     set_mode(fused)
                     graphed = CUDAGraphRunner(step, weights=pipe.unet)
+                    step_args = args
+                    if fused == "per-row-context" and args[3].shape[0] != args[0].shape[0]:
+                        step_args = (*args[:3], args[3].repeat_interleave(pipe.num_frames, 0), *args[4:])
 
-                    def as_in_graph():
+                    def as_in_graph(step_args=step_args):
                         with building_cuda_graph_scope():
-                            return step(*args)
+                            return step(*step_args)
                     with torch.inference_mode():
                         eager_ms = timed(as_in_graph, a.iters, 3, device)[0]
-                        graph_ms = timed(lambda: graphed(*args), a.iters, 3, device)[0] if device == "cuda" else None
+                        graph_ms = (timed(lambda: graphed(*step_args), a.iters, 3, device)[0] if device == "cuda"
+                                    else None)
                         fam, top = (kernel_profile(as_in_graph, top_n=a.top, width=a.name_width) if device == "cuda"
                                     else ({}, []))
                     graphed.reset()
@@ -147,7 +155,7 @@ def main(argv=None) -> int:
             if a.skip_calls:
                 continue
             calls = {}
-            for fused in modes:
+            for fused in [m for m in modes if m != "per-row-context"]:
                 set_mode(fused)
                 pipe.release_cuda_graphs()
                 mv_call(pipe, kind, a.steps)  # capture

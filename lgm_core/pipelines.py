@@ -12,12 +12,17 @@ loading them is the caller's business (``MultiViewPipeline.from_pretrained``, ``
 end can free the first stage before it loads the second. Views travel as :class:`~lgm_core.views.Views`
 (LGM order, with cameras). Images are channels-last float in [0, 1]. Elevation: degrees, positive =
 cameras above the object (LGM's app used the opposite sign). All randomness comes from ``seed``.
+
+Batches: ``text_to_views``/``text_to_3d`` take a list of prompts and ``image_to_views``/``image_to_3d`` a
+list of images; the objects are sampled in one batched diffusion call and reconstructed in one LGM call.
+Object ``i`` draws its noise from its own seed (``seed[i]``, or ``seed + i`` for one ``int``), so it
+is the object a one-item call with that seed gives, up to the fp noise of batched kernels.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Union
 
 import torch
 
@@ -45,20 +50,45 @@ class Generation:
     gaussians: Gaussians
 
 
-def _sample(pipe, prompt: str, image, negative_prompt: str, steps: int, guidance: Optional[float],
-            elevation: float, seed: int, callback: Optional[StepCallback]) -> Views:
+Seeds = Union[int, Sequence[int]]
+"""One seed (an ``int``; object ``i`` of a batch gets ``seed + i``) or one per object."""
+
+
+def object_seeds(seed: Seeds, count: int) -> List[int]:
+    """The seed of each of ``count`` objects (see :data:`Seeds`)."""
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != count:
+            raise ValueError(f"seed: got {len(seed)} seeds for {count} objects")
+        return [int(s) for s in seed]
+    return [int(seed) + i for i in range(count)]
+
+
+def _sample(pipe, prompt, image, negative_prompt: str, steps: int, guidance: Optional[float],
+            elevation: float, seed: Seeds, callback: Optional[StepCallback], count: int) -> Views:
+    gens = [torch.Generator("cpu").manual_seed(s) for s in object_seeds(seed, count)]
     out = pipe(prompt, image=image, negative_prompt=negative_prompt, num_inference_steps=int(steps),
                guidance_scale=None if guidance is None else float(guidance), elevation=float(elevation),
-               generator=torch.Generator("cpu").manual_seed(int(seed)), callback=callback, output_type="pt")
+               generator=gens[0] if count == 1 else gens, callback=callback, output_type="pt")
     return out.views
 
 
-def text_to_views(pipe, prompt: str, *, negative_prompt: str = DEFAULT_NEGATIVE_PROMPT, steps: int = 30,
-                  guidance: Optional[float] = None, elevation: float = 0.0, seed: int = 0,
+def _batch(items, what: str) -> tuple:
+    """``(list, count)`` of one item or a list of them; an empty list is an error."""
+    batch = list(items) if isinstance(items, (list, tuple)) else [items]
+    if not batch:
+        raise ValueError(f"no {what} given")
+    return batch, len(batch)
+
+
+def text_to_views(pipe, prompt: Union[str, Sequence[str]], *, negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
+                  steps: int = 30, guidance: Optional[float] = None, elevation: float = 0.0, seed: Seeds = 0,
                   callback: Optional[StepCallback] = None) -> Views:
-    """MVDream: a text prompt -> 4 views ``[1, 4, 3, 256, 256]`` in LGM order with their cameras.
-    ``guidance`` None: the model's default (7.5); ``<= 1`` disables classifier-free guidance."""
-    return _sample(pipe, prompt, None, negative_prompt, steps, guidance, elevation, seed, callback)
+    """MVDream: a text prompt -> 4 views ``[1, 4, 3, 256, 256]`` in LGM order with their cameras (on the
+    pipeline's device); a list of B prompts -> ``[B, 4, 3, 256, 256]`` in one batched call (seeds: module
+    docstring). ``guidance`` None: the model's default (7.5); ``<= 1`` disables classifier-free guidance."""
+    prompts, count = _batch(prompt, "prompts")
+    return _sample(pipe, prompts if count > 1 else prompts[0], None, negative_prompt, steps, guidance, elevation,
+                   seed, callback, count)
 
 
 def prepare_input_image(image: torch.Tensor, mask: Optional[torch.Tensor] = None,
@@ -72,18 +102,25 @@ def prepare_input_image(image: torch.Tensor, mask: Optional[torch.Tensor] = None
     return prepare_image(image, mask=mask, size=256, border_ratio=border_ratio)
 
 
-def image_to_views(pipe, image: torch.Tensor, *, mask: Optional[torch.Tensor] = None, prompt: str = "",
+def image_to_views(pipe, image: Union[torch.Tensor, Sequence[torch.Tensor]], *,
+                   mask: Union[None, torch.Tensor, Sequence[Optional[torch.Tensor]]] = None, prompt: str = "",
                    negative_prompt: str = "", border_ratio: float = 0.2, prepared: bool = False, steps: int = 30,
-                   guidance: Optional[float] = None, elevation: float = 0.0, seed: int = 0,
+                   guidance: Optional[float] = None, elevation: float = 0.0, seed: Seeds = 0,
                    callback: Optional[StepCallback] = None) -> Views:
-    """ImageDream: one object image ``[H, W, 3|4]`` -> 4 views in LGM order with their cameras.
+    """ImageDream: one object image ``[H, W, 3|4]`` -> 4 views in LGM order with their cameras; a list of
+    B images (and of B masks, or None) -> B objects in one batched call (seeds: module docstring).
 
-    The image goes through :func:`prepare_input_image` (``mask``, ``border_ratio``) unless it is
+    Each image goes through :func:`prepare_input_image` (``mask``, ``border_ratio``) unless it is
     ``prepared`` already (front ends that check the input before loading models). ``guidance`` None:
     the model's default (5.0)."""
+    images, count = _batch(image, "images")
+    masks = list(mask) if isinstance(mask, (list, tuple)) else [mask] * count
+    if len(masks) != count:
+        raise ValueError(f"mask: got {len(masks)} masks for {count} images")
     if not prepared:
-        image = prepare_input_image(image, mask, border_ratio)
-    return _sample(pipe, prompt, image, negative_prompt, steps, guidance, elevation, seed, callback)
+        images = [prepare_input_image(im, m, border_ratio) for im, m in zip(images, masks)]
+    return _sample(pipe, prompt, images if count > 1 else images[0], negative_prompt, steps, guidance, elevation,
+                   seed, callback, count)
 
 
 def views_to_gaussians(model, views: Views) -> Gaussians:
@@ -91,13 +128,15 @@ def views_to_gaussians(model, views: Views) -> Gaussians:
     return model.reconstruct(views)
 
 
-def text_to_3d(pipe, model, prompt: str, **sampling) -> Generation:
-    """:func:`text_to_views` then :func:`views_to_gaussians` (``sampling``: text_to_views' options)."""
+def text_to_3d(pipe, model, prompt: Union[str, Sequence[str]], **sampling) -> Generation:
+    """:func:`text_to_views` then :func:`views_to_gaussians` (``sampling``: text_to_views' options); a list
+    of prompts gives one Generation of that many objects."""
     views = text_to_views(pipe, prompt, **sampling)
     return Generation(views, views_to_gaussians(model, views))
 
 
-def image_to_3d(pipe, model, image: torch.Tensor, **options) -> Generation:
-    """:func:`image_to_views` then :func:`views_to_gaussians` (``options``: image_to_views' options)."""
+def image_to_3d(pipe, model, image: Union[torch.Tensor, Sequence[torch.Tensor]], **options) -> Generation:
+    """:func:`image_to_views` then :func:`views_to_gaussians` (``options``: image_to_views' options); a list
+    of images gives one Generation of that many objects."""
     views = image_to_views(pipe, image, **options)
     return Generation(views, views_to_gaussians(model, views))

@@ -661,3 +661,72 @@ def test_off_the_fused_path_the_blocks_are_the_written_out_ops():
         xs = xm.reshape(8, 6, 64)
         xs = tb.attn2(tb.norm2(xs), ctx) + xs
         assert torch.equal(tb(x, ctx, num_frames=4), tb.ff(tb.norm3(xs)) + xs)
+
+
+def tiny_vae():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 64), layers_per_block=1,
+                        latent_channels=4, norm_num_groups=32, sample_size=16).eval()
+    with torch.no_grad():
+        for m in vae.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.GroupNorm)) and m.bias is not None:
+                m.bias.normal_(0, 0.5)  # nonzero biases, so that a lost one shows
+    return vae
+
+
+def test_vae_resnets_on_the_fused_path(spy, fn, monkeypatch):
+    """fused_vae.install: diffusers' ResnetBlock2D blocks of the VAE (decoder and encoder) run the fused
+    GroupNorm+SiLU with conv1's bias as ``add`` and one residual kernel per block; the decoded images match
+    the float32 VAE like diffusers' own fp16 forward does. Off the fused path the output is diffusers'
+    bit for bit, and uninstall restores the class forward."""
+    from lgm_core.mvdiffusion import fused_vae
+
+    residual_calls = []
+    real_residual = fn.residual
+    monkeypatch.setattr(fn, "residual", lambda *a, **k: residual_calls.append(1) or real_residual(*a, **k))
+    vae = tiny_vae()
+    blocks = [m for m in vae.decoder.modules() if fused_vae.is_plain_resnet(m)]
+    assert len(blocks) == 2 + 2 * 2  # mid block's two, then layers_per_block + 1 per up block
+    ref_vae = tiny_vae()
+    z = torch.randn(2, 4, 4, 4)
+    with torch.no_grad():
+        ref = ref_vae.decode(z).sample
+    vae = vae.to(DEVICE, torch.float16)
+    assert fused_vae.install(vae) == len([m for m in vae.modules() if fused_vae.is_plain_resnet(m)])
+    assert fused_vae.install(vae) > 0 and set(vae.state_dict()) == set(ref_vae.state_dict())  # idempotent
+    zh = z.to(DEVICE, torch.float16)
+    with torch.no_grad():
+        y = vae.decode(zh).sample
+        assert len(residual_calls) == len(blocks) and spy == [True] * (2 * len(blocks))
+        monkeypatch.setattr(unet, "FUSED_GROUPNORM", False)
+        y_torch = vae.decode(zh).sample
+    tol = 2e-2 * float(ref.abs().max())
+    assert float((y.float().cpu() - ref).abs().max()) < tol
+    assert float((y_torch.float().cpu() - ref).abs().max()) < tol
+    # off the fused path (no graph being built): diffusers' forward, bit for bit
+    monkeypatch.setattr(unet, "FUSED_GROUPNORM", True)
+    monkeypatch.setattr(unet, "building_cuda_graph", lambda: False)
+    plain = tiny_vae().to(DEVICE, torch.float16)
+    with torch.no_grad():
+        assert torch.equal(vae.decode(zh).sample, plain.decode(zh).sample)
+    assert len(residual_calls) == len(blocks)
+    fused_vae.uninstall(vae)
+    assert all("forward" not in vars(m) for m in vae.modules())
+
+
+def test_vae_blocks_that_are_not_plain_keep_diffusers_forward():
+    """A ResnetBlock2D with a time embedding or resampling inside is not routed (the folded pass would
+    not compute it)."""
+    from diffusers.models.resnet import ResnetBlock2D
+
+    from lgm_core.mvdiffusion import fused_vae
+
+    assert fused_vae.is_plain_resnet(ResnetBlock2D(in_channels=32, out_channels=64, temb_channels=None))
+    assert not fused_vae.is_plain_resnet(ResnetBlock2D(in_channels=32, out_channels=32, temb_channels=16))
+    assert not fused_vae.is_plain_resnet(ResnetBlock2D(in_channels=32, out_channels=32, temb_channels=None, up=True))
+    assert not fused_vae.is_plain_resnet(ResnetBlock2D(in_channels=32, out_channels=32, temb_channels=None,
+                                                       non_linearity="mish"))
+    assert not fused_vae.is_plain_resnet(torch.nn.Conv2d(3, 3, 1))

@@ -7,7 +7,10 @@
 ``--prompts``: a text file, one prompt per line (blank lines and lines starting with ``#`` skipped).
 ``--images``: a folder of images (PNG/JPEG/WebP, sorted by name). Item ``i`` is written to
 ``OUT/NNNN_<name>/`` (``gaussians.ply``, ``views.png``) with seed ``--seed + i``, so the outputs do not
-depend on the number of processes. Items whose ``gaussians.ply`` already exists are skipped (rerun the
+depend on the number of processes nor on ``--batch-size`` (up to the fp noise of batched kernels): each
+process samples ``--batch-size`` items in one batched diffusion call and reconstructs them in one LGM
+call (default 16 on CUDA, 1 on the CPU); the files of one batch are written while the GPU works on the
+next. Items whose ``gaussians.ply`` already exists are skipped (rerun the
 same command to finish an interrupted batch; ``--overwrite`` redoes them). Every process holds one copy
 of both models on its own device (``cuda:LOCAL_RANK``); items are split between the processes by
 accelerate's ``PartialState.split_between_processes``. At the end process 0 writes ``OUT/batch.json``
@@ -20,6 +23,7 @@ import json
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -28,6 +32,8 @@ from . import CLIError, progress
 from .common import HelpFormatter
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+BATCH_SIZE = {"cuda": 16, "cpu": 1}
+"""Default ``--batch-size`` per device type (H200, MVDream + LGM big: 4.2 objects/s one at a time, 7+ at 16)."""
 
 
 @dataclass(frozen=True)
@@ -45,10 +51,15 @@ class ItemResult:
     name: str
     process: int
     seconds: float
+    """the item's share of its batch's compute time (the batch's seconds / its items)"""
     started: float
-    """wall-clock time (``time.time()``) when the item started; with ``seconds`` gives the run's span"""
+    """wall-clock time (``time.time()``) when the item's batch started"""
     gaussians: int
     skipped: bool = False
+    finished: float = 0.0
+    """wall-clock time when the item's files were written; with ``started`` gives the run's span"""
+    batch: int = 1
+    """items in the item's batch"""
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -93,6 +104,9 @@ def register(sub) -> None:
     p.add_argument("--prompt", default="", help="with --images: optional text prompt for every image")
     p.add_argument("--border-ratio", type=float, default=0.2, help="with --images: free border around the object")
     p.add_argument("--overwrite", action="store_true", help="redo items whose output already exists")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"items per batched diffusion + LGM call (default: {BATCH_SIZE['cuda']} on CUDA, "
+                        f"{BATCH_SIZE['cpu']} on the CPU)")
     add_generation_arguments(p, default_model=None, default_guidance=None, turntable=False)
     p.set_defaults(func=run)
 
@@ -126,6 +140,9 @@ def run(args) -> int:
     if args.guidance is None:
         args.guidance = 7.5 if text else 5.0
     check_generation_arguments(args)
+    batch_size = args.batch_size
+    if batch_size is not None and batch_size < 1:
+        raise CLIError(f"--batch-size must be at least 1, got {batch_size}")
     mv_path, lgm_path = resolve_models(args)  # before any process starts work: one error line
     device = resolve_device(args.device)
     state, rank, world = _process_state(cpu=device.type != "cuda")
@@ -135,9 +152,8 @@ def run(args) -> int:
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    from ..image_io import load_image, write_image
+    from ..image_io import load_image
     from ..mvdiffusion import MultiViewPipeline
-    from ..ply import save_ply
     from ..weights import load_lgm
 
     if state is not None:
@@ -155,29 +171,37 @@ def run(args) -> int:
             need = "an MVDream (text)" if text else "an ImageDream (image)"
             raise CLIError(f"{args.mv_model}: --{'prompts' if text else 'images'} needs {need} model")
         model = load_lgm(lgm_path, preset=args.lgm_preset, dtype=dtype, device=device).optimize_for_inference()
+        size = batch_size if batch_size is not None else BATCH_SIZE.get(device.type, 1)
+        done = 0
         t_run = time.perf_counter()
-        for k, it in enumerate(todo):
-            started, t0 = time.time(), time.perf_counter()
-            sampling = dict(steps=args.steps, guidance=args.guidance, elevation=args.elevation,
-                            seed=args.seed + it.index)
-            if text:
-                negative = DEFAULT_NEGATIVE_PROMPT if args.negative_prompt is None else args.negative_prompt
-                result = text_to_3d(pipe, model, it.source, negative_prompt=negative, **sampling)
-            else:
-                result = image_to_3d(pipe, model, load_image(it.source), border_ratio=args.border_ratio,
-                                     prompt=args.prompt, negative_prompt=args.negative_prompt or "", **sampling)
-            views, gaussians = result.views, result.gaussians
-            folder = out_dir / it.name
-            folder.mkdir(exist_ok=True)
-            write_image(views.grid(0), folder / "views.png")
-            save_ply(gaussians, folder / "gaussians.ply", min_opacity=args.min_opacity)  # last: marks it done
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            results.append(ItemResult(it.index, it.name, rank, time.perf_counter() - t0, started,
-                                      gaussians.num_gaussians))
-            rate = (k + 1) / (time.perf_counter() - t_run)
-            progress(f"{tag}{k + 1}/{len(todo)} {it.name}: {results[-1].seconds:.2f} s "
-                     f"(ETA {(len(todo) - k - 1) / rate:.0f} s)")
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lgm-batch-writer") as writer:
+            pending = None  # the previous batch's file writing, overlapping this batch's GPU work
+            for start in range(0, len(todo), size):
+                chunk = todo[start:start + size]
+                started, t0 = time.time(), time.perf_counter()
+                sampling = dict(steps=args.steps, guidance=args.guidance, elevation=args.elevation,
+                                seed=[args.seed + it.index for it in chunk])
+                if text:
+                    negative = DEFAULT_NEGATIVE_PROMPT if args.negative_prompt is None else args.negative_prompt
+                    result = text_to_3d(pipe, model, [it.source for it in chunk], negative_prompt=negative,
+                                        **sampling)
+                else:
+                    result = image_to_3d(pipe, model, [load_image(it.source) for it in chunk],
+                                         border_ratio=args.border_ratio, prompt=args.prompt,
+                                         negative_prompt=args.negative_prompt or "", **sampling)
+                # one transfer per batch; the writer thread formats and writes the files
+                views = result.views.to("cpu")
+                gaussians = result.gaussians.to("cpu")
+                if pending is not None:
+                    results += pending.result()  # surfaces a write error of the previous batch here
+                pending = writer.submit(_write_chunk, chunk, views, gaussians, out_dir, args.min_opacity, rank,
+                                        started, time.perf_counter() - t0)
+                done += len(chunk)
+                rate = done / (time.perf_counter() - t_run)
+                progress(f"{tag}{done}/{len(todo)} ({chunk[-1].name}): {len(chunk)} item(s) in "
+                         f"{time.perf_counter() - t0:.2f} s, {rate:.2f} objects/s (ETA {(len(todo) - done) / rate:.0f} s)")
+            if pending is not None:
+                results += pending.result()
     (out_dir / f".batch_process{rank}.json").write_text(json.dumps([asdict(r) for r in results]))
     if state is not None:
         state.wait_for_everyone()
@@ -189,9 +213,27 @@ def run(args) -> int:
     return 0
 
 
+def _write_chunk(chunk: List[BatchItem], views, gaussians, out_dir: Path, min_opacity: float, rank: int,
+                 started: float, seconds: float) -> List[ItemResult]:
+    """Write every item of a batch (``views.png``, then ``gaussians.ply``: its presence marks the item done;
+    both written atomically); each item's seconds are the batch's, shared equally."""
+    from ..image_io import write_image
+    from ..ply import save_ply
+
+    out = []
+    for k, it in enumerate(chunk):
+        folder = out_dir / it.name
+        folder.mkdir(exist_ok=True)
+        write_image(views.grid(k), folder / "views.png")
+        save_ply(gaussians, folder / "gaussians.ply", min_opacity=min_opacity, index=k)
+        out.append(ItemResult(it.index, it.name, rank, seconds / len(chunk), started, gaussians.num_gaussians,
+                              finished=time.time(), batch=len(chunk)))
+    return out
+
+
 def summarize(out_dir: Path, world: int, total: int) -> dict:
     """Gather every process's results into ``OUT/batch.json``; objects/s over the span from the first
-    item's start to the last item's end (all processes together)."""
+    batch's start to the last item's files written (all processes together)."""
     rows = []
     for r in range(world):
         part = out_dir / f".batch_process{r}.json"
@@ -199,7 +241,7 @@ def summarize(out_dir: Path, world: int, total: int) -> dict:
         part.unlink()
     rows.sort(key=lambda r: r["index"])
     done = [r for r in rows if not r["skipped"]]
-    span = (max(r["started"] + r["seconds"] for r in done) - min(r["started"] for r in done)) if done else 0.0
+    span = (max(r["finished"] for r in done) - min(r["started"] for r in done)) if done else 0.0
     summary = {"items": total, "done": len(done), "skipped": len(rows) - len(done), "processes": world,
                "seconds": span, "objects_per_s": len(done) / span if span > 0 else 0.0, "results": rows}
     tmp = out_dir / "batch.json.tmp"

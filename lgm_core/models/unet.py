@@ -148,6 +148,17 @@ def geglu(h: torch.Tensor) -> torch.Tensor:
     return value * F.gelu(gate)
 
 
+def fused_group_norm(norm: nn.GroupNorm, x: torch.Tensor, silu: bool = False,
+                     add: torch.Tensor | None = None) -> torch.Tensor | None:
+    """``norm`` (any affine ``nn.GroupNorm``) of ``x + add``, then SiLU when ``silu``, as the fused Triton
+    kernels when ``use_fused_groupnorm`` holds; None otherwise (or when Triton fails): the caller runs
+    torch's ops."""
+    if not (norm.affine and use_fused_groupnorm(x, norm.num_groups)):
+        return None
+    return _try_fused(lambda: _fused_norm().group_norm(x, norm.weight, norm.bias, norm.num_groups, norm.eps,
+                                                       silu=silu, add=add))
+
+
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm(32 groups, eps 1e-5 unless given) whose statistics and normalisation are computed in
     float32 (LGM's UNet and the multi-view diffusion UNet, ``lgm_core.mvdiffusion.unet``).
@@ -170,11 +181,9 @@ class GroupNorm32(nn.GroupNorm):
         """``norm(x)`` (``silu``: then SiLU); ``add`` ([N, C] per sample, e.g. the diffusion ResBlock's
         timestep embedding, or [C] for every sample, e.g. the bias of the convolution that made ``x``)
         normalises ``x + add`` broadcast over the pixels instead (fused into the kernel on the fast path)."""
-        if use_fused_groupnorm(x, self.num_groups):
-            y = _try_fused(lambda: _fused_norm().group_norm(x, self.weight, self.bias, self.num_groups, self.eps,
-                                                            silu=silu, add=add))
-            if y is not None:
-                return y
+        y = fused_group_norm(self, x, silu, add)
+        if y is not None:
+            return y
         if add is not None:
             add = add.to(x.dtype)
             x = x + (add.view(1, -1, 1, 1) if add.dim() == 1 else add[:, :, None, None])

@@ -17,8 +17,11 @@ Conventions
 * :attr:`MultiViewOutput.views` hands the views to ``LGM.reconstruct`` in LGM's order with the
   matching cameras (:class:`lgm_core.views.Views`): ``lgm.reconstruct(out.views)``.
 * All randomness comes from ``generator`` (ImageDream's VAE sample of the reference image first,
-  then the initial latents, then whatever the scheduler draws). Latents are kept in float32
-  between steps; the UNet/VAE/CLIP models run in the pipeline dtype.
+  then the initial latents, then whatever the scheduler draws). A list of generators, one per object,
+  makes each object's noise its own: object ``i`` draws from ``generator[i]`` exactly what a call for
+  that object alone with that generator draws, so a batch of prompts reproduces the one-at-a-time
+  results (up to the fp noise of batched kernels). Latents are kept in float32 between steps; the
+  UNet/VAE/CLIP models run in the pipeline dtype.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import torch.nn.functional as F
 from ..runtime import CUDAGraphRunner, resolve_device_dtype
 from ..views import Views
 from .cameras import mv_camera_matrices
-from . import loading
+from . import fused_vae, loading
 
 __all__ = ["MultiViewPipeline", "MultiViewOutput"]
 
@@ -52,8 +55,8 @@ _CLIP_DEFAULTS = dict(size=224, crop=224, mean=(0.48145466, 0.4578275, 0.4082107
 class MultiViewOutput:
     """Result of :class:`MultiViewPipeline`.
 
-    ``images``: ``[n*4, 256, 256, 3]`` float32 in [0, 1] (numpy for ``output_type="np"``, torch for
-    ``"pt"``, a list of PIL images for ``"pil"``, None for ``"latent"``), object-major, camera order.
+    ``images``: ``[n*4, 256, 256, 3]`` float32 in [0, 1] (numpy for ``output_type="np"``, torch on the
+    pipeline's device for ``"pt"``, a list of PIL images for ``"pil"``, None for ``"latent"``), object-major, camera order.
     ``elevation``: the views' elevation in degrees (positive = above). ``camera_embedding``: the raw UNet
     conditioning ``[F, 16]`` per object. ``latents``: final latents ``[n*F, 4, 32, 32]`` (F = 5 for
     ImageDream, reference slot included). :attr:`views` hands the images to LGM.
@@ -86,6 +89,18 @@ def _as_list(value, name: str) -> List:
     if isinstance(value, (list, tuple)):
         return list(value)
     return [value]
+
+
+def _per_object_generators(generator, num_objects: int) -> Optional[List[torch.Generator]]:
+    """``generator`` as a list of one per object, or None for a single generator (or None) drawing the
+    whole batch's noise at once (the original's behaviour)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return None
+    gens = list(generator)
+    if len(gens) != num_objects or not all(isinstance(g, torch.Generator) for g in gens):
+        raise ValueError(f"generator: give one torch.Generator or a list of {num_objects} (one per object), "
+                         f"got {len(gens)} item(s)")
+    return gens
 
 
 def _diagonal_gaussian():
@@ -183,11 +198,14 @@ class MultiViewPipeline:
         the fused Triton kernels inside the captured graphs (``lgm_core.models.unet.use_fused_groupnorm``). H200, fp16,
         one MVDream UNet step with CFG (batch 8) under CUDA graphs: 13.0 ms with torch's GroupNorm on
         contiguous memory, 10.8 ms fused, 9.0 ms fused + channels-last
-        (benchmarks/results/probe_mv_kernels_h200.md). Outputs stay within the fp16 noise of eager
-        execution (docs/benchmarks.md). Safe to call again; inert on the CPU."""
+        (benchmarks/results/probe_mv_kernels_h200.md). The VAE's residual blocks get the same fused
+        kernels inside the encoder's and decoder's graphs (:mod:`lgm_core.mvdiffusion.fused_vae`). Outputs
+        stay within the fp16 noise of eager execution (docs/benchmarks.md). Safe to call again; inert on
+        the CPU."""
         self.use_cuda_graphs = True
         if self.unet.device.type == "cuda":
             self.unet.to(memory_format=torch.channels_last)
+        fused_vae.install(self.vae)  # the VAE's residual blocks on the fused kernels inside its graphs
         return self
 
     def release_cuda_graphs(self) -> None:
@@ -365,7 +383,7 @@ class MultiViewPipeline:
         num_inference_steps: int = 30,
         guidance_scale: Optional[float] = None,
         elevation: float = 0.0,
-        generator: Optional[torch.Generator] = None,
+        generator: Union[None, torch.Generator, Sequence[torch.Generator]] = None,
         latents: Optional[torch.Tensor] = None,
         image_latents: Optional[torch.Tensor] = None,
         num_images_per_prompt: int = 1,
@@ -381,7 +399,9 @@ class MultiViewPipeline:
         ``guidance_scale``: None -> 7.5 (MVDream) / 5.0 (ImageDream); ``<= 1`` disables CFG.
         ``latents``: initial noise ``[n*F, 4, 32, 32]``; ``image_latents``: reference latents
         ``[P or n, 4, 32, 32]`` replacing the VAE sample. ``callback(step, total, latents)`` runs after
-        every step (step counts from 1) and may raise to cancel. ``output_type``: "np", "pt", "pil", "latent".
+        every step (step counts from 1) and may raise to cancel. ``output_type``: "np", "pt" (a tensor on the
+        pipeline's device, as diffusers), "pil", "latent". ``generator``: one, or a list of one per object
+        (module docstring).
         """
         if output_type not in ("np", "numpy", "pt", "pil", "latent"):
             raise ValueError(f"output_type must be 'np', 'pt', 'pil' or 'latent', got {output_type!r}")
@@ -417,19 +437,23 @@ class MultiViewPipeline:
             raise ValueError(f"negative_prompt: expected 1 or {num_prompts} entries, got {len(negs)}")
         n_per = int(num_images_per_prompt)
         num_objects = num_prompts * n_per
+        generators = _per_object_generators(generator, num_objects)
         scale = self.default_guidance_scale if guidance_scale is None else float(guidance_scale)
         do_cfg = scale > 1.0
 
         # ---- conditions (once per call) -------------------------------------------------------
         text = self.encode_prompt(negs + prompts if do_cfg else prompts).to(dtype)
-        text = text.repeat_interleave(n_per, 0).repeat_interleave(nf, 0)  # [(2) B F, 77, D]
+        # one context row per object (its frames share it: the UNet's cross-attention then projects keys
+        # and values once per object instead of once per frame, the same attention)
+        text = text.repeat_interleave(n_per, 0)  # [(2) B, 77, D]
         cams = mv_camera_matrices(NUM_VIEWS, elevation, extra_view=self.is_imagedream)
         cam_rows = cams.to(device, dtype).repeat(num_objects * (2 if do_cfg else 1), 1)
         ip = ip_img = None
         if self.is_imagedream:
             feats = self.encode_image_features(images).to(dtype)  # [P, 257, 1280]
             if image_latents is None:
-                ref = self.encode_image_latents(images, generator)  # [P, 4, 32, 32]
+                ref = self.encode_image_latents(  # [P, 4, 32, 32]; prompt p's from its first object's generator
+                    images, generator if generators is None else generators[::n_per])
             else:
                 ref = torch.as_tensor(image_latents)
                 if ref.dim() != 4 or ref.shape[1:] != (4, LATENT_SIZE, LATENT_SIZE) or \
@@ -439,7 +463,7 @@ class MultiViewPipeline:
                 ref = ref.to(device, torch.float32)
             if ref.shape[0] == num_prompts:
                 ref = ref.repeat_interleave(n_per, 0)
-            feats = feats.repeat_interleave(n_per, 0).repeat_interleave(nf, 0)  # [B F, 257, 1280]
+            feats = feats.repeat_interleave(n_per, 0)  # [B, 257, 1280], one per object as the text
             ip = torch.cat([torch.zeros_like(feats), feats]) if do_cfg else feats
             ip_img = torch.cat([torch.zeros_like(ref), ref]) if do_cfg else ref
             ip_img = ip_img.to(dtype)
@@ -450,7 +474,11 @@ class MultiViewPipeline:
         if latents is None:
             from diffusers.utils.torch_utils import randn_tensor
 
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+            if generators is None:
+                latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+            else:  # each object's frames from its own generator: the draw of a one-object call
+                latents = torch.cat([randn_tensor((nf, *shape[1:]), generator=g, device=device, dtype=torch.float32)
+                                     for g in generators])
         else:
             latents = torch.as_tensor(latents)
             if tuple(latents.shape) != shape:
@@ -464,8 +492,8 @@ class MultiViewPipeline:
         rows = latents.shape[0] * (2 if do_cfg else 1)
         step_params = inspect.signature(scheduler.step).parameters
         step_kwargs = {}
-        if "generator" in step_params:
-            step_kwargs["generator"] = generator
+        if "generator" in step_params:  # per row when per object (diffusers' randn_tensor takes one per row)
+            step_kwargs["generator"] = generator if generators is None else [g for g in generators for _ in range(nf)]
         if "eta" in step_params:
             step_kwargs["eta"] = eta
         total = len(timesteps)
@@ -489,7 +517,7 @@ class MultiViewPipeline:
             view_lat = latents.view(num_objects, nf, *latents.shape[1:])[:, :NUM_VIEWS].flatten(0, 1)
             imgs = self.decode_latents(view_lat)
             if output_type == "pt":
-                out_images = imgs.cpu()
+                out_images = imgs  # stays on the device: LGM reconstructs from it without a round trip
             elif output_type == "pil":
                 from PIL import Image
 

@@ -234,8 +234,17 @@ class MemoryEfficientCrossAttention(nn.Module):
         self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``x`` [N, L, C]; ``context`` [N, T, D] (one per row), or [N / k, T, D] shared by each run of
+        k consecutive rows (the frames of one object): their queries then attend together as one row of
+        k*L queries, the same attention with k times fewer key/value projections."""
         q = self.to_q(x)
         context = x if context is None else context
+        n, length, inner = q.shape
+        if context.shape[0] != n:
+            if context.shape[0] == 0 or n % context.shape[0]:
+                raise ValueError(f"context has {context.shape[0]} rows for {n} query rows: give one per row "
+                                 "or one per group of consecutive rows")
+            q = q.reshape(context.shape[0], -1, inner)
         if self.ip_dim > 0:
             token_ctx, ip_ctx = context[:, : -self.ip_dim], context[:, -self.ip_dim:]
             out = _heads_attention(q, self.to_k(token_ctx), self.to_v(token_ctx), self.heads)
@@ -243,7 +252,7 @@ class MemoryEfficientCrossAttention(nn.Module):
             out = out + self.ip_weight * out_ip
         else:
             out = _heads_attention(q, self.to_k(context), self.to_v(context), self.heads)
-        return self.to_out(out)
+        return self.to_out(out.reshape(n, length, inner))
 
 
 class BasicTransformerBlock3D(nn.Module):
@@ -462,8 +471,11 @@ class MultiViewUNet(nn.Module):
     ) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
         """Step-independent part of the forward pass.
 
-        Returns ``(camera_emb [N, 4*model_channels] or None, context [N, T(+ip_dim), context_dim])``:
+        Returns ``(camera_emb [N, 4*model_channels] or None, context [M, T(+ip_dim), context_dim])``:
         the camera MLP output and the text context with the Resampler's image tokens appended.
+        ``context`` and ``ip`` have M rows: one per UNet row (M = N, as the original), or one per object
+        (M = N / num_frames) when every frame of an object has the same conditions, as in the pipeline:
+        the Resampler and the cross-attention key/value projections then run once per object.
         """
         dtype = self.dtype
         cam_emb = None
@@ -487,9 +499,13 @@ class MultiViewUNet(nn.Module):
         num_frames: int = 1,
         ip_img: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """UNet pass with conditions from :meth:`prepare_conditions`. ``x`` is not modified."""
+        """UNet pass with conditions from :meth:`prepare_conditions` (``context``: one row per row of ``x``
+        or one per object of ``num_frames`` rows). ``x`` is not modified."""
         if x.shape[0] % num_frames != 0:
             raise ValueError(f"batch {x.shape[0]} is not a multiple of num_frames={num_frames}")
+        if context.shape[0] not in (x.shape[0], x.shape[0] // num_frames):
+            raise ValueError(f"context has {context.shape[0]} rows: expected {x.shape[0]} (one per row) or "
+                             f"{x.shape[0] // num_frames} (one per object of {num_frames} frames)")
         dtype = self.dtype
         if timesteps.dim() == 0:
             timesteps = timesteps.expand(x.shape[0])

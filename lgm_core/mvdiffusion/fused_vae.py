@@ -1,0 +1,97 @@
+"""diffusers' ``AutoencoderKL`` on the fused path: its ``ResnetBlock2D`` blocks run the fused Triton kernels.
+
+The VAE is diffusers' module, loaded from the checkpoint as is. :func:`install` gives each plain
+``ResnetBlock2D`` of it (GroupNorm -> SiLU -> conv, twice, plus the skip; no time embedding, no
+up/down-sampling inside the block: every block of the Stable Diffusion VAE) an instance ``forward`` that,
+while a CUDA graph is built in fp16/bf16 inference (``lgm_core.models.unet.fold_biases``), computes
+
+    h = conv1(SiLU(GroupNorm1(x)))              -> fused GroupNorm+SiLU, conv1 without its bias
+    h = conv2(SiLU(GroupNorm2(h + conv1.bias)))  -> the bias added inside the fused GroupNorm
+    out = (shortcut(x) + h) / output_scale_factor -> one residual kernel with conv2's and the shortcut's biases
+
+and otherwise calls diffusers' own ``ResnetBlock2D.forward`` unchanged (CPU, fp32, eager, training,
+autocast, compile: the original ops bit for bit). The state dict, the module tree and the class are
+unchanged; :func:`uninstall` removes the instance forwards.
+
+Why: at batch 16 (64 latents -> 64 images of 256x256) the decoder's GroupNorm+SiLU pairs and bias adds
+run on tensors of up to 64x256x256x256 fp16 values; torch runs each as separate memory passes.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.unet import conv_without_bias, fold_biases, fused_group_norm, residual, skip_without_bias
+
+_MARK = "_lgm_fused_forward"
+
+
+def _norm_silu(norm: nn.GroupNorm, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+    """SiLU(GroupNorm(x + add)): the fused kernels, or torch's ops when they do not apply or fail."""
+    y = fused_group_norm(norm, x, silu=True, add=add)
+    if y is not None:
+        return y
+    if add is not None:
+        x = x + add.to(x.dtype).view(1, -1, 1, 1)
+    return F.silu(norm(x))
+
+
+def _folded_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The block's output with its convolution biases added inside the next fused kernel."""
+    h = conv_without_bias(block.conv1, _norm_silu(block.norm1, x))
+    h = conv_without_bias(block.conv2, _norm_silu(block.norm2, h, add=block.conv1.bias))
+    shortcut = block.conv_shortcut if block.conv_shortcut is not None else nn.Identity()
+    skip, skip_bias = skip_without_bias(shortcut, x)
+    return residual(h, skip, 1.0 / block.output_scale_factor, block.conv2.bias, skip_bias)
+
+
+def _forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:
+    """Instance ``forward`` installed by :func:`install`: the folded pass on the fused path, else diffusers'."""
+    if temb is None and not args and not kwargs and not self.training and fold_biases(input_tensor):
+        return _folded_forward(self, input_tensor)
+    return type(self).forward(self, input_tensor, temb, *args, **kwargs)
+
+
+def is_plain_resnet(module: nn.Module) -> bool:
+    """Whether ``module`` is a diffusers ``ResnetBlock2D`` that :func:`_folded_forward` computes exactly:
+    affine GroupNorms, SiLU, 3x3 convolutions with biases, a 1x1 shortcut with bias or none, no time
+    embedding (so no time-embedding norm acts: "default" and the up-decoder blocks' "group" reduce to norm2;
+    "scale_shift" would raise without one, and keeps diffusers' forward), no resampling inside the block."""
+    if type(module).__name__ != "ResnetBlock2D":
+        return False
+    get = module.__dict__.get("_modules", {}).get
+    norm1, norm2, conv1, conv2 = get("norm1"), get("norm2"), get("conv1"), get("conv2")
+    shortcut = get("conv_shortcut")
+    return (isinstance(norm1, nn.GroupNorm) and isinstance(norm2, nn.GroupNorm) and norm1.affine and norm2.affine
+            and isinstance(conv1, nn.Conv2d) and isinstance(conv2, nn.Conv2d)
+            and conv1.bias is not None and conv2.bias is not None
+            and (shortcut is None or (isinstance(shortcut, nn.Conv2d) and shortcut.kernel_size == (1, 1)
+                                      and shortcut.bias is not None))
+            and isinstance(get("nonlinearity"), nn.SiLU) and get("time_emb_proj") is None
+            and getattr(module, "upsample", None) is None and getattr(module, "downsample", None) is None
+            and getattr(module, "time_embedding_norm", "default") != "scale_shift"  # without temb: norm2 alone
+            and float(getattr(module, "output_scale_factor", 1.0)) > 0)
+
+
+def install(vae: nn.Module) -> int:
+    """Route every plain ``ResnetBlock2D`` of ``vae`` through the fused path (idempotent); returns how many
+    blocks have it."""
+    count = 0
+    for module in vae.modules():
+        if is_plain_resnet(module):
+            if not getattr(module, _MARK, False):
+                module.forward = types.MethodType(_forward, module)
+                setattr(module, _MARK, True)
+            count += 1
+    return count
+
+
+def uninstall(vae: nn.Module) -> None:
+    """Remove what :func:`install` added: diffusers' forward everywhere again."""
+    for module in vae.modules():
+        if module.__dict__.pop(_MARK, False):
+            module.__dict__.pop("forward", None)
