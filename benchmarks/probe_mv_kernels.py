@@ -91,6 +91,9 @@ def main(argv=None) -> int:
     ap.add_argument("--per-row-context", action="store_true",
                     help="also measure the fused step with the text context repeated per frame (as before the "
                          "pipeline passed one context row per object)")
+    ap.add_argument("--variant", action="append", default=[], metavar="MODULE.NAME=VALUE[,...]",
+                    help="also measure the fused step with module switches set (modules: fused_norm, unet = "
+                         "lgm_core.models.unet, mv_unet = lgm_core.mvdiffusion.unet), e.g. mv_unet.FUSE_QKV=False")
     ap.add_argument("--skip-calls", action="store_true", help="only the UNet step rows (no whole-call rows)")
     ap.add_argument("--top", type=int, default=15, help="kernels listed per profile")
     ap.add_argument("--name-width", type=int, default=90, help="characters of each kernel name")
@@ -109,14 +112,28 @@ def main(argv=None) -> int:
 
     one_pass_default = fused_norm.ONE_PASS_MAX
     modes = ([False] + (["no-fold"] if a.no_fold else []) + [True] + (["one-pass"] if a.one_pass else [])
-             + (["per-row-context"] if a.per_row_context else []))
+             + (["per-row-context"] if a.per_row_context else []) + list(a.variant))
     fold_default = unet_module.FOLD_BIASES
     layouts = [layout == "channels_last" for layout in a.layouts.split(",")]
 
+    from lgm_core.mvdiffusion import unet as mv_unet
+
+    switch_modules = {"fused_norm": fused_norm, "unet": unet_module, "mv_unet": mv_unet}
+    switched = {}  # (module, name) -> default value
+
     def set_mode(mode):
+        for (mod, name), value in switched.items():  # back to the defaults first
+            setattr(mod, name, value)
         unet_module.FUSED_GROUPNORM = bool(mode)
         unet_module.FOLD_BIASES = mode != "no-fold"
         fused_norm.ONE_PASS_MAX = a.one_pass if mode == "one-pass" else 0
+        if isinstance(mode, str) and "=" in mode:
+            for item in mode.split(","):
+                target, value = item.split("=", 1)
+                mod_name, name = target.split(".", 1)
+                mod = switch_modules[mod_name]
+                switched.setdefault((mod, name), getattr(mod, name))
+                setattr(mod, name, eval(value, {}))  # noqa: S307  (the command line's own literals)
 
     extra = {}
     if a.batch > 1:
@@ -155,7 +172,7 @@ def main(argv=None) -> int:
             if a.skip_calls:
                 continue
             calls = {}
-            for fused in [m for m in modes if m != "per-row-context"]:
+            for fused in [m for m in modes if m != "per-row-context" and not (isinstance(m, str) and "=" in m)]:
                 set_mode(fused)
                 pipe.release_cuda_graphs()
                 mv_call(pipe, kind, a.steps)  # capture
@@ -179,6 +196,7 @@ def main(argv=None) -> int:
             traceback.print_exc()
             results[kind] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
         finally:
+            set_mode(True)
             unet_module.FUSED_GROUPNORM = fused_default
             unet_module.FOLD_BIASES = fold_default
             fused_norm.ONE_PASS_MAX = one_pass_default

@@ -126,6 +126,9 @@ class CUDAGraphRunner:
                 self.reset()
                 return self.fn(*args)
             self.graphs[key] = graph
+            # buffers the warm-up derived from the weights (e.g. the diffusion UNet's concatenated q/k/v
+            # weights) are part of what the graphs read: key them too, or the next call would re-capture
+            self._weights_key = self._current_weights()
         for buffer, value in zip(graph.inputs, args):
             if buffer is not None:
                 buffer.copy_(value)

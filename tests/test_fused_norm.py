@@ -533,6 +533,20 @@ def test_geglu_matches_float64(fn, dtype):
         fn.geglu(h.transpose(0, 1))
 
 
+@pytest.mark.parametrize("tile", [0, 256, 4096])
+def test_geglu_tiles_match_float64(fn, tile, monkeypatch):
+    """The tiled GEGLU kernel (GEGLU_TILE > 0): tiles of rows x the largest power of two dividing D
+    (D = 320: 64 columns, several column tiles; a partial last row tile), and the row kernel as fallback
+    for a D with too small a power-of-two factor (D = 1100: 4)."""
+    monkeypatch.setattr(fn, "GEGLU_TILE", tile)
+    torch.manual_seed(0)
+    for d in (320, 1100):
+        h = (torch.randn(5, 7, 2 * d, device=DEVICE) * 3).half()
+        value, gate = h.double().chunk(2, dim=-1)
+        ref = value * 0.5 * gate * (1 + torch.erf(gate / 2 ** 0.5))
+        assert_rounding_close(fn.geglu(h), ref, torch.float16)
+
+
 def test_geglu_module_dispatch(spy, fn, monkeypatch):
     """The diffusion transformers' GEGLU runs the fused kernel in half-precision inference only, and
     agrees with torch's ``value * gelu(gate)``."""
@@ -679,7 +693,8 @@ def tiny_vae():
 
 def test_vae_resnets_on_the_fused_path(spy, fn, monkeypatch):
     """fused_vae.install: diffusers' ResnetBlock2D blocks of the VAE (decoder and encoder) run the fused
-    GroupNorm+SiLU with conv1's bias as ``add`` and one residual kernel per block; the decoded images match
+    GroupNorm+SiLU with conv1's bias as ``add`` and one residual kernel per block, the decoder's final
+    GroupNorm+SiLU is one fused kernel; the decoded images match
     the float32 VAE like diffusers' own fp16 forward does. Off the fused path the output is diffusers'
     bit for bit, and uninstall restores the class forward."""
     from lgm_core.mvdiffusion import fused_vae
@@ -695,12 +710,14 @@ def test_vae_resnets_on_the_fused_path(spy, fn, monkeypatch):
     with torch.no_grad():
         ref = ref_vae.decode(z).sample
     vae = vae.to(DEVICE, torch.float16)
-    assert fused_vae.install(vae) == len([m for m in vae.modules() if fused_vae.is_plain_resnet(m)])
-    assert fused_vae.install(vae) > 0 and set(vae.state_dict()) == set(ref_vae.state_dict())  # idempotent
+    routed = len([m for m in vae.modules() if fused_vae.is_plain_resnet(m)]) + 1  # + the decoder's tail
+    assert fused_vae.is_plain_decoder(vae.decoder) and not fused_vae.is_plain_decoder(vae.encoder)
+    assert fused_vae.install(vae) == routed
+    assert fused_vae.install(vae) == routed and set(vae.state_dict()) == set(ref_vae.state_dict())  # idempotent
     zh = z.to(DEVICE, torch.float16)
     with torch.no_grad():
         y = vae.decode(zh).sample
-        assert len(residual_calls) == len(blocks) and spy == [True] * (2 * len(blocks))
+        assert len(residual_calls) == len(blocks) and spy == [True] * (2 * len(blocks) + 1)
         monkeypatch.setattr(unet, "FUSED_GROUPNORM", False)
         y_torch = vae.decode(zh).sample
     tol = 2e-2 * float(ref.abs().max())
@@ -730,3 +747,33 @@ def test_vae_blocks_that_are_not_plain_keep_diffusers_forward():
     assert not fused_vae.is_plain_resnet(ResnetBlock2D(in_channels=32, out_channels=32, temb_channels=None,
                                                        non_linearity="mish"))
     assert not fused_vae.is_plain_resnet(torch.nn.Conv2d(3, 3, 1))
+
+
+def test_self_attention_fuses_qkv_on_the_fused_path(spy, monkeypatch):
+    """On the fused path the diffusion UNet's self-attention runs q, k and v as one GEMM with the weights
+    concatenated once (a non-persistent buffer: not in the state dict, moves with the module, rebuilt when a
+    weight changes); the result equals the three-GEMM path within fp16 rounding. Cross-attention and
+    off-path calls keep the three projections."""
+    from lgm_core.mvdiffusion import unet as mv_unet
+
+    torch.manual_seed(0)
+    attn = mv_unet.MemoryEfficientCrossAttention(64, None, heads=4, dim_head=16).to(DEVICE, torch.float16)
+    x = torch.randn(2, 9, 64, device=DEVICE).half()
+    with torch.no_grad():
+        y = attn(x)
+        cached = attn._qkv
+        assert cached is not None and cached.shape == (192, 64) and "_qkv" not in attn.state_dict()
+        assert attn(x) is not None and attn._qkv is cached  # reused
+        monkeypatch.setattr(mv_unet, "FUSE_QKV", False)
+        y_three = attn(x)
+        monkeypatch.setattr(mv_unet, "FUSE_QKV", True)
+        assert float((y.float() - y_three.float()).abs().max()) < 2e-2 * float(y_three.abs().max())
+        attn.to_k.weight.mul_(2)  # an in-place change: rebuilt
+        y2 = attn(x)
+        assert attn._qkv is not cached and torch.equal(attn._qkv[64:128], attn.to_k.weight)
+        assert not torch.equal(y2, y)
+        monkeypatch.setattr(unet, "building_cuda_graph", lambda: False)  # off the fused path: three GEMMs
+        before = attn._qkv
+        attn.to_v.weight.mul_(2)
+        attn(x)
+        assert attn._qkv is before

@@ -202,7 +202,7 @@ class GroupNorm32(nn.GroupNorm):
         return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
 
 
-def _fused_joins_apply(x: torch.Tensor) -> bool:
+def fused_joins_apply(x: torch.Tensor) -> bool:
     """``FOLD_BIASES`` and ``fused_kernels_apply(x)``: the condition of the residual and LayerNorm kernels
     and of the bias folding."""
     return FOLD_BIASES and fused_kernels_apply(x)
@@ -213,7 +213,7 @@ def residual(a: torch.Tensor, b: torch.Tensor, scale: float, a_bias: torch.Tenso
     """``((a + a_bias) + (b + b_bias)) * scale`` (biases [C] per channel, optional): the fused Triton kernel
     of fused_norm.py under ``fused_kernels_apply`` when ``a`` and ``b`` share one NCHW/NHWC layout, else
     torch's ops (same result up to fp16 roundings: torch rounds after every op, the kernel once)."""
-    if _fused_joins_apply(a) and _fused_norm().residual_supports(a, b):
+    if fused_joins_apply(a) and _fused_norm().residual_supports(a, b):
         y = _try_fused(lambda: _fused_norm().residual(a, b, scale, a_bias, b_bias))
         if y is not None:
             return y
@@ -229,7 +229,7 @@ def layer_norm(norm: nn.LayerNorm, x: torch.Tensor, residual: torch.Tensor | Non
     stream and the next block's normalised input): one fused Triton kernel under ``fused_kernels_apply``
     for contiguous inputs (torch's LayerNorm kernel reaches ~1/4 of the memory bandwidth on rows of
     320-1280 channels), else torch's ops (identical to writing them out)."""
-    if (_fused_joins_apply(x) and norm.elementwise_affine and norm.bias is not None
+    if (fused_joins_apply(x) and norm.elementwise_affine and norm.bias is not None
             and len(norm.normalized_shape) == 1 and norm.normalized_shape[0] == x.shape[-1]
             and _fused_norm().layer_norm_supports(x, residual)):
         out = _try_fused(lambda: _fused_norm().layer_norm(x, norm.weight, norm.bias, norm.eps, residual))
@@ -246,7 +246,7 @@ def fold_biases(x: torch.Tensor) -> bool:
     kernel (GroupNorm's ``add``, ``residual``): on the fused path, for a 4-D NCHW/NHWC ``x``. Saves one
     broadcast bias-add kernel per convolution (cuDNN adds the bias separately: 89 of them, ~0.95 ms of
     LGM big's 8 ms at batch 1 on the H200)."""
-    return _fused_joins_apply(x) and _fused_norm().layout_of(x) is not None
+    return fused_joins_apply(x) and _fused_norm().layout_of(x) is not None
 
 
 def conv_without_bias(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""diffusers' ``AutoencoderKL`` on the fused path: its ``ResnetBlock2D`` blocks run the fused Triton kernels.
+"""diffusers' ``AutoencoderKL`` on the fused path: its ``ResnetBlock2D`` blocks (and the decoder's final
+GroupNorm+SiLU) run the fused Triton kernels.
 
 The VAE is diffusers' module, loaded from the checkpoint as is. :func:`install` gives each plain
 ``ResnetBlock2D`` of it (GroupNorm -> SiLU -> conv, twice, plus the skip; no time embedding, no
@@ -9,7 +10,8 @@ while a CUDA graph is built in fp16/bf16 inference (``lgm_core.models.unet.fold_
     h = conv2(SiLU(GroupNorm2(h + conv1.bias)))  -> the bias added inside the fused GroupNorm
     out = (shortcut(x) + h) / output_scale_factor -> one residual kernel with conv2's and the shortcut's biases
 
-and otherwise calls diffusers' own ``ResnetBlock2D.forward`` unchanged (CPU, fp32, eager, training,
+and the decoder's ``conv_norm_out`` + ``conv_act`` become one fused GroupNorm+SiLU; otherwise it calls
+diffusers' own ``ResnetBlock2D.forward`` / ``Decoder.forward`` unchanged (CPU, fp32, eager, training,
 autocast, compile: the original ops bit for bit). The state dict, the module tree and the class are
 unchanged; :func:`uninstall` removes the instance forwards.
 
@@ -56,6 +58,30 @@ def _forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None = None,
     return type(self).forward(self, input_tensor, temb, *args, **kwargs)
 
 
+def _decoder_forward(self, sample: torch.Tensor, latent_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    """Instance ``forward`` of the VAE ``Decoder`` installed by :func:`install`: on the fused path diffusers'
+    steps (conv_in, mid block, up blocks, norm, SiLU, conv_out) with the final GroupNorm and SiLU as one
+    fused kernel (the largest norm of the decoder: 128 channels at full resolution), else diffusers'."""
+    if latent_embeds is not None or self.training or not fold_biases(sample):
+        return type(self).forward(self, sample, latent_embeds)
+    sample = self.conv_in(sample)
+    sample = self.mid_block(sample, None)
+    sample = sample.to(next(iter(self.up_blocks.parameters())).dtype)  # older diffusers' upscale_dtype; a no-op
+    for up_block in self.up_blocks:
+        sample = up_block(sample, None)
+    return self.conv_out(_norm_silu(self.conv_norm_out, sample))
+
+
+def is_plain_decoder(module: nn.Module) -> bool:
+    """Whether ``module`` is a diffusers VAE ``Decoder`` whose tail :func:`_decoder_forward` computes:
+    a GroupNorm ``conv_norm_out`` (not a SpatialNorm), a SiLU ``conv_act``, conv_in/mid_block/up_blocks/conv_out."""
+    get = module.__dict__.get("_modules", {}).get
+    norm = get("conv_norm_out")
+    return (type(module).__name__ == "Decoder" and isinstance(norm, nn.GroupNorm) and norm.affine
+            and isinstance(get("conv_act"), nn.SiLU) and all(get(n) is not None for n in
+                                                             ("conv_in", "mid_block", "up_blocks", "conv_out")))
+
+
 def is_plain_resnet(module: nn.Module) -> bool:
     """Whether ``module`` is a diffusers ``ResnetBlock2D`` that :func:`_folded_forward` computes exactly:
     affine GroupNorms, SiLU, 3x3 convolutions with biases, a 1x1 shortcut with bias or none, no time
@@ -78,13 +104,14 @@ def is_plain_resnet(module: nn.Module) -> bool:
 
 
 def install(vae: nn.Module) -> int:
-    """Route every plain ``ResnetBlock2D`` of ``vae`` through the fused path (idempotent); returns how many
-    blocks have it."""
+    """Route every plain ``ResnetBlock2D`` of ``vae``, and its decoder's final GroupNorm+SiLU, through the
+    fused path (idempotent); returns how many modules have it."""
     count = 0
     for module in vae.modules():
-        if is_plain_resnet(module):
+        forward = _forward if is_plain_resnet(module) else _decoder_forward if is_plain_decoder(module) else None
+        if forward is not None:
             if not getattr(module, _MARK, False):
-                module.forward = types.MethodType(_forward, module)
+                module.forward = types.MethodType(forward, module)
                 setattr(module, _MARK, True)
             count += 1
     return count

@@ -31,10 +31,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.unet import (GroupNorm32, conv_without_bias, fold_biases, geglu, layer_norm, residual,
-                           skip_without_bias)
+from ..models.unet import (GroupNorm32, conv_without_bias, fold_biases, fused_joins_apply, geglu, layer_norm,
+                           residual, skip_without_bias)
 
 __all__ = ["MultiViewUNet", "Resampler", "timestep_embedding"]
+
+# Self-attention's q, k and v projections as one GEMM with the three weights concatenated (a cached copy),
+# on the fused path only (``fused_joins_apply``; elsewhere three GEMMs as the original): larger GEMMs run
+# closer to the tensor cores' peak.
+FUSE_QKV = True
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -232,11 +237,28 @@ class MemoryEfficientCrossAttention(nn.Module):
         self.to_k = nn.Linear(context_dim, inner, bias=False)
         self.to_v = nn.Linear(context_dim, inner, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(dropout))
+        # cat([to_q, to_k, to_v].weight) for FUSE_QKV: a buffer outside the state dict, so that it moves with
+        # the module (an offloaded model keeps no GPU copy); rebuilt when a weight changes
+        self.register_buffer("_qkv", None, persistent=False)
+        self._qkv_key: Optional[tuple] = None
+
+    def _qkv_weight(self) -> torch.Tensor:
+        """``cat([to_q, to_k, to_v].weight)`` ``[3*inner, query_dim]``, cached until a weight is replaced or
+        changed in place (keyed by storage and version: ``load_state_dict``, ``.to()``, ``.half()``)."""
+        weights = (self.to_q.weight, self.to_k.weight, self.to_v.weight)
+        key = tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in weights)
+        if self._qkv is None or self._qkv_key != key:
+            self._qkv = torch.cat([w.detach() for w in weights], 0)
+            self._qkv_key = key
+        return self._qkv
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``x`` [N, L, C]; ``context`` [N, T, D] (one per row), or [N / k, T, D] shared by each run of
         k consecutive rows (the frames of one object): their queries then attend together as one row of
         k*L queries, the same attention with k times fewer key/value projections."""
+        if context is None and self.ip_dim == 0 and FUSE_QKV and fused_joins_apply(x):
+            q, k, v = F.linear(x, self._qkv_weight()).chunk(3, dim=-1)
+            return self.to_out(_heads_attention(q, k, v, self.heads))
         q = self.to_q(x)
         context = x if context is None else context
         n, length, inner = q.shape
