@@ -93,7 +93,8 @@ def main(argv=None) -> int:
                          "pipeline passed one context row per object)")
     ap.add_argument("--variant", action="append", default=[], metavar="MODULE.NAME=VALUE[,...]",
                     help="also measure the fused step with module switches set (modules: fused_norm, unet = "
-                         "lgm_core.models.unet, mv_unet = lgm_core.mvdiffusion.unet), e.g. mv_unet.FUSE_QKV=False")
+                         "lgm_core.models.unet, mv_unet = lgm_core.mvdiffusion.unet, runtime = lgm_core.runtime), "
+                         "e.g. mv_unet.FUSE_QKV=False")
     ap.add_argument("--skip-calls", action="store_true", help="only the UNet step rows (no whole-call rows)")
     ap.add_argument("--top", type=int, default=15, help="kernels listed per profile")
     ap.add_argument("--name-width", type=int, default=90, help="characters of each kernel name")
@@ -118,7 +119,9 @@ def main(argv=None) -> int:
 
     from lgm_core.mvdiffusion import unet as mv_unet
 
-    switch_modules = {"fused_norm": fused_norm, "unet": unet_module, "mv_unet": mv_unet}
+    from lgm_core import runtime
+
+    switch_modules = {"fused_norm": fused_norm, "unet": unet_module, "mv_unet": mv_unet, "runtime": runtime}
     switched = {}  # (module, name) -> default value
 
     def set_mode(mode):

@@ -25,6 +25,12 @@ import torch
 
 log = logging.getLogger("lgm_core")
 
+# cuDNN's algorithm search (``torch.backends.cudnn.benchmark``) for the convolutions a CUDA graph holds:
+# switched on around each capture (warm-up runs and capture) and restored after, so a graph replays the
+# fastest algorithm cuDNN measured for its shapes rather than its heuristic pick; the process-wide setting
+# is left as the user has it.
+CUDNN_BENCHMARK = True
+
 __all__ = ["default_device", "default_dtype", "resolve_device_dtype", "CUDAGraphRunner", "CompiledOrEager"]
 
 
@@ -141,7 +147,7 @@ class CUDAGraphRunner:
         device = next(a.device for a in static if a is not None)
         # on the inputs' GPU even when it is not the current one (``--device cuda:1``): kernels that
         # launch on the current device (Triton) and the capture stream must be on that GPU
-        with torch.cuda.device(device):
+        with torch.cuda.device(device), _cudnn_benchmark():
             current = torch.cuda.current_stream(device)
             stream = torch.cuda.Stream(device=device)
             stream.wait_stream(current)
@@ -160,6 +166,21 @@ class CUDAGraphRunner:
         """Free every captured graph and their memory pool."""
         self.graphs.clear()
         self._pool = None
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark():
+    """``torch.backends.cudnn.benchmark`` on for a capture (``CUDNN_BENCHMARK``) and back to its value
+    after; nothing else of cuDNN's settings changes."""
+    cudnn = torch.backends.cudnn
+    before = cudnn.benchmark
+    if CUDNN_BENCHMARK and not before:
+        cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        if cudnn.benchmark != before:
+            cudnn.benchmark = before
 
 
 def capturing_cuda_graph() -> bool:

@@ -130,3 +130,37 @@ def test_runner_marks_warm_up_and_capture_as_graph_building():
         runner(torch.ones(3))
         assert seen == [True, False, False]  # later calls only replay
     assert not runtime.building_cuda_graph()
+
+
+def test_runner_keys_buffers_its_warm_up_creates():
+    """A buffer the captured function creates from the weights on its first run (the diffusion UNet's
+    concatenated q/k/v weights) joins the weights key after the capture: the next call replays instead
+    of capturing again."""
+    module = torch.nn.Linear(3, 3)
+    module.register_buffer("cache", None, persistent=False)
+
+    def fn(x):
+        if module.cache is None:
+            module.cache = module.weight.detach() * 2
+        return x @ module.cache
+
+    runner = CPUGraphRunner(fn, weights=module)
+    with torch.no_grad():
+        runner(torch.ones(1, 3))
+        runner(torch.ones(1, 3))
+    assert runner.captures == 1
+
+
+def test_cudnn_benchmark_only_around_a_capture(monkeypatch):
+    """cuDNN's algorithm search is on while a graph is captured (CUDNN_BENCHMARK) and the user's setting is
+    back afterwards; with the switch off it is left alone."""
+    seen = []
+    cudnn = torch.backends.cudnn
+    monkeypatch.setattr(cudnn, "benchmark", False)
+    with runtime._cudnn_benchmark():
+        seen.append(cudnn.benchmark)
+    assert seen == [True] and cudnn.benchmark is False
+    monkeypatch.setattr(runtime, "CUDNN_BENCHMARK", False)
+    with runtime._cudnn_benchmark():
+        seen.append(cudnn.benchmark)
+    assert seen == [True, False] and cudnn.benchmark is False
