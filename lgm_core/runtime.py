@@ -25,10 +25,10 @@ import torch
 
 log = logging.getLogger("lgm_core")
 
-# cuDNN's algorithm search (``torch.backends.cudnn.benchmark``) for the convolutions a CUDA graph holds:
-# switched on around each capture (warm-up runs and capture) and restored after, so a graph replays the
-# fastest algorithm cuDNN measured for its shapes rather than its heuristic pick; the process-wide setting
-# is left as the user has it.
+# cuDNN's algorithm search (``torch.backends.cudnn.benchmark``) for the convolutions of the runners made with
+# ``cudnn_benchmark=True``: switched on around each capture (warm-up runs and capture) and restored after, so
+# the graph replays the fastest algorithm cuDNN measured for its shapes rather than its heuristic pick; the
+# process-wide setting is left as the user has it. False turns it off for every runner.
 CUDNN_BENCHMARK = True
 
 __all__ = ["default_device", "default_dtype", "resolve_device_dtype", "CUDAGraphRunner", "CompiledOrEager"]
@@ -73,15 +73,18 @@ class CUDAGraphRunner:
     every call; when they changed (the weights moved or were reloaded) every captured graph reads stale
     memory and is dropped, so the next call captures again. The output is a fresh tensor (the graph's static output is cloned), so results of earlier
     calls are never overwritten. Inference only: calls with autograd recording run ``fn`` eagerly.
-    Set ``enabled = False`` to run eagerly.
+    Set ``enabled = False`` to run eagerly. ``cudnn_benchmark``: let cuDNN measure its convolution
+    algorithms while capturing (``CUDNN_BENCHMARK``): a few seconds more per capture, for convolutions
+    large enough that the measured pick beats the heuristic one (the batched diffusion UNet).
     """
 
     device_types = ("cuda",)
     """Inputs on these devices are graphed (tests substitute a CPU capture, see ``_capture``)."""
 
     def __init__(self, fn: Callable[..., torch.Tensor], *, weights: WeightsSource = None, warmup: int = 2,
-                 name: Optional[str] = None):
+                 name: Optional[str] = None, cudnn_benchmark: bool = False):
         self.fn = fn
+        self.cudnn_benchmark = cudnn_benchmark
         self.weights = weights
         self.warmup = warmup
         self.name = name or getattr(fn, "__qualname__", "function")
@@ -147,7 +150,7 @@ class CUDAGraphRunner:
         device = next(a.device for a in static if a is not None)
         # on the inputs' GPU even when it is not the current one (``--device cuda:1``): kernels that
         # launch on the current device (Triton) and the capture stream must be on that GPU
-        with torch.cuda.device(device), _cudnn_benchmark():
+        with torch.cuda.device(device), _cudnn_benchmark(self.cudnn_benchmark):
             current = torch.cuda.current_stream(device)
             stream = torch.cuda.Stream(device=device)
             stream.wait_stream(current)
@@ -169,12 +172,12 @@ class CUDAGraphRunner:
 
 
 @contextlib.contextmanager
-def _cudnn_benchmark():
-    """``torch.backends.cudnn.benchmark`` on for a capture (``CUDNN_BENCHMARK``) and back to its value
-    after; nothing else of cuDNN's settings changes."""
+def _cudnn_benchmark(wanted: bool = True):
+    """``torch.backends.cudnn.benchmark`` on for a capture (when ``wanted`` and ``CUDNN_BENCHMARK``) and back
+    to its value after; nothing else of cuDNN's settings changes."""
     cudnn = torch.backends.cudnn
     before = cudnn.benchmark
-    if CUDNN_BENCHMARK and not before:
+    if wanted and CUDNN_BENCHMARK and not before:
         cudnn.benchmark = True
     try:
         yield

@@ -152,15 +152,19 @@ def test_runner_keys_buffers_its_warm_up_creates():
 
 
 def test_cudnn_benchmark_only_around_a_capture(monkeypatch):
-    """cuDNN's algorithm search is on while a graph is captured (CUDNN_BENCHMARK) and the user's setting is
-    back afterwards; with the switch off it is left alone."""
+    """cuDNN's algorithm search is on while a runner made with cudnn_benchmark=True captures
+    (CUDNN_BENCHMARK) and the user's setting is back afterwards; without it, or with the switch off, it is
+    left alone."""
     seen = []
     cudnn = torch.backends.cudnn
     monkeypatch.setattr(cudnn, "benchmark", False)
     with runtime._cudnn_benchmark():
         seen.append(cudnn.benchmark)
     assert seen == [True] and cudnn.benchmark is False
+    with runtime._cudnn_benchmark(False):  # a runner without cudnn_benchmark (LGM's)
+        seen.append(cudnn.benchmark)
     monkeypatch.setattr(runtime, "CUDNN_BENCHMARK", False)
     with runtime._cudnn_benchmark():
         seen.append(cudnn.benchmark)
-    assert seen == [True, False] and cudnn.benchmark is False
+    assert seen == [True, False, False] and cudnn.benchmark is False
+    assert not CUDAGraphRunner(lambda x: x).cudnn_benchmark
