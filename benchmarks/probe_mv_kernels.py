@@ -151,7 +151,8 @@ def main(argv=None) -> int:
                 pipe.unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
                 for fused in modes:
                     set_mode(fused)
-                    graphed = CUDAGraphRunner(step, weights=pipe.unet)
+                    graphed = CUDAGraphRunner(step, weights=pipe.unet,  # as the pipeline's step runner
+                                              cudnn_benchmark=pipe._unet_graphs.cudnn_benchmark)
                     step_args = args
                     if fused == "per-row-context" and args[3].shape[0] != args[0].shape[0]:
                         step_args = (*args[:3], args[3].repeat_interleave(pipe.num_frames, 0), *args[4:])

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Callable, Dict, Hashable, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -69,9 +69,9 @@ class CUDAGraphRunner:
     """Wrap ``fn(*args) -> tensor`` (args: tensors or None) so CUDA inputs run through captured graphs.
 
     ``weights``: the module (or a callable returning a module, or tensors) whose memory ``fn`` reads
-    besides its arguments (a module's parameters and buffers). Their storage addresses are checked on
-    every call; when they changed (the weights moved or were reloaded) every captured graph reads stale
-    memory and is dropped, so the next call captures again. The output is a fresh tensor (the graph's static output is cloned), so results of earlier
+    besides its arguments (a module's parameters and buffers). Their storage addresses and version
+    counters are checked on every call; when they changed (the weights moved, were reloaded or changed in
+    place) every captured graph is dropped, so the next call captures again. The output is a fresh tensor (the graph's static output is cloned), so results of earlier
     calls are never overwritten. Inference only: calls with autograd recording run ``fn`` eagerly.
     Set ``enabled = False`` to run eagerly. ``cudnn_benchmark``: let cuDNN measure its convolution
     algorithms while capturing (``CUDNN_BENCHMARK``): a few seconds more per capture, for convolutions
@@ -91,7 +91,7 @@ class CUDAGraphRunner:
         self.enabled = True
         self.failed = False
         self.graphs: Dict[Hashable, _Graph] = {}
-        self._weights_key: Optional[Tuple[int, ...]] = None
+        self._weights_key: Optional[Tuple[Tuple[int, int], ...]] = None
         self._pool = None
 
     # -- policy
@@ -100,24 +100,28 @@ class CUDAGraphRunner:
         return (self.enabled and not self.failed and bool(tensors) and not torch.is_grad_enabled()
                 and all(a.device.type in self.device_types for a in tensors) and not capturing_cuda_graph())
 
-    def _current_weights(self) -> Tuple[int, ...]:
+    def _current_weights(self) -> Tuple[Tuple[int, int], ...]:
+        """(storage address, version) of every weight tensor: a move, a reload or an in-place change of a
+        weight drops the captured graphs (in-place changes matter for values derived from the weights at
+        capture time, such as the diffusion UNet's concatenated q/k/v weights). Inference-mode tensors
+        have no version counter (0): after changing those in place, call :meth:`reset`."""
         if self.weights is None:
             return ()
         source = self.weights if isinstance(self.weights, torch.nn.Module) else self.weights()
-        ptrs = []
+        tensors: List[torch.Tensor] = []
         for item in ([source] if isinstance(source, torch.nn.Module) else source):
             if isinstance(item, torch.nn.Module):  # parameters and buffers (e.g. CLIP's position ids)
-                ptrs.extend(t.data_ptr() for t in item.parameters())
-                ptrs.extend(t.data_ptr() for t in item.buffers())
+                tensors.extend(item.parameters())
+                tensors.extend(item.buffers())
             else:
-                ptrs.append(item.data_ptr())
-        return tuple(ptrs)
+                tensors.append(item)
+        return tuple((t.data_ptr(), 0 if t.is_inference() else t._version) for t in tensors)
 
     def __call__(self, *args: Optional[torch.Tensor]) -> torch.Tensor:
         if not self._graphable(args):
             return self.fn(*args)
         weights = self._current_weights()
-        if weights != self._weights_key:  # first call, or the weights moved: captured graphs are stale
+        if weights != self._weights_key:  # first call, or the weights moved/changed: captured graphs are stale
             self.reset()
             self._weights_key = weights
         key = (torch.is_inference_mode_enabled(),

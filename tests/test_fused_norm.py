@@ -533,7 +533,7 @@ def test_geglu_matches_float64(fn, dtype):
         fn.geglu(h.transpose(0, 1))
 
 
-@pytest.mark.parametrize("tile", [0, 256, 4096])
+@pytest.mark.parametrize("tile", [0, 256, 4096, 6000])
 def test_geglu_tiles_match_float64(fn, tile, monkeypatch):
     """The tiled GEGLU kernel (GEGLU_TILE > 0): tiles of rows x the largest power of two dividing D
     (D = 320: 64 columns, several column tiles; a partial last row tile), and the row kernel as fallback
@@ -777,3 +777,21 @@ def test_self_attention_fuses_qkv_on_the_fused_path(spy, monkeypatch):
         attn.to_v.weight.mul_(2)
         attn(x)
         assert attn._qkv is before
+    attn.drop_qkv_cache()
+    assert attn._qkv is None
+
+
+def test_fused_qkv_with_weights_made_in_inference_mode(spy):
+    """ComfyUI builds models inside torch.inference_mode(): their weights are inference tensors without a
+    version counter; the q/k/v cache keys them by storage alone (reading ``_version`` would raise)."""
+    from lgm_core.mvdiffusion import unet as mv_unet
+
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        attn = mv_unet.MemoryEfficientCrossAttention(64, None, heads=4, dim_head=16).to(DEVICE, torch.float16)
+        assert attn.to_q.weight.is_inference()
+        x = torch.randn(2, 9, 64, device=DEVICE).half()
+        y = attn(x)
+        cached = attn._qkv
+        assert cached is not None and attn(x) is not None and attn._qkv is cached
+    assert y.shape == x.shape

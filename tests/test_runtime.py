@@ -168,3 +168,25 @@ def test_cudnn_benchmark_only_around_a_capture(monkeypatch):
         seen.append(cudnn.benchmark)
     assert seen == [True, False, False] and cudnn.benchmark is False
     assert not CUDAGraphRunner(lambda x: x).cudnn_benchmark
+
+
+def test_runner_captures_again_after_an_in_place_weight_change():
+    """An in-place change of a weight (load_state_dict without assign, ``mul_``) drops the graphs: values the
+    capture derived from the weights (the UNet's concatenated q/k/v) are rebuilt. Weights made in inference
+    mode (as ComfyUI loads models) have no version counter and are keyed by address alone."""
+    module = torch.nn.Linear(3, 3)
+    runner = CPUGraphRunner(lambda x: module(x), weights=module)
+    with torch.no_grad():
+        runner(torch.ones(1, 3))
+        runner(torch.ones(1, 3))
+        assert runner.captures == 1
+        module.load_state_dict({k: v * 2 for k, v in module.state_dict().items()})  # copies in place
+        runner(torch.ones(1, 3))
+    assert runner.captures == 2
+    with torch.inference_mode():
+        frozen = torch.nn.Linear(3, 3)
+    runner = CPUGraphRunner(lambda x: frozen(x), weights=frozen)
+    with torch.inference_mode():
+        runner(torch.ones(1, 3))
+        runner(torch.ones(1, 3))
+    assert runner.captures == 1

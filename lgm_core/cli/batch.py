@@ -177,6 +177,9 @@ def run(args) -> int:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lgm-batch-writer") as writer:
             pending = None  # the previous batch's file writing, overlapping this batch's GPU work
             for start in range(0, len(todo), size):
+                if pending is not None and pending.done():  # a failed write stops the run before more work
+                    results += pending.result()
+                    pending = None
                 chunk = todo[start:start + size]
                 started, t0 = time.time(), time.perf_counter()
                 sampling = dict(steps=args.steps, guidance=args.guidance, elevation=args.elevation,
@@ -192,14 +195,15 @@ def run(args) -> int:
                 # one transfer per batch; the writer thread formats and writes the files
                 views = result.views.to("cpu")
                 gaussians = result.gaussians.to("cpu")
+                seconds = time.perf_counter() - t0  # the batch's compute, not the wait for the previous writes
                 if pending is not None:
                     results += pending.result()  # surfaces a write error of the previous batch here
                 pending = writer.submit(_write_chunk, chunk, views, gaussians, out_dir, args.min_opacity, rank,
-                                        started, time.perf_counter() - t0)
+                                        started, seconds)
                 done += len(chunk)
                 rate = done / (time.perf_counter() - t_run)
-                progress(f"{tag}{done}/{len(todo)} ({chunk[-1].name}): {len(chunk)} item(s) in "
-                         f"{time.perf_counter() - t0:.2f} s, {rate:.2f} objects/s (ETA {(len(todo) - done) / rate:.0f} s)")
+                progress(f"{tag}{done}/{len(todo)} ({chunk[-1].name}): {len(chunk)} item(s) in {seconds:.2f} s, "
+                         f"{rate:.2f} objects/s (ETA {(len(todo) - done) / rate:.0f} s)")
             if pending is not None:
                 results += pending.result()
     (out_dir / f".batch_process{rank}.json").write_text(json.dumps([asdict(r) for r in results]))

@@ -536,6 +536,7 @@ def geglu(h: torch.Tensor) -> torch.Tensor:
     with torch.cuda.device(h.device) if h.is_cuda else contextlib.nullcontext():
         if GEGLU_TILE and block_d >= 64:
             block_r = max(1, GEGLU_TILE // block_d)
+            block_r = 1 << (block_r.bit_length() - 1)  # a power of two (tl.arange), for any GEGLU_TILE
             _geglu_tiles[(triton.cdiv(rows, block_r), D // block_d)](h, y, rows, D, BLOCK_R=block_r, BLOCK_D=block_d,
                                                                       num_warps=GEGLU_WARPS)
         else:

@@ -20,7 +20,11 @@ Conventions
   then the initial latents, then whatever the scheduler draws). A list of generators, one per object,
   makes each object's noise its own: object ``i`` draws from ``generator[i]`` exactly what a call for
   that object alone with that generator draws, so a batch of prompts reproduces the one-at-a-time
-  results (up to the fp noise of batched kernels). Latents are kept in float32 between steps; the
+  results (up to the fp noise of batched kernels). Two exceptions: with ``num_images_per_prompt > 1``
+  ImageDream samples each image's reference latent once, from the generator of the image's first object,
+  and its other objects share it; a scheduler that draws noise per step (DDIM with ``eta > 0``, DDPM,
+  ancestral samplers) draws it row by row, which equals a one-object call's draw for CPU generators (the
+  front ends' choice) but not necessarily for CUDA ones. Latents are kept in float32 between steps; the
   UNet/VAE/CLIP models run in the pipeline dtype.
 """
 
@@ -217,10 +221,14 @@ class MultiViewPipeline:
         return self
 
     def release_cuda_graphs(self) -> None:
-        """Free the captured UNet graphs' memory now (e.g. when a memory manager unloads the pipeline);
-        the next CUDA call captures again."""
+        """Free the captured UNet graphs' memory now (e.g. when a memory manager unloads the pipeline) and
+        the UNet's concatenated q/k/v weights; the next CUDA call captures again. Also the way to make
+        in-place changes of inference-mode weights take effect (those have no version counter)."""
         for runner in self._graph_runners():
             runner.reset()
+        for module in self.unet.modules():
+            if hasattr(module, "drop_qkv_cache"):
+                module.drop_qkv_cache()
 
     @property
     def use_cuda_graphs(self) -> bool:

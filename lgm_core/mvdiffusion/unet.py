@@ -243,14 +243,23 @@ class MemoryEfficientCrossAttention(nn.Module):
         self._qkv_key: Optional[tuple] = None
 
     def _qkv_weight(self) -> torch.Tensor:
-        """``cat([to_q, to_k, to_v].weight)`` ``[3*inner, query_dim]``, cached until a weight is replaced or
-        changed in place (keyed by storage and version: ``load_state_dict``, ``.to()``, ``.half()``)."""
+        """``cat([to_q, to_k, to_v].weight)`` ``[3*inner, query_dim]``, cached until a weight is replaced,
+        moved, cast or changed in place (keyed by storage, dtype, shape and version counter; weights made in
+        inference mode, as ComfyUI loads them, have no version counter: after changing those in place call
+        :meth:`drop_qkv_cache`, which ``MultiViewPipeline.release_cuda_graphs`` does). The graph runners
+        key the weights' versions too, so an in-place change also makes the next call capture again."""
         weights = (self.to_q.weight, self.to_k.weight, self.to_v.weight)
-        key = tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in weights)
+        key = tuple((w.data_ptr(), w.dtype, w.device, tuple(w.shape), 0 if w.is_inference() else w._version)
+                    for w in weights)
         if self._qkv is None or self._qkv_key != key:
             self._qkv = torch.cat([w.detach() for w in weights], 0)
             self._qkv_key = key
         return self._qkv
+
+    def drop_qkv_cache(self) -> None:
+        """Forget the concatenated q/k/v weights (rebuilt on the next fused call)."""
+        self._qkv = None
+        self._qkv_key = None
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``x`` [N, L, C]; ``context`` [N, T, D] (one per row), or [N / k, T, D] shared by each run of
