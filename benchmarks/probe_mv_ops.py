@@ -13,7 +13,6 @@ CPU smoke (tiny shapes, Triton interpreter, numbers meaningless): TRITON_INTERPR
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -21,8 +20,9 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
+from bench_lgm import timed  # noqa: E402
 from lgm_core.models import fused_norm  # noqa: E402
 
 ROWS = 128  # UNet rows of the batch-16 step
@@ -30,19 +30,8 @@ LEVELS = ((320, 1024), (640, 256), (1280, 64))  # (channels, tokens per view)
 
 
 def time_ms(fn, iters: int, device: str) -> float:
-    for _ in range(3):
-        fn()
-    if device != "cuda":
-        return float("nan")
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    """Median ms of ``iters`` calls after 3 warm-up calls (CUDA events; wall clock on the CPU)."""
+    return timed(fn, iters, 3, device)[0]
 
 
 def geglu_rows(device: str, iters: int, quick: bool):

@@ -148,15 +148,22 @@ def geglu(h: torch.Tensor) -> torch.Tensor:
     return value * F.gelu(gate)
 
 
-def fused_group_norm(norm: nn.GroupNorm, x: torch.Tensor, silu: bool = False,
-                     add: torch.Tensor | None = None) -> torch.Tensor | None:
-    """``norm`` (any affine ``nn.GroupNorm``) of ``x + add``, then SiLU when ``silu``, as the fused Triton
-    kernels when ``use_fused_groupnorm`` holds; None otherwise (or when Triton fails): the caller runs
-    torch's ops."""
-    if not (norm.affine and use_fused_groupnorm(x, norm.num_groups)):
-        return None
-    return _try_fused(lambda: _fused_norm().group_norm(x, norm.weight, norm.bias, norm.num_groups, norm.eps,
-                                                       silu=silu, add=add))
+def group_norm(norm: nn.GroupNorm, x: torch.Tensor, silu: bool = False, add: torch.Tensor | None = None,
+               torch_norm=None) -> torch.Tensor:
+    """``norm`` (any affine ``nn.GroupNorm``) of ``x + add`` (``add`` [N, C] per sample or [C] for every
+    sample, broadcast over the pixels), then SiLU when ``silu``: the fused Triton kernels when
+    ``use_fused_groupnorm`` holds (and Triton works), else torch's ops with ``torch_norm`` (default
+    ``norm`` itself) as the normalisation."""
+    if norm.affine and use_fused_groupnorm(x, norm.num_groups):
+        y = _try_fused(lambda: _fused_norm().group_norm(x, norm.weight, norm.bias, norm.num_groups, norm.eps,
+                                                        silu=silu, add=add))
+        if y is not None:
+            return y
+    if add is not None:
+        add = add.to(x.dtype)
+        x = x + (add.view(1, -1, 1, 1) if add.dim() == 1 else add[:, :, None, None])
+    y = (torch_norm or norm)(x)
+    return F.silu(y) if silu else y
 
 
 class GroupNorm32(nn.GroupNorm):
@@ -181,14 +188,7 @@ class GroupNorm32(nn.GroupNorm):
         """``norm(x)`` (``silu``: then SiLU); ``add`` ([N, C] per sample, e.g. the diffusion ResBlock's
         timestep embedding, or [C] for every sample, e.g. the bias of the convolution that made ``x``)
         normalises ``x + add`` broadcast over the pixels instead (fused into the kernel on the fast path)."""
-        y = fused_group_norm(self, x, silu, add)
-        if y is not None:
-            return y
-        if add is not None:
-            add = add.to(x.dtype)
-            x = x + (add.view(1, -1, 1, 1) if add.dim() == 1 else add[:, :, None, None])
-        y = self._group_norm(x)
-        return F.silu(y) if silu else y
+        return group_norm(self, x, silu, add, torch_norm=self._group_norm)
 
     def _group_norm(self, x: torch.Tensor) -> torch.Tensor:
         if (not x.is_cuda and torch.is_grad_enabled() and not x.requires_grad and self.weight.requires_grad

@@ -24,28 +24,17 @@ from __future__ import annotations
 import types
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..models.unet import conv_without_bias, fold_biases, fused_group_norm, residual, skip_without_bias
+from ..models.unet import conv_without_bias, fold_biases, group_norm, residual, skip_without_bias
 
 _MARK = "_lgm_fused_forward"
 
 
-def _norm_silu(norm: nn.GroupNorm, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
-    """SiLU(GroupNorm(x + add)): the fused kernels, or torch's ops when they do not apply or fail."""
-    y = fused_group_norm(norm, x, silu=True, add=add)
-    if y is not None:
-        return y
-    if add is not None:
-        x = x + add.to(x.dtype).view(1, -1, 1, 1)
-    return F.silu(norm(x))
-
-
 def _folded_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The block's output with its convolution biases added inside the next fused kernel."""
-    h = conv_without_bias(block.conv1, _norm_silu(block.norm1, x))
-    h = conv_without_bias(block.conv2, _norm_silu(block.norm2, h, add=block.conv1.bias))
+    h = conv_without_bias(block.conv1, group_norm(block.norm1, x, silu=True))
+    h = conv_without_bias(block.conv2, group_norm(block.norm2, h, silu=True, add=block.conv1.bias))
     shortcut = block.conv_shortcut if block.conv_shortcut is not None else nn.Identity()
     skip, skip_bias = skip_without_bias(shortcut, x)
     return residual(h, skip, 1.0 / block.output_scale_factor, block.conv2.bias, skip_bias)
@@ -69,7 +58,7 @@ def _decoder_forward(self, sample: torch.Tensor, latent_embeds: torch.Tensor | N
     sample = sample.to(next(iter(self.up_blocks.parameters())).dtype)  # older diffusers' upscale_dtype; a no-op
     for up_block in self.up_blocks:
         sample = up_block(sample, None)
-    return self.conv_out(_norm_silu(self.conv_norm_out, sample))
+    return self.conv_out(group_norm(self.conv_norm_out, sample, silu=True))
 
 
 def is_plain_decoder(module: nn.Module) -> bool:
