@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..models.derived import drop_derived_weights
 from ..models.unet import fused_groupnorm_available
 from ..runtime import CUDAGraphRunner, resolve_device_dtype
 from ..views import Views
@@ -222,13 +223,11 @@ class MultiViewPipeline:
 
     def release_cuda_graphs(self) -> None:
         """Free the captured UNet graphs' memory now (e.g. when a memory manager unloads the pipeline) and
-        the UNet's concatenated q/k/v weights; the next CUDA call captures again. Also the way to make
+        the UNet's derived weights (concatenated q/k/v); the next CUDA call captures again. Also the way to make
         in-place changes of inference-mode weights take effect (those have no version counter)."""
         for runner in self._graph_runners():
             runner.reset()
-        for module in self.unet.modules():
-            if hasattr(module, "drop_qkv_cache"):
-                module.drop_qkv_cache()
+        drop_derived_weights(self.unet)
 
     @property
     def use_cuda_graphs(self) -> bool:

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.derived import derived_weight, drop_derived_weights
 from ..models.unet import (GroupNorm32, conv_without_bias, fold_biases, fused_joins_apply, geglu, layer_norm,
                            residual, skip_without_bias)
 
@@ -237,29 +238,20 @@ class MemoryEfficientCrossAttention(nn.Module):
         self.to_k = nn.Linear(context_dim, inner, bias=False)
         self.to_v = nn.Linear(context_dim, inner, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(dropout))
-        # cat([to_q, to_k, to_v].weight) for FUSE_QKV: a buffer outside the state dict, so that it moves with
-        # the module (an offloaded model keeps no GPU copy); rebuilt when a weight changes
+        # cat([to_q, to_k, to_v].weight) for FUSE_QKV: a derived weight (lgm_core.models.derived)
         self.register_buffer("_qkv", None, persistent=False)
-        self._qkv_key: Optional[tuple] = None
 
     def _qkv_weight(self) -> torch.Tensor:
         """``cat([to_q, to_k, to_v].weight)`` ``[3*inner, query_dim]``, cached until a weight is replaced,
-        moved, cast or changed in place (keyed by storage, dtype, shape and version counter; weights made in
-        inference mode, as ComfyUI loads them, have no version counter: after changing those in place call
-        :meth:`drop_qkv_cache`, which ``MultiViewPipeline.release_cuda_graphs`` does). The graph runners
-        key the weights' versions too, so an in-place change also makes the next call capture again."""
-        weights = (self.to_q.weight, self.to_k.weight, self.to_v.weight)
-        key = tuple((w.data_ptr(), w.dtype, w.device, tuple(w.shape), 0 if w.is_inference() else w._version)
-                    for w in weights)
-        if self._qkv is None or self._qkv_key != key:
-            self._qkv = torch.cat([w.detach() for w in weights], 0)
-            self._qkv_key = key
-        return self._qkv
+        moved, cast or changed in place (:func:`lgm_core.models.derived.derived_weight`; after in-place
+        changes of inference-mode weights call :meth:`drop_qkv_cache`, which
+        ``MultiViewPipeline.release_cuda_graphs`` does)."""
+        return derived_weight(self, "_qkv", (self.to_q.weight, self.to_k.weight, self.to_v.weight),
+                              lambda *w: torch.cat(w, 0))
 
     def drop_qkv_cache(self) -> None:
         """Forget the concatenated q/k/v weights (rebuilt on the next fused call)."""
-        self._qkv = None
-        self._qkv_key = None
+        drop_derived_weights(self)
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``x`` [N, L, C]; ``context`` [N, T, D] (one per row), or [N / k, T, D] shared by each run of
