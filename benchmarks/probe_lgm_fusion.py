@@ -5,8 +5,12 @@ Random weights (bench_lgm's init), fp16, channels-last, CUDA graphs (the project
 
 - ``torch kernels``: FUSED_GROUPNORM off (torch's GroupNorm, SiLU, bias adds, residual ops);
 - ``fused GroupNorm+SiLU``: the fused GroupNorm, biases and residuals as torch ops (FOLD_BIASES off);
-- ``+ folded biases + residual kernel``: the default path (convolutions without bias; the biases
-  inside GroupNorm's ``add`` and the ``residual`` kernel);
+- ``+ folded biases + residual kernel``: convolutions without bias, the biases inside GroupNorm's
+  ``add`` and the ``residual`` kernel (the default until the convolution forms);
+- ``+ sub-pixel upsampling``: ``unet.PHASE_UPSAMPLE`` (the up blocks' upsampling convolutions in
+  sub-pixel form, interleaved into the next block's concatenation by one kernel);
+- ``+ padded conv_in + composed head``: the default path (``unet.PAD_INPUT_CHANNELS = 16``,
+  ``lgm.FUSED_HEAD``); ``--pad-input N`` adds rows with other paddings;
 - ``+ one-pass GroupNorm <= N``: the default plus ``fused_norm.ONE_PASS_MAX = N`` (one program per group
   for groups of up to N elements) for each ``--one-pass`` value.
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import traceback
 from pathlib import Path
@@ -42,27 +47,43 @@ from lgm_core.models.lgm import LGMConfig  # noqa: E402
 from lgm_core.runtime import CUDAGraphRunner, building_cuda_graph_scope  # noqa: E402
 
 
-def modes(one_pass):
-    out = [("torch kernels", dict(fused=False, fold=False, one_pass=0)),
-           ("fused GroupNorm+SiLU", dict(fused=True, fold=False, one_pass=0)),
-           ("+ folded biases + residual kernel (default)", dict(fused=True, fold=True, one_pass=0))]
-    out += [(f"+ one-pass GroupNorm <= {n}", dict(fused=True, fold=True, one_pass=n)) for n in one_pass]
+FORMS_OFF = dict(phase=False, pad_input=0, head=False)
+
+
+def modes(one_pass, pad_inputs=()):
+    out = [("torch kernels", dict(fused=False, fold=False, one_pass=0, **FORMS_OFF)),
+           ("fused GroupNorm+SiLU", dict(fused=True, fold=False, one_pass=0, **FORMS_OFF)),
+           ("+ folded biases + residual kernel", dict(fused=True, fold=True, one_pass=0, **FORMS_OFF)),
+           ("+ sub-pixel upsampling", dict(fused=True, fold=True, one_pass=0, phase=True, pad_input=0, head=False)),
+           ("+ padded conv_in + composed head (default)",
+            dict(fused=True, fold=True, one_pass=0, phase=True, pad_input=16, head=True))]
+    out += [(f"default, conv_in padded to {n}", dict(fused=True, fold=True, one_pass=0, phase=True, pad_input=n,
+                                                    head=True)) for n in pad_inputs]
+    out += [(f"+ one-pass GroupNorm <= {n}", dict(fused=True, fold=True, one_pass=n, phase=True, pad_input=16,
+                                                  head=True)) for n in one_pass]
     return out
 
 
-def set_mode(fused: bool, fold: bool, one_pass: int) -> None:
+def set_mode(fused: bool, fold: bool, one_pass: int, phase: bool = True, pad_input: int = 16,
+             head: bool = True) -> None:
     from lgm_core.models import fused_norm
+    from lgm_core.models import lgm as lgm_module
 
     unet_module.FUSED_GROUPNORM = fused
     unet_module.FOLD_BIASES = fold
+    unet_module.PHASE_UPSAMPLE = phase
+    unet_module.PAD_INPUT_CHANNELS = pad_input
+    lgm_module.FUSED_HEAD = head
     fused_norm.ONE_PASS_MAX = one_pass
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", default="1,4")
-    ap.add_argument("--one-pass", default="32768,131072", help="ONE_PASS_MAX values to try (comma list)")
+    ap.add_argument("--one-pass", default="", help="ONE_PASS_MAX values to try (comma list)")
+    ap.add_argument("--pad-input", default="", help="other PAD_INPUT_CHANNELS values to try (comma list)")
     ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=1, help="passes over all modes (interleaved); medians of the passes")
     ap.add_argument("--sweep", default="",
                     help="GroupNorm stats settings to time on the default mode: ';'-separated "
                          "programs_per_sm,stats_tile,warps triples (e.g. '8,4096,4;16,2048,4')")
@@ -77,48 +98,71 @@ def main(argv=None) -> int:
     dtype = torch.float16 if device == "cuda" else torch.bfloat16
     batches = [int(b) for b in a.batches.split(",")] if not a.quick else [1]
     one_pass = [int(n) for n in a.one_pass.split(",") if n.strip()][: 1 if a.quick else None]
+    pad_inputs = [int(n) for n in a.pad_input.split(",") if n.strip()]
     model = build(cfg, device, dtype).use_channels_last()
     ref_model = build(cfg, device, torch.float32)
     size = model.config.input_size
-    defaults = (unet_module.FUSED_GROUPNORM, unet_module.FOLD_BIASES)
+    from lgm_core.models import lgm as lgm_module
+
+    defaults = (unet_module.FUSED_GROUPNORM, unet_module.FOLD_BIASES, unet_module.PHASE_UPSAMPLE,
+                unet_module.PAD_INPUT_CHANNELS, lgm_module.FUSED_HEAD)
     from lgm_core.models import fused_norm
 
     one_pass_default = fused_norm.ONE_PASS_MAX
     rows = []
     lines = [f"# LGM fusion probe\n\n- {torch.cuda.get_device_name() if device == 'cuda' else 'CPU (smoke)'}, "
              f"torch {torch.__version__}, {dtype}, channels-last, CUDA graphs\n",
-             "| mode | batch | median ms | peak GB | max|d| vs fp32 |", "|---|---|---|---|---|"]
+             f"- {a.rounds} round(s) over the modes, {a.iters} timed calls each; median ms = median over the rounds "
+             "of each round's median\n",
+             "| mode | batch | median ms | min ms | peak GB | max|d| vs fp32 | note |", "|---|---|---|---|---|---|---|"]
     best = None
     try:
+        inputs = {}
         for b in batches:
             x = torch.randn(b, 4, 9, size, size, device=device, generator=torch.Generator(device).manual_seed(b))
             with torch.inference_mode():
-                ref = ref_model._forward_gaussians(x)
-            for name, mode in modes(one_pass):
-                try:
-                    set_mode(**mode)
-                    runner = CUDAGraphRunner(model._forward_gaussians, weights=model)
+                inputs[b] = (x, ref_model._forward_gaussians(x))
+        runs = {}  # (mode, batch) -> dicts of every round
+        for round_index in range(a.rounds):  # modes interleaved round by round: drifts hit all alike
+            for b in batches:
+                x, ref = inputs[b]
+                for name, mode in modes(one_pass, pad_inputs):
+                    try:
+                        set_mode(**mode)
+                        runner = CUDAGraphRunner(model._forward_gaussians, weights=model)
 
-                    def call():
-                        if device == "cuda":
-                            return runner(x)
-                        with building_cuda_graph_scope():  # CPU smoke: the kernels a graph would hold
-                            return model._forward_gaussians(x)
-                    with torch.inference_mode():
-                        base = torch.cuda.memory_allocated() if device == "cuda" else 0
-                        ms, peak, out = timed(call, a.iters, 3 if device == "cuda" else 0, device, base)
-                        err = float((out.float() - ref).abs().max())
-                    runner.reset()
-                    rows.append(dict(mode=name, batch=b, ms=round(ms, 3), peak_gb=round(peak, 3), max_d=err))
-                    if b == 1 and name != "torch kernels" and (best is None or ms < best[1]):
-                        best = (name, ms, mode)
-                except Exception as exc:  # noqa: BLE001  (keep the other modes)
-                    traceback.print_exc()
-                    rows.append(dict(mode=name, batch=b, error=f"{type(exc).__name__}: {exc}"[:300]))
-                print(json.dumps(rows[-1]), flush=True)
+                        def call():
+                            if device == "cuda":
+                                return runner(x)
+                            with building_cuda_graph_scope():  # CPU smoke: the kernels a graph would hold
+                                return model._forward_gaussians(x)
+                        with torch.inference_mode():
+                            base = torch.cuda.memory_allocated() if device == "cuda" else 0
+                            ms, peak, out = timed(call, a.iters, 3 if device == "cuda" else 0, device, base)
+                            err = float((out.float() - ref).abs().max())
+                        failed = runner.failed
+                        runner.reset()
+                        run = dict(ms=ms, peak_gb=peak, max_d=err, note="capture failed: eager" if failed else "")
+                    except Exception as exc:  # noqa: BLE001  (keep the other modes)
+                        traceback.print_exc()
+                        run = dict(error=f"{type(exc).__name__}: {exc}"[:300])
+                    runs.setdefault((name, b), []).append(run)
+                    print(json.dumps(dict(round=round_index, mode=name, batch=b, **run)), flush=True)
+        for (name, b), results in runs.items():
+            good = [r for r in results if "error" not in r]
+            if not good:
+                rows.append(dict(mode=name, batch=b, error=results[-1]["error"]))
+                continue
+            ms = statistics.median(r["ms"] for r in good)
+            rows.append(dict(mode=name, batch=b, ms=round(ms, 3), min_ms=round(min(r["ms"] for r in good), 3),
+                             peak_gb=round(max(r["peak_gb"] for r in good), 3),
+                             max_d=max(r["max_d"] for r in good), note=" ".join({r["note"] for r in good} - {""})))
+            mode = dict(modes(one_pass, pad_inputs))[name]
+            if b == 1 and name != "torch kernels" and (best is None or ms < best[1]):
+                best = (name, ms, mode)
         if a.sweep:
             defaults_sweep = (fused_norm.STATS_PROGRAMS_PER_SM, fused_norm.STATS_TILE, fused_norm.STATS_WARPS)
-            set_mode(fused=True, fold=True, one_pass=0)
+            set_mode(fused=True, fold=True, one_pass=0)  # the default
             try:
                 for triple in a.sweep.split(";"):
                     pps, tile, warps = (int(v) for v in triple.split(","))
@@ -136,9 +180,10 @@ def main(argv=None) -> int:
                 fused_norm.STATS_PROGRAMS_PER_SM, fused_norm.STATS_TILE, fused_norm.STATS_WARPS = defaults_sweep
         for r in rows:
             if "error" in r:
-                lines.append(f"| {r['mode']} | {r['batch']} | ERROR {r['error']} | | |")
+                lines.append(f"| {r['mode']} | {r['batch']} | ERROR {r['error']} | | | | |")
             else:
-                lines.append(f"| {r['mode']} | {r['batch']} | {r['ms']} | {r['peak_gb']} | {r['max_d']:.3g} |")
+                lines.append(f"| {r['mode']} | {r['batch']} | {r['ms']} | {r.get('min_ms', '')} | {r['peak_gb']} | "
+                             f"{r['max_d']:.3g} | {r.get('note', '')} |")
         if best is not None and device == "cuda":
             set_mode(**best[2])
             x = torch.randn(1, 4, 9, size, size, device=device)
@@ -155,7 +200,8 @@ def main(argv=None) -> int:
             lines.append("\n| top kernels | ms | calls |\n|---|---|---|")
             lines += [f"| `{k}` | {t:.3f} | {c} |" for t, c, k in top]
     finally:
-        unet_module.FUSED_GROUPNORM, unet_module.FOLD_BIASES = defaults
+        (unet_module.FUSED_GROUPNORM, unet_module.FOLD_BIASES, unet_module.PHASE_UPSAMPLE,
+         unet_module.PAD_INPUT_CHANNELS, lgm_module.FUSED_HEAD) = defaults
         fused_norm.ONE_PASS_MAX = one_pass_default
     text = "\n".join(lines) + "\n"
     print(text)

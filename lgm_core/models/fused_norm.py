@@ -2,8 +2,10 @@
 LGM's UNet and the multi-view diffusion UNet; GEGLU (``geglu``, the diffusion transformers'
 feed-forward gate) as one kernel; and the residual join ``(a + a_bias + b + b_bias) * scale``
 (``residual``: LGM's ResnetBlock and attention outputs, with the convolution biases folded in) as one
-kernel; and LayerNorm with an optional residual add before it (``layer_norm``: the diffusion
-transformer blocks) as one kernel.
+kernel; LayerNorm with an optional residual add before it (``layer_norm``: the diffusion
+transformer blocks) as one kernel; and the interleave of a sub-pixel upsampling convolution's four
+phases with its bias, joined to the skip connection it is concatenated with (``phase_upsample``: LGM's
+up blocks), as one kernel.
 
 ``group_norm(x, weight, bias, num_groups, eps, silu)`` equals
 ``F.group_norm(x.float(), num_groups, weight.float(), bias.float(), eps)`` (then ``F.silu`` when
@@ -410,6 +412,81 @@ def residual(a: torch.Tensor, b: torch.Tensor, scale: float, a_bias: torch.Tenso
             a, b, a if a_bias is None else a_bias.contiguous(), a if b_bias is None else b_bias.contiguous(), y,
             numel, C, H * W, float(scale), HAS_A_BIAS=a_bias is not None, HAS_B_BIAS=b_bias is not None,
             CHANNELS_LAST=layout_of(a) == "channels_last", BLOCK=RESIDUAL_BLOCK)
+    return y
+
+
+# ------------------------------------------------------------------------------------------- sub-pixel upsampling
+UPSAMPLE_TILE = 4096  # elements (pixels x channels) per program of _phase_upsample_cat
+
+
+@triton.jit
+def _phase_upsample_cat(z_ptr, bias_ptr, s_ptr, y_ptr, num_pix, H2, W2, O, CS,
+                        HAS_SKIP: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Program (pixel block, channel block) of ``y`` (NHWC [N, 2H, 2W, O + CS]): channel c < O of pixel
+    (2i+a, 2j+b) is phase 2a+b of ``z`` (NHWC [N, H+1, W+1, 4*O]) at (i+a, j+b) plus ``bias[c]``; channel
+    c >= O is channel c - O of ``skip`` (NHWC [N, 2H, 2W, CS])."""
+    pix = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    pm = pix < num_pix
+    ct = O + CS
+    xx = pix % W2
+    yy = (pix // W2) % H2
+    n = pix // (W2 * H2)
+    a = yy % 2
+    b = xx % 2
+    zrow = (n * (H2 // 2 + 1) + yy // 2 + a) * (W2 // 2 + 1) + xx // 2 + b
+    zoff = zrow.to(tl.int64) * (4 * O) + (2 * a + b) * O
+    up = c < O
+    val = tl.load(z_ptr + zoff[:, None] + c[None, :], mask=pm[:, None] & up[None, :], other=0.0).to(tl.float32)
+    val += tl.load(bias_ptr + c, mask=up, other=0.0).to(tl.float32)[None, :]
+    if HAS_SKIP:
+        sm = pm[:, None] & (~up & (c < ct))[None, :]
+        sk = tl.load(s_ptr + pix.to(tl.int64)[:, None] * CS + (c - O)[None, :], mask=sm, other=0.0)
+        val = tl.where(up[None, :], val, sk.to(tl.float32))
+    tl.store(y_ptr + pix.to(tl.int64)[:, None] * ct + c[None, :], val.to(y_ptr.dtype.element_ty),
+             mask=pm[:, None] & (c < ct)[None, :])
+
+
+def phase_upsample_supports(z: torch.Tensor, bias: torch.Tensor, skip: torch.Tensor | None) -> bool:
+    """Whether ``phase_upsample`` takes these: ``z`` a 4-D channels-last [N, 4*O, H+1, W+1] float tensor,
+    ``bias`` [O], ``skip`` (optional) channels-last [N, CS, 2H, 2W] of ``z``'s dtype and device."""
+    if layout_of(z) != "channels_last" or z.shape[1] % 4 or z.shape[2] < 2 or z.shape[3] < 2:
+        return False
+    if z.dtype not in (torch.float16, torch.bfloat16, torch.float32) or z.numel() >= 2 ** 31:
+        return False
+    n, o4, h1, w1 = z.shape
+    if bias is None or tuple(bias.shape) != (o4 // 4,):
+        return False
+    if skip is None:
+        return True
+    return (layout_of(skip) == "channels_last" and skip.dtype == z.dtype and skip.device == z.device
+            and (skip.shape[0], skip.shape[2], skip.shape[3]) == (n, 2 * (h1 - 1), 2 * (w1 - 1))
+            and skip.numel() < 2 ** 31)
+
+
+def phase_upsample(z: torch.Tensor, bias: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+    """The output of ``conv3x3(upsample_nearest_2x(x)) + bias`` from its sub-pixel form ``z`` (the four
+    2x2 phase convolutions of ``x`` as one convolution with padding 1, ``lgm_core.models.unet.
+    phase_kernels``), concatenated along channels with ``skip`` when given: ``cat([up, skip], 1)``,
+    channels-last [N, O + CS, 2H, 2W], in one kernel (float32 add, one rounding to ``z.dtype``)."""
+    if not phase_upsample_supports(z, bias, skip):
+        raise ValueError(f"phase_upsample takes a channels-last [N, 4*O, H+1, W+1] z, a [O] bias and an optional "
+                         f"channels-last [N, CS, 2H, 2W] skip; got z {tuple(z.shape)} {z.stride()}, bias "
+                         f"{None if bias is None else tuple(bias.shape)}, skip "
+                         f"{None if skip is None else (tuple(skip.shape), skip.stride())}")
+    n, o4, h1, w1 = z.shape
+    o, h2, w2 = o4 // 4, 2 * (h1 - 1), 2 * (w1 - 1)
+    cs = 0 if skip is None else skip.shape[1]
+    y = torch.empty((n, o + cs, h2, w2), device=z.device, dtype=z.dtype, memory_format=torch.channels_last)
+    num_pix = n * h2 * w2
+    if num_pix == 0:
+        return y
+    block_c = min(triton.next_power_of_2(o + cs), 128)
+    block_p = max(1, UPSAMPLE_TILE // block_c)
+    with torch.cuda.device(z.device) if z.is_cuda else contextlib.nullcontext():
+        _phase_upsample_cat[(triton.cdiv(num_pix, block_p), triton.cdiv(o + cs, block_c))](
+            z, bias.contiguous(), z if skip is None else skip, y, num_pix, h2, w2, o, cs, HAS_SKIP=skip is not None,
+            BLOCK_P=block_p, BLOCK_C=block_c)
     return y
 
 

@@ -16,10 +16,18 @@ from torch import nn
 from ..cameras import LGM_FOVY, LGM_RADIUS, plucker_rays
 from ..gaussians import Gaussians
 from ..views import Views, as_views
-from .unet import NUM_VIEWS, MVUNet, set_attention_backend
+from .derived import derived_weight, drop_derived_weights
+from .unet import NUM_VIEWS, MVUNet, channels_last, fold_biases, set_attention_backend
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# On the fused path (``fold_biases``, channels-last) the UNet's output convolution (3x3, 14 channels) and
+# the 1x1 ``conv`` after it run as one 3x3 convolution with the composed weights ``W1 @ W3`` (bias
+# ``W1 @ b3 + b1``, added in float32), padded to 16 output channels for cuDNN's tensor-core kernels; the
+# same linear map up to fp16 rounding (the intermediate is no longer rounded to fp16).
+FUSED_HEAD = True
+HEAD_CHANNELS = 16
 
 ROTATION_MODES = ("per_gaussian", "legacy")
 """``per_gaussian``: each quaternion divided by its own norm ("fixrot" checkpoints, default).
@@ -232,10 +240,11 @@ class LGM(nn.Module):
         return self
 
     def release_cuda_graphs(self) -> None:
-        """Free the captured graphs' memory now (e.g. when a memory manager unloads the model); the
-        next CUDA call captures again."""
+        """Free the captured graphs' memory now (e.g. when a memory manager unloads the model) and the
+        fused path's derived weights (``lgm_core.models.derived``); the next CUDA call captures again."""
         if self._graph_runner is not None:
             self._graph_runner.reset()
+        drop_derived_weights(self)
 
     def optimize_for_inference(self, compile: bool = False) -> "LGM":
         """The fast CUDA path; call it on the final device and dtype (the layout is chosen from them).
@@ -246,7 +255,8 @@ class LGM(nn.Module):
         impossible), its code kept per machine by :mod:`lgm_core.compile_cache` (``LGM_CACHE_DIR``): ~1 min
         the first time for a config/dtype/input shape, loaded from the cache in later processes. Safe to
         call again (captured graphs are kept). H200, ``big`` fp16 batch 1: eager 17.8 ms, graphs 12.8 ms,
-        default (graphs + fused GroupNorm, folded biases and residual kernel + channels-last) 7.2-7.7 ms,
+        default (graphs + fused GroupNorm, folded biases and residual kernel, sub-pixel upsampling, padded
+        conv_in, composed head + channels-last) 6.7-8.4 ms,
         compile + graphs 7.4 ms (docs/benchmarks.md)."""
         if compile and self.device.type == "cuda":
             from ..compile_cache import PersistentCompile
@@ -288,10 +298,30 @@ class LGM(nn.Module):
         x = x.reshape(b * NUM_VIEWS, *x.shape[2:]).to(self.dtype)
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        h = self.unet(x)
-        h = self.conv(h)
+        features = self.unet.features(x)
+        if (FUSED_HEAD and fold_biases(features) and channels_last(features)
+                and channels_last(self.unet.conv_out.weight)):
+            return self.activate(self._fused_head(features).reshape(b, -1, 14))
+        h = self.conv(self.unet.conv_out(features))
         h = h.float().reshape(b, NUM_VIEWS, 14, s, s).permute(0, 1, 3, 4, 2).reshape(b, -1, 14)
         return self.activate(h)
+
+    def _fused_head(self, features: torch.Tensor) -> torch.Tensor:
+        """``conv(unet.conv_out(features))`` as one convolution (``FUSED_HEAD``) -> raw [B*4, s, s, 14]
+        float32 (pixel-major: the Gaussians' order)."""
+        sources = (self.unet.conv_out.weight, self.unet.conv_out.bias, self.conv.weight, self.conv.bias)
+
+        def weight(w3, b3, w1, b1):
+            w = torch.einsum("oi,ichw->ochw", w1.flatten(1).float(), w3.float())
+            w = F.pad(w, (0, 0, 0, 0, 0, 0, 0, HEAD_CHANNELS - w.shape[0]))
+            return w.to(w3.dtype).contiguous(memory_format=torch.channels_last)
+
+        def bias(w3, b3, w1, b1):
+            return w1.flatten(1).float() @ b3.float() + b1.float()
+
+        h = F.conv2d(features, derived_weight(self, "_head_weight", sources, weight, params=(HEAD_CHANNELS,)), None,
+                     padding=1)
+        return torch.add(h.permute(0, 2, 3, 1)[..., :14], derived_weight(self, "_head_bias", sources, bias))
 
     def activate(self, raw: torch.Tensor) -> torch.Tensor:
         """LGM's fixed activations on raw [B, N, 14] (float32) -> activated [B, N, 14]."""

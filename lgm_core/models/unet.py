@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from typing import List, Sequence
 
 import torch
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..runtime import building_cuda_graph, capturing_cuda_graph
+from .derived import derived_weight
 
 SKIP_SCALE = math.sqrt(0.5)
 NUM_HEADS = 16
@@ -34,6 +36,15 @@ FUSED_GROUPNORM = os.environ.get("LGM_FUSED_NORM", "1").strip() != "0"
 # LayerNorm(+residual) of the diffusion transformers (``fold_biases``, ``residual``, ``layer_norm``): on with the fused
 # GroupNorm; benchmarks switch it off to measure what it buys.
 FOLD_BIASES = True
+# Convolutions reformulated on the fused path (``fold_biases``, channels-last), the same sums up to fp16
+# rounding (docs/benchmarks.md, benchmarks/probe_convs.py):
+# - PHASE_UPSAMPLE: an up block's nearest-2x upsampling + 3x3 convolution as its sub-pixel form, four 2x2
+#   convolutions of the low-resolution input run as one (16/36 of the multiply-adds, no upsampled copy),
+#   whose interleave, bias and the next block's concatenation with the skip are one kernel;
+# - PAD_INPUT_CHANNELS: conv_in's input channels (9) zero-padded to this many (cuDNN runs a 9-channel
+#   input on a slow non-tensor-core kernel); 0 = off.
+PHASE_UPSAMPLE = True
+PAD_INPUT_CHANNELS = 16
 FUSED_DEVICE_TYPES = ("cuda",)  # where the fused kernels run (tests add "cpu" with TRITON_INTERPRET=1)
 _fused_module = None  # fused_norm once imported, False when Triton is not importable
 
@@ -263,6 +274,65 @@ def skip_without_bias(skip: nn.Module, x: torch.Tensor):
     return x, None
 
 
+def phase_kernels(weight: torch.Tensor) -> torch.Tensor:
+    """The 3x3 kernel [O, C, 3, 3] of a convolution (padding 1) after nearest 2x upsampling as its four
+    2x2 sub-pixel kernels [4*O, C, 2, 2], phase 2a+b major, in ``weight``'s dtype and memory format:
+    output pixel (2i+a, 2j+b) reads source rows (i-1, i) with taps (w0, w1 + w2) when a = 0, rows (i, i+1)
+    with taps (w0 + w1, w2) when a = 1, and columns likewise (the taps landing on one source pixel
+    summed, in float32). ``conv2d(x, phase_kernels(w), padding=1)`` is [N, 4*O, H+1, W+1]; phase (a, b)
+    of output pixel (2i+a, 2j+b) is at (i+a, j+b) (``PhaseUpsampled.materialize``)."""
+    w = weight.float()
+
+    def taps(t: torch.Tensor, dim: int, a: int) -> torch.Tensor:
+        t0, t1, t2 = t.unbind(dim)
+        return torch.stack((t0, t1 + t2) if a == 0 else (t0 + t1, t2), dim)
+
+    out = torch.cat([taps(taps(w, 2, a), 3, b) for a in (0, 1) for b in (0, 1)], 0).to(weight.dtype)
+    if weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+@dataclass
+class PhaseUpsampled:
+    """An up block's upsampled output in sub-pixel form (``PHASE_UPSAMPLE``), handed to the next up block,
+    which joins it to its skip connection in one kernel: ``z`` [N, 4*O, H+1, W+1] (the phase
+    convolutions, without bias), ``bias`` [O]; stands for the [N, O, 2H, 2W] upsampled activation."""
+
+    z: torch.Tensor
+    bias: torch.Tensor
+
+    def materialize(self) -> torch.Tensor:
+        """The [N, O, 2H, 2W] activation with torch's ops (the fallback of the fused kernel), in ``z``'s
+        memory format."""
+        n, o4, h1, w1 = self.z.shape
+        o, h, w = o4 // 4, h1 - 1, w1 - 1
+        phases = [self.z[:, (2 * a + b) * o:(2 * a + b + 1) * o, a:a + h, b:b + w] for a in (0, 1) for b in (0, 1)]
+        y = torch.stack(phases, 2).view(n, o, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(n, o, 2 * h, 2 * w)
+        y = y + self.bias.to(y.dtype).view(1, -1, 1, 1)
+        if self.z.is_contiguous(memory_format=torch.channels_last) and not self.z.is_contiguous():
+            y = y.contiguous(memory_format=torch.channels_last)
+        return y
+
+
+def channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x`` is 4-D channels-last (NHWC) memory, and not also plain contiguous."""
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def join_skip(x, skip: torch.Tensor) -> torch.Tensor:
+    """``cat([x, skip], 1)``; a ``PhaseUpsampled`` ``x`` is interleaved, biased and joined to ``skip`` in
+    one fused kernel (torch's ops if the kernel cannot run)."""
+    if isinstance(x, PhaseUpsampled):
+        fn = _fused_norm()
+        if fn is not None and fn.phase_upsample_supports(x.z, x.bias, skip):
+            y = _try_fused(lambda: fn.phase_upsample(x.z, x.bias, skip))
+            if y is not None:
+                return y
+        x = x.materialize()
+    return torch.cat([x, skip], dim=1)
+
+
 def conv3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1)
 
@@ -376,14 +446,19 @@ class UpBlock(nn.Module):
         self.attns = nn.ModuleList([MVAttention(c_out) for _ in range(num_layers)]) if attention else None
         self.upsample = conv3(c_out, c_out) if upsample else None
 
-    def forward(self, x: torch.Tensor, skips: List[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x, skips: List[torch.Tensor]):
+        """``x``: the previous block's output (a tensor, or ``PhaseUpsampled``); returns this block's, upsampled
+        when it has an upsampling convolution (in sub-pixel form on the fused path: ``PHASE_UPSAMPLE``)."""
         for j, net in enumerate(self.nets):
-            x = net(torch.cat([x, skips[-1 - j]], dim=1))
+            x = net(join_skip(x, skips[-1 - j]))
             if self.attns is not None:
                 x = self.attns[j](x)
-        if self.upsample is not None:
-            x = self.upsample(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-        return x
+        if self.upsample is None:
+            return x
+        if PHASE_UPSAMPLE and fold_biases(x) and channels_last(x) and channels_last(self.upsample.weight):
+            kernels = derived_weight(self, "_phase_kernels", (self.upsample.weight,), phase_kernels)
+            return PhaseUpsampled(F.conv2d(x, kernels, None, padding=1), self.upsample.bias)
+        return self.upsample(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class MVUNet(nn.Module):
@@ -423,8 +498,22 @@ class MVUNet(nn.Module):
         self.conv_out = conv3(up[-1], out_channels)
         self.skips_per_up_block = layers_per_block + 1
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x)
+    def input_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """``conv_in(x)``; on the fused path with channels-last ``x`` the input channels zero-padded to
+        ``PAD_INPUT_CHANNELS`` (the same sum; weights padded once, a derived weight)."""
+        c = x.shape[1]
+        if PAD_INPUT_CHANNELS > c and fold_biases(x) and channels_last(x) and channels_last(self.conv_in.weight):
+            pad = PAD_INPUT_CHANNELS - c
+            weight = derived_weight(self, "_conv_in_padded", (self.conv_in.weight,),
+                                    lambda w: F.pad(w, (0, 0, 0, 0, 0, pad)).contiguous(memory_format=torch.channels_last),
+                                    params=(pad,))
+            x = F.pad(x.permute(0, 2, 3, 1), (0, pad)).permute(0, 3, 1, 2)  # one copy, NHWC memory
+            return F.conv2d(x, weight, self.conv_in.bias, padding=1)
+        return self.conv_in(x)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything up to the output convolution: ``silu(norm_out(...))`` [B*4, up[-1], s, s]."""
+        h = self.input_conv(x)
         skips = [h]
         for block in self.down_blocks:
             h, pushed = block(h)
@@ -434,7 +523,10 @@ class MVUNet(nn.Module):
         for block in self.up_blocks:
             h = block(h, skips[-n:])
             del skips[-n:]
-        return self.conv_out(self.norm_out(h, silu=True))
+        return self.norm_out(h, silu=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(self.features(x))
 
 
 def set_attention_backend(module: nn.Module, backend: str) -> None:
