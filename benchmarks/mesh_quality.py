@@ -130,7 +130,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default=None)
     ap.add_argument("--resolution", type=int, default=None, help="override extract_mesh's default")
-    ap.add_argument("--level", type=float, default=None, help="override extract_mesh's default")
+    ap.add_argument("--level", type=lambda v: v if v == "auto" else float(v), default=None,
+                    help="override extract_mesh's default (a number or 'auto')")
     ap.add_argument("--snap", action="store_true", help="extract_mesh(snap=True): surface on the centres")
     for name, choices in (("mc-method", ["torch", "skimage"]), ("decimation", ["torch", "fast_simplification"]),
                           ("uv-method", ["charts", "xatlas"])):
