@@ -138,10 +138,15 @@ class CUDAGraphRunner:
                 self.failed = True
                 self.reset()
                 return self.fn(*args)
-            self.graphs[key] = graph
             # buffers the warm-up derived from the weights (e.g. the diffusion UNet's concatenated q/k/v
-            # weights) are part of what the graphs read: key them too, or the next call would re-capture
-            self._weights_key = self._current_weights()
+            # weights) are part of what the graphs read: key them too, or the next call would re-capture.
+            # If the warm-up replaced such a buffer (a setting of a derived weight changed), graphs
+            # captured before read the freed old one: drop them.
+            after = self._current_weights()
+            if after != weights:
+                self.graphs.clear()
+            self.graphs[key] = graph
+            self._weights_key = after
         for buffer, value in zip(graph.inputs, args):
             if buffer is not None:
                 buffer.copy_(value)

@@ -190,3 +190,28 @@ def test_runner_captures_again_after_an_in_place_weight_change():
         runner(torch.ones(1, 3))
         runner(torch.ones(1, 3))
     assert runner.captures == 1
+
+
+def test_runner_drops_older_graphs_when_a_capture_replaces_a_derived_buffer():
+    """A capture whose warm-up rebuilt a derived weight (one of its settings changed) leaves graphs
+    captured before holding the freed old buffer: they are dropped, and re-captured when called."""
+    from lgm_core.models.derived import derived_weight
+
+    module = torch.nn.Linear(3, 3)
+    setting = {"scale": 2.0}
+
+    def fn(x):
+        w = derived_weight(module, "_scaled", (module.weight,), lambda w: w * setting["scale"],
+                           params=(setting["scale"],))
+        return x @ w
+
+    runner = CPUGraphRunner(fn, weights=module)
+    with torch.no_grad():
+        runner(torch.ones(1, 3))
+        runner(torch.ones(2, 3))  # another shape, the same derived weight: both graphs kept
+        assert runner.captures == 2 and len(runner.graphs) == 2
+        setting["scale"] = 3.0
+        runner(torch.ones(3, 3))  # rebuilt during this warm-up: the two older graphs are stale
+        assert len(runner.graphs) == 1
+        out = runner(torch.ones(1, 3))
+    assert runner.captures == 4 and torch.allclose(out, torch.ones(1, 3) @ (module.weight * 3.0))

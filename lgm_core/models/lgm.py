@@ -239,6 +239,13 @@ class LGM(nn.Module):
             self._graph_runner = CUDAGraphRunner(self._forward_gaussians, weights=self, name="LGM.forward_gaussians")
         return self
 
+    def load_state_dict(self, *args, **kwargs):
+        """``nn.Module.load_state_dict``, then the fused path's derived weights are dropped (an in-place copy
+        into inference-mode weights moves no version counter, so the cache could not tell)."""
+        result = super().load_state_dict(*args, **kwargs)
+        drop_derived_weights(self)
+        return result
+
     def release_cuda_graphs(self) -> None:
         """Free the captured graphs' memory now (e.g. when a memory manager unloads the model) and the
         fused path's derived weights (``lgm_core.models.derived``); the next CUDA call captures again."""
@@ -298,11 +305,9 @@ class LGM(nn.Module):
         x = x.reshape(b * NUM_VIEWS, *x.shape[2:]).to(self.dtype)
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        features = self.unet.features(x)
-        if (FUSED_HEAD and fold_biases(features) and channels_last(features)
-                and channels_last(self.unet.conv_out.weight)):
-            return self.activate(self._fused_head(features).reshape(b, -1, 14))
-        h = self.conv(self.unet.conv_out(features))
+        if FUSED_HEAD and fold_biases(x) and channels_last(x) and channels_last(self.unet.conv_out.weight):
+            return self.activate(self._fused_head(self.unet.features(x)).reshape(b, -1, 14))
+        h = self.conv(self.unet(x))
         h = h.float().reshape(b, NUM_VIEWS, 14, s, s).permute(0, 1, 3, 4, 2).reshape(b, -1, 14)
         return self.activate(h)
 
@@ -313,7 +318,7 @@ class LGM(nn.Module):
 
         def weight(w3, b3, w1, b1):
             w = torch.einsum("oi,ichw->ochw", w1.flatten(1).float(), w3.float())
-            w = F.pad(w, (0, 0, 0, 0, 0, 0, 0, HEAD_CHANNELS - w.shape[0]))
+            w = F.pad(w, (0, 0, 0, 0, 0, 0, 0, max(HEAD_CHANNELS - w.shape[0], 0)))
             return w.to(w3.dtype).contiguous(memory_format=torch.channels_last)
 
         def bias(w3, b3, w1, b1):

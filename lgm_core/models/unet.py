@@ -129,7 +129,8 @@ def _fused_failed(err: Exception) -> None:
     import logging
 
     logging.getLogger("lgm_core").warning(
-        "fused Triton kernels (GroupNorm, residual, LayerNorm, GEGLU) unavailable (%s: %s); using torch's "
+        "fused Triton kernels (GroupNorm, residual, LayerNorm, GEGLU, sub-pixel upsampling) unavailable (%s: %s); "
+        "using torch's "
         "kernels (LGM_FUSED_NORM=0 "
         "skips this attempt)", type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
 
@@ -288,9 +289,7 @@ def phase_kernels(weight: torch.Tensor) -> torch.Tensor:
         return torch.stack((t0, t1 + t2) if a == 0 else (t0 + t1, t2), dim)
 
     out = torch.cat([taps(taps(w, 2, a), 3, b) for a in (0, 1) for b in (0, 1)], 0).to(weight.dtype)
-    if weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
-        out = out.contiguous(memory_format=torch.channels_last)
-    return out
+    return out.contiguous(memory_format=torch.channels_last) if channels_last(weight) else out
 
 
 @dataclass
@@ -310,9 +309,7 @@ class PhaseUpsampled:
         phases = [self.z[:, (2 * a + b) * o:(2 * a + b + 1) * o, a:a + h, b:b + w] for a in (0, 1) for b in (0, 1)]
         y = torch.stack(phases, 2).view(n, o, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(n, o, 2 * h, 2 * w)
         y = y + self.bias.to(y.dtype).view(1, -1, 1, 1)
-        if self.z.is_contiguous(memory_format=torch.channels_last) and not self.z.is_contiguous():
-            y = y.contiguous(memory_format=torch.channels_last)
-        return y
+        return y.contiguous(memory_format=torch.channels_last) if channels_last(self.z) else y
 
 
 def channels_last(x: torch.Tensor) -> bool:

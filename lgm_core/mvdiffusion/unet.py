@@ -477,6 +477,13 @@ class MultiViewUNet(nn.Module):
         self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(),
                                  nn.Conv2d(model_channels, out_channels, 3, padding=1))
 
+    def load_state_dict(self, *args, **kwargs):
+        """``nn.Module.load_state_dict``, then the derived weights (concatenated q/k/v) are dropped (an in-place
+        copy into inference-mode weights moves no version counter, so the cache could not tell)."""
+        result = super().load_state_dict(*args, **kwargs)
+        drop_derived_weights(self)
+        return result
+
     # ------------------------------------------------------------------------------------------
     @property
     def dtype(self) -> torch.dtype:
