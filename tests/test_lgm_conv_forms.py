@@ -237,3 +237,34 @@ def test_load_state_dict_drops_derived_weights(fn):
             got = model.unet.input_conv(x)
         ref = other.unet.conv_in(x)
     assert float((got.float() - ref.float()).abs().max()) <= 0.02 * float(ref.abs().max())
+
+
+def test_diffusion_unet_upsamples_in_sub_pixel_form(fn, monkeypatch):
+    """The diffusion UNet's Upsample (opt-in: at most PHASE_UPSAMPLE_MAX_CHANNELS channels) hands a
+    PhaseUpsampled to the next output block on the fused path; the noise prediction stays within bf16
+    rounding of the written-out ops, and with the threshold at 0 (the default) the original upsampling runs."""
+    from lgm_core.mvdiffusion import unet as mv_unet
+    from lgm_core.mvdiffusion.unet import MultiViewUNet
+    from lgm_core.testing.pipelines import TINY_UNET_CONFIG
+
+    assert mv_unet.PHASE_UPSAMPLE_MAX_CHANNELS == 0
+    monkeypatch.setattr(mv_unet, "PHASE_UPSAMPLE_MAX_CHANNELS", 640)
+
+    torch.manual_seed(0)
+    model = MultiViewUNet(**TINY_UNET_CONFIG).eval().to(DEVICE, torch.bfloat16).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 4, 8, 8, device=DEVICE).bfloat16().contiguous(memory_format=torch.channels_last)
+    t = torch.full((4,), 500, device=DEVICE)
+    ctx = torch.randn(4, 5, TINY_UNET_CONFIG["context_dim"], device=DEVICE).bfloat16()
+    cam = torch.randn(4, 16, device=DEVICE).bfloat16()
+    calls = counting(monkeypatch, fn, "phase_upsample")
+    with torch.no_grad():
+        with building_cuda_graph_scope():
+            y = model(x, t, ctx, camera=cam, num_frames=4)
+        assert calls == [1]
+        monkeypatch.setattr(mv_unet, "PHASE_UPSAMPLE_MAX_CHANNELS", 0)
+        with building_cuda_graph_scope():
+            y_before = model(x, t, ctx, camera=cam, num_frames=4)
+        assert calls == [1]
+        ref = model.float()(x.float(), t, ctx.float(), camera=cam.float(), num_frames=4)
+    err, err_before = (float((v.float() - ref).abs().max()) for v in (y, y_before))
+    assert err < max(2 * err_before, 0.05), (err, err_before)

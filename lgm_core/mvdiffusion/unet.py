@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.derived import derived_weight, drop_derived_weights
-from ..models.unet import (GroupNorm32, conv_without_bias, fold_biases, fused_joins_apply, geglu, layer_norm,
-                           residual, skip_without_bias)
+from ..models.unet import (GroupNorm32, PhaseUpsampled, channels_last, conv_without_bias, fold_biases,
+                           fused_joins_apply, geglu, join_skip, layer_norm, phase_kernels, residual,
+                           skip_without_bias)
 
 __all__ = ["MultiViewUNet", "Resampler", "timestep_embedding"]
 
@@ -41,6 +42,14 @@ __all__ = ["MultiViewUNet", "Resampler", "timestep_embedding"]
 # on the fused path only (``fused_joins_apply``; elsewhere three GEMMs as the original): larger GEMMs run
 # closer to the tensor cores' peak.
 FUSE_QKV = True
+# The upsampling convolutions in sub-pixel form (as LGM's, lgm_core.models.unet.PHASE_UPSAMPLE) on the fused
+# path, for at most this many output channels; 0 = off (the default). H200, alone
+# (benchmarks/results/probe_convs_h200.md): 640 channels at batch 1 / 16: 143 -> 113 / 2066 -> 1110 us;
+# 1280 channels mixed (at 8x8, batch 16: 1715 -> 2250 us; at 4x4, batch 1: 41 -> 61 us). With 640 the
+# batch-16 UNet step took 59.7 ms against 60.2 ms (probe_mv_kernels_b16_phase_h200.log); off by default
+# because its effect on the pipeline's output against eager (the faithfulness check of docs/benchmarks.md,
+# where ImageDream already sits at the noise level) was not measured.
+PHASE_UPSAMPLE_MAX_CHANNELS = 0
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -186,11 +195,19 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
+    """Nearest 2x upsampling + 3x3 convolution; on the fused path, for at most ``PHASE_UPSAMPLE_MAX_CHANNELS``
+    output channels (off by default), in sub-pixel form (``lgm_core.models.unet.PhaseUpsampled``: the next output block
+    joins it to its skip in one kernel)."""
+
     def __init__(self, channels: int, out_channels: Optional[int] = None):
         super().__init__()
         self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor):
+        if (self.conv.out_channels <= PHASE_UPSAMPLE_MAX_CHANNELS and fold_biases(x) and channels_last(x)
+                and channels_last(self.conv.weight)):
+            kernels = derived_weight(self, "_phase_kernels", (self.conv.weight,), phase_kernels)
+            return PhaseUpsampled(F.conv2d(x, kernels, None, padding=1), self.conv.bias)
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
@@ -555,7 +572,7 @@ class MultiViewUNet(nn.Module):
             hs.append(h)
         h = self.middle_block(h, emb, context, num_frames)
         for block in self.output_blocks:
-            h = block(torch.cat([h, hs.pop()], dim=1), emb, context, num_frames)
+            h = block(join_skip(h, hs.pop()), emb, context, num_frames)
         return self.out[2](self.out[0](h, silu=True))
 
     def forward(
