@@ -330,6 +330,16 @@ def join_skip(x, skip: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, skip], dim=1)
 
 
+def upsample_conv(owner: nn.Module, conv: nn.Conv2d, x: torch.Tensor, sub_pixel: bool):
+    """``conv(upsample_nearest_2x(x))``; with ``sub_pixel`` on the fused path (channels-last ``x`` and
+    weight) its sub-pixel form instead: a ``PhaseUpsampled`` for the next block's ``join_skip``, the phase
+    kernels a derived weight of ``owner``."""
+    if sub_pixel and fold_biases(x) and channels_last(x) and channels_last(conv.weight):
+        kernels = derived_weight(owner, "_phase_kernels", (conv.weight,), phase_kernels)
+        return PhaseUpsampled(F.conv2d(x, kernels, None, padding=1), conv.bias)
+    return conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
 def conv3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1)
 
@@ -452,10 +462,7 @@ class UpBlock(nn.Module):
                 x = self.attns[j](x)
         if self.upsample is None:
             return x
-        if PHASE_UPSAMPLE and fold_biases(x) and channels_last(x) and channels_last(self.upsample.weight):
-            kernels = derived_weight(self, "_phase_kernels", (self.upsample.weight,), phase_kernels)
-            return PhaseUpsampled(F.conv2d(x, kernels, None, padding=1), self.upsample.bias)
-        return self.upsample(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return upsample_conv(self, self.upsample, x, PHASE_UPSAMPLE)
 
 
 class MVUNet(nn.Module):

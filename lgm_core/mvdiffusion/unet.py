@@ -32,9 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.derived import derived_weight, drop_derived_weights
-from ..models.unet import (GroupNorm32, PhaseUpsampled, channels_last, conv_without_bias, fold_biases,
-                           fused_joins_apply, geglu, join_skip, layer_norm, phase_kernels, residual,
-                           skip_without_bias)
+from ..models.unet import (GroupNorm32, conv_without_bias, fold_biases, fused_joins_apply, geglu, join_skip,
+                           layer_norm, residual, skip_without_bias, upsample_conv)
 
 __all__ = ["MultiViewUNet", "Resampler", "timestep_embedding"]
 
@@ -204,11 +203,7 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor):
-        if (self.conv.out_channels <= PHASE_UPSAMPLE_MAX_CHANNELS and fold_biases(x) and channels_last(x)
-                and channels_last(self.conv.weight)):
-            kernels = derived_weight(self, "_phase_kernels", (self.conv.weight,), phase_kernels)
-            return PhaseUpsampled(F.conv2d(x, kernels, None, padding=1), self.conv.bias)
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return upsample_conv(self, self.conv, x, self.conv.out_channels <= PHASE_UPSAMPLE_MAX_CHANNELS)
 
 
 class GEGLU(nn.Module):
