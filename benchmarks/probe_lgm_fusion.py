@@ -9,10 +9,11 @@ Random weights (bench_lgm's init), fp16, channels-last, CUDA graphs (the project
   ``add`` and the ``residual`` kernel (the default until the convolution forms);
 - ``+ sub-pixel upsampling``: ``unet.PHASE_UPSAMPLE`` (the up blocks' upsampling convolutions in
   sub-pixel form, interleaved into the next block's concatenation by one kernel);
-- ``+ padded conv_in + composed head``: the default path (``unet.PAD_INPUT_CHANNELS = 16``,
-  ``lgm.FUSED_HEAD``); ``--pad-input N`` adds rows with other paddings;
-- ``+ one-pass GroupNorm <= N``: the default plus ``fused_norm.ONE_PASS_MAX = N`` (one program per group
-  for groups of up to N elements) for each ``--one-pass`` value.
+- ``+ padded conv_in + composed head``: ``unet.PAD_INPUT_CHANNELS = 16``, ``lgm.FUSED_HEAD`` (the default
+  until the one-program GroupNorm);
+- ``+ one-pass GroupNorm <= N (default)``: the default path, ``fused_norm.ONE_PASS_MAX`` as shipped (one
+  program per group for power-of-two groups whose tile has up to N elements); ``--pad-input N`` adds rows
+  with other paddings, each ``--one-pass N`` a row with another bound.
 
 For each: median ms (CUDA events), peak GB above the weights, max |d| of the activated Gaussians vs the
 fp32 model (positions in [-1, 1], colours in [0, 1]); then a kernel profile (GPU ms per family, the top
@@ -51,17 +52,25 @@ FORMS_OFF = dict(phase=False, pad_input=0, head=False)
 
 
 def modes(one_pass, pad_inputs=()):
+    from lgm_core.models import fused_norm
+
+    default_one_pass = ONE_PASS_DEFAULT if ONE_PASS_DEFAULT is not None else fused_norm.ONE_PASS_MAX
     out = [("torch kernels", dict(fused=False, fold=False, one_pass=0, **FORMS_OFF)),
            ("fused GroupNorm+SiLU", dict(fused=True, fold=False, one_pass=0, **FORMS_OFF)),
            ("+ folded biases + residual kernel", dict(fused=True, fold=True, one_pass=0, **FORMS_OFF)),
            ("+ sub-pixel upsampling", dict(fused=True, fold=True, one_pass=0, phase=True, pad_input=0, head=False)),
-           ("+ padded conv_in + composed head (default)",
-            dict(fused=True, fold=True, one_pass=0, phase=True, pad_input=16, head=True))]
-    out += [(f"default, conv_in padded to {n}", dict(fused=True, fold=True, one_pass=0, phase=True, pad_input=n,
-                                                    head=True)) for n in pad_inputs]
+           ("+ padded conv_in + composed head",
+            dict(fused=True, fold=True, one_pass=0, phase=True, pad_input=16, head=True)),
+           (f"+ one-pass GroupNorm <= {default_one_pass} (default)",
+            dict(fused=True, fold=True, one_pass=default_one_pass, phase=True, pad_input=16, head=True))]
+    out += [(f"default, conv_in padded to {n}", dict(fused=True, fold=True, one_pass=default_one_pass, phase=True,
+                                                    pad_input=n, head=True)) for n in pad_inputs]
     out += [(f"+ one-pass GroupNorm <= {n}", dict(fused=True, fold=True, one_pass=n, phase=True, pad_input=16,
-                                                  head=True)) for n in one_pass]
+                                                  head=True)) for n in one_pass if n != default_one_pass]
     return out
+
+
+ONE_PASS_DEFAULT = None  # fused_norm.ONE_PASS_MAX as imported (main() records it before any mode changes it)
 
 
 def set_mode(fused: bool, fold: bool, one_pass: int, phase: bool = True, pad_input: int = 16,
@@ -109,6 +118,8 @@ def main(argv=None) -> int:
     from lgm_core.models import fused_norm
 
     one_pass_default = fused_norm.ONE_PASS_MAX
+    global ONE_PASS_DEFAULT
+    ONE_PASS_DEFAULT = one_pass_default
     rows = []
     lines = [f"# LGM fusion probe\n\n- {torch.cuda.get_device_name() if device == 'cuda' else 'CPU (smoke)'}, "
              f"torch {torch.__version__}, {dtype}, channels-last, CUDA graphs\n",
@@ -162,7 +173,7 @@ def main(argv=None) -> int:
                 best = (name, ms, mode)
         if a.sweep:
             defaults_sweep = (fused_norm.STATS_PROGRAMS_PER_SM, fused_norm.STATS_TILE, fused_norm.STATS_WARPS)
-            set_mode(fused=True, fold=True, one_pass=0)  # the default
+            set_mode(fused=True, fold=True, one_pass=one_pass_default)  # the default
             try:
                 for triple in a.sweep.split(";"):
                     pps, tile, warps = (int(v) for v in triple.split(","))

@@ -129,7 +129,7 @@ def main(argv=None) -> int:
             setattr(mod, name, value)
         unet_module.FUSED_GROUPNORM = bool(mode)
         unet_module.FOLD_BIASES = mode != "no-fold"
-        fused_norm.ONE_PASS_MAX = a.one_pass if mode == "one-pass" else 0
+        fused_norm.ONE_PASS_MAX = a.one_pass if mode == "one-pass" else one_pass_default
         if isinstance(mode, str) and "=" in mode:
             for item in mode.split(","):
                 target, value = item.split("=", 1)

@@ -59,8 +59,9 @@ def make(shape, dtype, channels_last, mean=0.0, std=1.0, seed=0):
 @pytest.mark.parametrize("shape", [(2, 64, 9, 7), (1, 192, 5, 11), (3, 384, 1, 1), (1, 1024, 3, 5),
                                    (1, 2048, 2, 3)])
 def test_matches_float64_group_norm(fn, shape, dtype, channels_last, path, monkeypatch):
-    """Groups of 2, 6, 12, 32 and 64 channels (192, 384: channel counts that are not powers of two;
-    2048: LGM big's widest up-block input), through the one-program kernel and the split reduction."""
+    """Groups of 2, 6, 12, 32 and 64 channels (192, 384: channel counts that are not powers of two, which
+    take the split reduction in both paths; 2048: LGM big's widest up-block input), through the
+    one-program kernel and the split reduction."""
     monkeypatch.setattr(fn, "ONE_PASS_MAX", 0 if path == "split" else 32768)
     x, w, b = make(shape, dtype, channels_last, mean=3.0, std=2.0)
     for silu in (False, True):
@@ -108,14 +109,19 @@ def test_shifted_sums_with_an_outlier_first_pixel(fn, channels_last, monkeypatch
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_one_pass_loops_and_large_mean(fn, channels_last, monkeypatch):
-    """The one-program kernel with several loop steps per pass (tiny tiles) and a mean far from zero."""
-    monkeypatch.setattr(fn, "ONE_PASS_TILE", 16)
-    monkeypatch.setattr(fn, "ONE_PASS_MAX", 32768)
-    x, w, b = make((2, 320, 13, 11), torch.float16, channels_last, mean=300.0, std=50.0, seed=1)
-    y = fn.group_norm(x, w, b, 32, 1e-6, silu=True)
-    ref = F.silu(F.group_norm(x.cpu().double(), 32, w.cpu().double(), b.cpu().double(), 1e-6))
-    assert_rounding_close(y.cpu(), ref, torch.float16)
+def test_one_pass_large_mean_and_its_bound(fn, channels_last, monkeypatch):
+    """The one-program kernel on groups of 8 channels x 143 pixels (an 8 x 256 tile) and a mean far from
+    zero; a group whose tile exceeds ONE_PASS_MAX, or whose channel count is not a power of two, takes
+    the split reduction."""
+    monkeypatch.setattr(fn, "ONE_PASS_MAX", 2048)
+    assert fn.one_pass_block(8, 13 * 11) == (8, 256)
+    assert fn.one_pass_block(8, 13 * 21) is None  # 8 x 512 > 2048
+    assert fn.one_pass_block(10, 13) is None  # 10 channels: masked lanes, misaligned rows
+    for hw in ((13, 11), (13, 21)):
+        x, w, b = make((2, 256, *hw), torch.float16, channels_last, mean=300.0, std=50.0, seed=1)
+        y = fn.group_norm(x, w, b, 32, 1e-6, silu=True)
+        ref = F.silu(F.group_norm(x.cpu().double(), 32, w.cpu().double(), b.cpu().double(), 1e-6))
+        assert_rounding_close(y.cpu(), ref, torch.float16)
 
 
 @pytest.mark.parametrize("path", ["one_pass", "split"])
@@ -126,14 +132,15 @@ def test_add_before_the_statistics(fn, channels_last, path, per_sample, monkeypa
     normalised with x, summed in fp32 in both paths: the result is GroupNorm(x + add) within the output
     rounding; a wrong shape is refused."""
     monkeypatch.setattr(fn, "ONE_PASS_MAX", 0 if path == "split" else 32768)
-    x, w, b = make((2, 96, 6, 5), torch.float16, channels_last, mean=1.0, std=2.0, seed=2)
-    add = (torch.randn(2, 96, generator=torch.Generator().manual_seed(3)) * 4).half().to(DEVICE)
+    x, w, b = make((2, 128, 6, 5), torch.float16, channels_last, mean=1.0, std=2.0, seed=2)
+    assert (fn.one_pass_block(4, 30) is not None) == (path == "one_pass")
+    add = (torch.randn(2, 128, generator=torch.Generator().manual_seed(3)) * 4).half().to(DEVICE)
     if not per_sample:
         add = add[1]
     for silu in (False, True):
         y = fn.group_norm(x, w, b, 32, 1e-5, silu=silu, add=add)
         assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-        summed = x.cpu().double() + add.cpu().double().reshape(-1, 96)[:, :, None, None]
+        summed = x.cpu().double() + add.cpu().double().reshape(-1, 128)[:, :, None, None]
         ref = reference(summed, w.cpu(), b.cpu(), silu)
         assert_rounding_close(y.cpu(), ref, torch.float16)
     with pytest.raises(ValueError, match="add"):

@@ -23,10 +23,10 @@ Any C divisible by ``num_groups`` (not only powers of two) and any H, W.
 Dtypes: fp16, bf16 and fp32 inputs (LGM only routes fp16/bf16 here); the affine weight and bias may be
 of any float dtype. All arithmetic is float32.
 
-Numerics: a group of at most ``ONE_PASS_MAX`` elements (0 by default: measured slower on the H200, see
-the constant) is one program of ``_group_norm_one_pass``: it loops over its pixels three times (sum ->
-exact mean; squared deviations -> biased variance; normalise + affine (+ SiLU) -> store), one launch and
-no partials in memory. Otherwise (the default) the split reduction:
+Numerics: a group of a power-of-two number of channels whose tile (those channels x its pixels rounded up
+to a power of two) has at most ``ONE_PASS_MAX`` elements is one program of ``_group_norm_one_pass``: the whole group is loaded once into
+registers (sum -> exact mean; squared deviations from it -> biased variance; normalise + affine (+ SiLU)
+-> store), one launch and no partials in memory. Otherwise the split reduction:
 1. ``_partial_stats``: grid (pixel range, channel block, sample), about ``STATS_PROGRAMS_PER_SM`` programs
    per SM; each loops over whole ``STATS_TILE``-element tiles of its pixel range and accumulates, per
    channel c, the shifted sums ``S1 = sum d`` and ``S2 = sum d^2`` of ``d = x - K_c`` elementwise in fp32
@@ -63,12 +63,14 @@ REDUCE_BLOCK = 1024  # partials merged per loop step in _finalize
 STATS_PROGRAMS_PER_SM = 8  # _partial_stats programs per SM (each loops over its share of the pixels)
 STATS_TILE = 2048  # elements per loop step of a _partial_stats program (H200 sweep: probe_lgm_fusion --sweep)
 STATS_WARPS = 4  # warps per _partial_stats program
-# Largest group (channels x pixels) normalised by one program of _group_norm_one_pass; 0 = never. Off: slower
-# than the split reduction wherever measured (H200, CUDA graphs; benchmarks/probe_lgm_fusion.py and
-# probe_mv_kernels.py --one-pass N): LGM big b1 7.42 ms off vs 7.57 / 7.88 / 10.38 ms for groups up to
-# 8192 / 32768 / 131072 elements; MVDream 30-step call 272.3 vs 273.0 ms (32768); batch-16 UNet step 68.3 vs 69.8 ms.
-ONE_PASS_MAX = 0
-ONE_PASS_TILE = 2048  # elements per loop step of _group_norm_one_pass
+# Largest register tile (a group's channels x its pixels rounded up to a power of two) that one program of
+# _group_norm_one_pass normalises in one launch, for groups whose channel count is a power of two; 0 = never
+# (the split reduction, three launches, always). H200, CUDA graphs, LGM big fp16 (probe_lgm_fusion.py
+# --one-pass, 3 interleaved rounds, 2026-12-02): b1 6.74 ms off -> 6.73 / 6.53 / 6.34 / 7.19 ms at 4096 / 8192
+# / 16384 / 32768; b4 18.29 -> 18.04 / 17.94 / 18.07 / 18.48 ms. Groups of 10, 20 or 40 channels (the
+# diffusion UNet's 320 / 640 / 1280) stay on the split reduction: with every group width, its batch-8 UNet step
+# took 10.39 ms against 8.55 (masked lanes and misaligned channels-last rows).
+ONE_PASS_MAX = 16384
 
 
 @triton.jit
@@ -208,44 +210,39 @@ def _apply(x_ptr, add_ptr, y_ptr, scale_ptr, shift_ptr, C, P, stride_n, add_stri
 def _group_norm_one_pass(x_ptr, y_ptr, w_ptr, b_ptr, add_ptr, C, CG, P, stride_n, add_stride_n, groups, eps,
                          HAS_ADD: tl.constexpr, CHANNELS_LAST: tl.constexpr, SILU: tl.constexpr,
                          BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Program (n, g): the whole group as one [BLOCK_C >= CG, BLOCK_P >= P] tile in registers: one load,
+    the exact mean, the biased variance of the deviations from it, normalise + affine (+ SiLU), one
+    store."""
     pid = tl.program_id(0)
     n = pid // groups
     g = pid % groups
     ch = tl.arange(0, BLOCK_C)
     cm = ch < CG
     c = g * CG + ch
-    base = n.to(tl.int64) * stride_n
-    if HAS_ADD:
-        shift_in = tl.load(add_ptr + n * add_stride_n + c, mask=cm, other=0.0).to(tl.float32)
-    acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
-    for start in range(0, P, BLOCK_P):
-        offs, mask, x = _group_tile(x_ptr, base, c, cm, start, C, P, CHANNELS_LAST, BLOCK_P)
-        if HAS_ADD:
-            x = tl.where(mask, x + shift_in[:, None], 0.0)
-        acc += x
-    count = (CG * P).to(tl.float32)
-    mean = tl.sum(tl.sum(acc, axis=1), axis=0) / count
-    acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
-    for start in range(0, P, BLOCK_P):
-        offs, mask, x = _group_tile(x_ptr, base, c, cm, start, C, P, CHANNELS_LAST, BLOCK_P)
-        if HAS_ADD:
-            x = x + shift_in[:, None]
-        d = tl.where(mask, x - mean, 0.0)
-        acc += d * d
-    var = tl.sum(tl.sum(acc, axis=1), axis=0) / count
-    rstd = 1.0 / tl.sqrt(var + eps)
+    offs, mask, x = _group_tile(x_ptr, n.to(tl.int64) * stride_n, c, cm, 0, C, P, CHANNELS_LAST, BLOCK_P)
     w = tl.load(w_ptr + c, mask=cm, other=0.0).to(tl.float32)
     b = tl.load(b_ptr + c, mask=cm, other=0.0).to(tl.float32)
-    scale = w * rstd
-    shift = b - mean * scale
     if HAS_ADD:
-        shift = shift + shift_in * scale  # (x + a) * scale + shift, with x as loaded
-    for start in range(0, P, BLOCK_P):
-        offs, mask, x = _group_tile(x_ptr, base, c, cm, start, C, P, CHANNELS_LAST, BLOCK_P)
-        y = x * scale[:, None] + shift[:, None]
-        if SILU:
-            y = y * tl.sigmoid(y)
-        tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+        x = tl.where(mask, x + tl.load(add_ptr + n * add_stride_n + c, mask=cm, other=0.0).to(tl.float32)[:, None],
+                     0.0)
+    count = (CG * P).to(tl.float32)
+    mean = tl.sum(tl.sum(x, axis=1), axis=0) / count
+    d = tl.where(mask, x - mean, 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(tl.sum(d * d, axis=1), axis=0) / count + eps)
+    y = d * (w * rstd)[:, None] + b[:, None]
+    if SILU:
+        y = y * tl.sigmoid(y)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def one_pass_block(cg: int, P: int):
+    """Register tile (BLOCK_C, BLOCK_P) of ``_group_norm_one_pass`` for groups of ``cg`` channels x ``P``
+    pixels, or None (the split reduction runs instead) when ``cg`` is not a power of two or the tile
+    exceeds ``ONE_PASS_MAX`` elements (see the constant)."""
+    if cg & (cg - 1):
+        return None
+    block_c, block_p = cg, triton.next_power_of_2(P)
+    return (block_c, block_p) if block_c * block_p <= ONE_PASS_MAX else None
 
 
 _SM_COUNTS: dict = {}
@@ -335,12 +332,12 @@ def group_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_gr
     cg = C // num_groups
     # Triton launches on the current GPU and its current stream: make that x's GPU (e.g. cuda:1)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        if cg * P <= ONE_PASS_MAX:
-            block_c = triton.next_power_of_2(cg)
-            block_p = max(1, min(triton.next_power_of_2(P), ONE_PASS_TILE // block_c))
+        tile = one_pass_block(cg, P)
+        if tile is not None:
             _group_norm_one_pass[(N * num_groups,)](
                 x, y, weight, bias, add_arg, C, cg, P, stride_n, add_stride_n, num_groups, eps, HAS_ADD=has_add,
-                CHANNELS_LAST=channels_last, SILU=bool(silu), BLOCK_C=block_c, BLOCK_P=block_p)
+                CHANNELS_LAST=channels_last, SILU=bool(silu), BLOCK_C=tile[0], BLOCK_P=tile[1],
+                num_warps=max(4, min(16, tile[0] * tile[1] // 1024)))
             return y
         stats_c, stats_p, stats_cb, num_pb, pix_per_prog = _stats_plan(N, C, P, channels_last, x.device)
         s1 = torch.empty((N, num_pb, C), device=x.device, dtype=torch.float32)
