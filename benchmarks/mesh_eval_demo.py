@@ -118,7 +118,7 @@ def main(argv=None) -> int:
                     help="also score the splat's rendered depth and extract_mesh variants (level sweep, snap, "
                          "level='auto', the other UV method)")
     ap.add_argument("--levels", type=float, nargs="*", default=[0.3, 0.5, 1.0], help="--analyse level sweep")
-    ap.add_argument("--variants", nargs="*", default=["snap", "auto", "xatlas"], choices=["snap", "auto", "xatlas", "torch"],
+    ap.add_argument("--variants", nargs="*", default=["snap", "auto", "xatlas"], choices=["snap", "auto", "auto_capped", "xatlas", "torch"],
                     help="--analyse: further extract_mesh variants ('torch': the CUDA defaults' PyTorch stages)")
     ap.add_argument("--data", type=Path, default=REPO / "out" / "demo_test_views", help="cached test views")
     ap.add_argument("--comfyui", type=Path, default=None, help="ComfyUI 0.33 tree: also score core's SplatToMesh")
@@ -126,6 +126,10 @@ def main(argv=None) -> int:
     ap.add_argument("--refine", type=int, default=0, help="Adam steps after refine_texture's back-projection")
     ap.add_argument("--no-refine", action="store_true", help="do not score refine_texture")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--mc-method", default=None, choices=["torch", "skimage"],
+                    help="extract_mesh(mc_method=...) for every mesh of ours (default: extract_mesh's)")
+    ap.add_argument("--decimation", default=None, choices=["torch", "fast_simplification"],
+                    help="extract_mesh(decimation=...) for every mesh of ours (default: extract_mesh's)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -181,7 +185,8 @@ def main(argv=None) -> int:
         centres = g.positions[0][g.opacities[0, :, 0] >= 0.5].double().numpy()
         row["centres"] = geometry(centres, ref, diag)
         t = time.perf_counter()
-        ours = extract_mesh(g, device=args.device)
+        base = {k: getattr(args, k) for k in ("mc_method", "decimation") if getattr(args, k) is not None}
+        ours = extract_mesh(g, device=args.device, **base)
         row["ours_s"] = time.perf_counter() - t
         row["ours"] = geometry(sample_mesh_points(ours, args.points, 1), ref, diag)
         row["ours"]["psnr"], row["ours"]["ssim"], row["ours"]["psnr_gt"] = appearance(ours, novel, splat_img, gt_img)
@@ -208,17 +213,27 @@ def main(argv=None) -> int:
             row["splat_depth"] = geometry(pts[torch.randperm(len(pts))[: args.points]].double().numpy(), ref, diag)
             variants = {f"level={lv:g}": dict(level=lv) for lv in args.levels}
             extra = {"snap": ("snap", dict(snap=True)), "auto": ("level=auto", dict(level="auto")),
+                     "auto_capped": ("level=auto, max_level=0.7", dict(level="auto", max_level=0.7)),
                      "xatlas": ("uv_method=xatlas", dict(uv_method="xatlas")),
                      "torch": ("mc_method=torch, decimation=torch", dict(mc_method="torch", decimation="torch"))}
             variants.update(dict(extra[v] for v in args.variants))
             for name, kw in variants.items():
                 t = time.perf_counter()
+                used = {}
+
+                def note_level(message, _frac, used=used):
+                    if message.startswith("calibrated level "):
+                        used["level"] = float(message.split()[2])
+
                 try:
-                    m = extract_mesh(g, device=args.device, **kw)
+                    m = extract_mesh(g, device=args.device, progress=note_level, **{**base, **kw})
                 except (ValueError, ImportError) as exc:
                     print(f"  {name}: {exc}", file=sys.stderr)
                     continue
                 key = f"variant {name}"
+                if "level" in used:
+                    print(f"  {obj.id} {name}: calibrated level {used['level']:.3g}", file=sys.stderr)
+                    row[f"{key}_level"] = used["level"]
                 row[f"{key}_s"] = time.perf_counter() - t
                 row[key] = geometry(sample_mesh_points(m, args.points, 1), ref, diag)
                 row[key]["psnr"], row[key]["ssim"], row[key]["psnr_gt"] = appearance(m, novel, splat_img, gt_img)
@@ -248,7 +263,7 @@ def main(argv=None) -> int:
     keys = [("ours", "lgm_core extract_mesh"), ("refined", f"+ refine_texture (back-projection, {args.refine} Adam steps)"),
             ("core", "core 0.33 SplatToMesh")]
     keys += [(k, f"extract_mesh({k.split(' ', 1)[1]})") for k in dict.fromkeys(k for r in rows for k in r)
-             if k.startswith("variant ") and not k.endswith("_s")]
+             if k.startswith("variant ") and not k.endswith(("_s", "_level"))]
     for key, name in keys:
         if not any(key in r for r in rows):
             continue

@@ -135,12 +135,16 @@ def profile_ours(g, device, **kw):
     names = {"splatting": "splat density + colour fields", "filling": "fill enclosed space",
              "marching cubes:": "decimation", "marching cubes": "marching cubes + components",
              "decimated": "repair, orient, normals, vertex colours", "no decimation": "repair, orient, normals, vertex colours", "UV": "UV atlas",
-             "baking": "texture bake", "done": "to CPU"}
+             "baking": "texture bake", "done": "to CPU",
+             "calibrating": "level calibration (renders)", "calibrated": "level calibration (renders)"}
 
     def progress(message, frac):
         sync()  # charge each stage's queued GPU work to that stage
         now = time.perf_counter()
-        rows.append((last[1], now - last[0]))
+        if rows and rows[-1][0] == last[1]:  # one stage reported twice (start and result)
+            rows[-1] = (last[1], rows[-1][1] + now - last[0])
+        else:
+            rows.append((last[1], now - last[0]))
         label = next((v for k, v in names.items() if message.startswith(k)), message.split(" (")[0])
         last[0], last[1] = now, label
 
@@ -156,10 +160,18 @@ def profile_ours(g, device, **kw):
 
 
 def parse_variant(text: str) -> dict:
-    """"auto" -> {}; "mc_method=torch,uv_method=xatlas" -> keyword arguments of extract_mesh."""
+    """"auto" -> {}; "mc_method=torch,uv_method=xatlas,level=0.6" -> keyword arguments of extract_mesh
+    (numbers as floats)."""
     if text == "auto":
         return {}
-    return dict(item.split("=", 1) for item in text.split(","))
+
+    def value(v: str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+
+    return {k: value(v) for k, v in (item.split("=", 1) for item in text.split(","))}
 
 
 def missing_backend(device: str, kw: dict):

@@ -132,6 +132,7 @@ def main(argv=None) -> int:
     ap.add_argument("--resolution", type=int, default=None, help="override extract_mesh's default")
     ap.add_argument("--level", type=lambda v: v if v == "auto" else float(v), default=None,
                     help="override extract_mesh's default (a number or 'auto')")
+    ap.add_argument("--max-level", type=float, default=None, help="extract_mesh(max_level=...): bound on level='auto'")
     ap.add_argument("--snap", action="store_true", help="extract_mesh(snap=True): surface on the centres")
     for name, choices in (("mc-method", ["torch", "skimage"]), ("decimation", ["torch", "fast_simplification"]),
                           ("uv-method", ["charts", "xatlas"])):
@@ -148,6 +149,8 @@ def main(argv=None) -> int:
         kw["resolution"] = args.resolution
     if args.level is not None:
         kw["level"] = args.level
+    if args.max_level is not None:
+        kw["max_level"] = args.max_level
     if args.snap:
         kw["snap"] = True
     for name in ("mc_method", "decimation", "uv_method"):

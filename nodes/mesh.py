@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from lgm_core.mesh.extract import DEFAULT_LEVEL
+
 from . import devices, files
 from .bridge import mesh_batch_size, mesh_from_core, mesh_to_core, splat_to_gaussians
 from .comfy_api import io
@@ -31,7 +33,7 @@ class LGMSplatToMesh(io.ComfyNode):
                                  tooltip="Bake a UV texture (axis-chart atlas). Off: vertex colours only (faster)."),
                 io.Int.Input("texture_size", default=1024, min=128, max=4096, step=128,
                              tooltip="Side of the square texture in pixels."),
-                io.Float.Input("level", default=0.7, min=0.05, max=10.0, step=0.05,
+                io.Float.Input("level", default=DEFAULT_LEVEL, min=0.05, max=10.0, step=0.05,
                                tooltip="Iso-level of the opacity density (1 = peak of one opaque Gaussian); "
                                        "lower = fatter surface."),
             ],

@@ -75,11 +75,15 @@ def test_mesh_level_default_is_the_library_default():
     import inspect
 
     from lgm_core.mesh import extract_mesh
+    from lgm_core.mesh.extract import DEFAULT_LEVEL
 
     lib = inspect.signature(extract_mesh).parameters["level"].default
+    assert lib == DEFAULT_LEVEL
     assert _subparsers()["mesh"].parse_args(["x.ply"]).level == lib
-    node_source = (REPO_ROOT / "nodes" / "mesh.py").read_text()
-    assert f'io.Float.Input("level", default={lib},' in node_source  # the ComfyUI node's default
+    assert _subparsers()["mesh"].parse_args(["x.ply", "--level", "auto", "--max-level", "0.7"]).max_level == 0.7
+    node_source = (REPO_ROOT / "nodes" / "mesh.py").read_text()  # the ComfyUI node's default, without ComfyUI
+    assert "from lgm_core.mesh.extract import DEFAULT_LEVEL" in node_source
+    assert 'io.Float.Input("level", default=DEFAULT_LEVEL,' in node_source
 
 
 def test_stage_progress_shows_an_eta():

@@ -261,6 +261,7 @@ def test_cli_mesh(tmp_path):
     assert rc == 0 and out.is_file()
     assert Mesh.load(out).num_faces <= 2000
     assert main(["mesh", str(src), "-o", str(tmp_path / "m.stl")]) == 2
+    assert main(["mesh", str(src), "--level", "auto", "--max-level", "0"]) == 2  # refused before any work
 
 
 @pytest.mark.gpu
@@ -307,3 +308,63 @@ def test_auto_level_puts_the_surface_where_the_splat_is_seen():
     check_arguments(level="auto")
     with pytest.raises(ValueError, match="level"):
         check_arguments(level="high")
+
+
+def test_max_level_bounds_the_calibrated_level(monkeypatch, caplog):
+    """``max_level`` lowers a calibrated level above it (the mesh is then the fixed level's mesh), leaves
+    one below it alone, stands in when the splat is too faint to calibrate on, and is validated."""
+    from lgm_core.mesh import extract as ex
+
+    g = tiny("sphere")
+    msgs = []
+    bounded = extract_mesh(g, texture=False, level="auto", max_level=0.5, progress=lambda m, f: msgs.append(m), **FAST)
+    assert "calibrated level 0.5 " in " ".join(msgs)  # this sphere calibrates above 0.7 (test above)
+    fixed = extract_mesh(g, texture=False, level=0.5, **FAST)
+    assert torch.equal(bounded.faces, fixed.faces) and torch.allclose(bounded.vertices, fixed.vertices)
+    msgs.clear()
+    extract_mesh(g, texture=False, level="auto", max_level=5.0, progress=lambda m, f: msgs.append(m), **FAST)
+    assert float(re.search(r"calibrated level ([0-9.]+)", " ".join(msgs)).group(1)) < 5.0
+
+    def too_faint(*_a, **_k):
+        raise ValueError("level='auto': the splat covers almost no pixel of its own renders (too faint)")
+
+    monkeypatch.setattr(ex, "calibrated_level", too_faint)
+    with caplog.at_level("WARNING", logger="lgm_core"):
+        fallback = extract_mesh(g, texture=False, level="auto", max_level=0.5, **FAST)
+    assert "using level 0.5" in caplog.text and torch.equal(fallback.faces, fixed.faces)
+    with pytest.raises(ValueError, match="too faint"):
+        extract_mesh(g, texture=False, level="auto", **FAST)
+    for bad in (0, -1.0, "low", float("nan")):
+        with pytest.raises(ValueError, match="max_level"):
+            ex.check_arguments(max_level=bad)
+
+
+def _edge_face_counts(faces: np.ndarray) -> np.ndarray:
+    e = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+    return np.unique(e, axis=0, return_counts=True)[1]
+
+
+def test_fill_holes_closes_holes_that_touch_at_a_vertex():
+    """Two holes of an icosphere that share one vertex (a pinch, as decimation's repair leaves them) are
+    closed, one fan each: every edge then has two faces, the surface is genus 0 and consistently wound."""
+    trimesh = pytest.importorskip("trimesh")
+    from lgm_core.mesh.extract import _boundary_loops, _fill_holes
+
+    sphere = trimesh.creation.icosphere(subdivisions=2)
+    v, f = np.asarray(sphere.vertices), np.asarray(sphere.faces)
+    pinch = int(f[0, 0])
+    others = [i for i in range(1, len(f)) if pinch in f[i] and not (set(f[i]) - {pinch}) & set(f[0])]
+    keep = np.ones(len(f), bool)
+    keep[[0, others[0]]] = False  # two triangles meeting only at `pinch`: a figure-of-eight boundary
+    v2, f2 = _fill_holes(v, f[keep])
+    assert len(v2) == len(v) + 2 and len(f2) == len(f) - 2 + 6  # one centre and 3 faces per hole
+    counts = _edge_face_counts(f2)
+    assert (counts == 2).all()
+    assert len(v2) - len(counts) + len(f2) == 2  # Euler characteristic of a sphere
+    closed = trimesh.Trimesh(v2, f2, process=False)
+    assert closed.is_winding_consistent and closed.is_watertight
+    half = np.concatenate([f[keep][:, [0, 1]], f[keep][:, [1, 2]], f[keep][:, [2, 0]]])
+    n = len(v)
+    boundary = half[~np.isin(half[:, 0] * n + half[:, 1], half[:, 1] * n + half[:, 0])]
+    loops = _boundary_loops(boundary)
+    assert sorted(len(loop) for loop in loops) == [3, 3] and all(len(set(loop)) == len(loop) for loop in loops)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import CLIError, progress
+from ..mesh.extract import DEFAULT_LEVEL
 from .common import HelpFormatter, StageProgress, add_device_argument, resolve_device
 
 
@@ -34,9 +35,12 @@ def register(sub) -> None:
     p.add_argument("--target-faces", type=int, default=50_000, help="upper bound on the face count")
     p.add_argument("--texture-size", type=int, default=1024, help="side of the square texture in pixels")
     p.add_argument("--no-texture", action="store_true", help="vertex colours only (no UVs, no texture image)")
-    p.add_argument("--level", type=_level, default=0.7,
+    p.add_argument("--level", type=_level, default=DEFAULT_LEVEL,
                    help="iso-level of the opacity density (1 = peak of one opaque Gaussian); lower = fatter; "
                         "'auto' = calibrated on the splat's rendered depth")
+    p.add_argument("--max-level", type=float, default=None,
+                   help="with --level auto: never above this level (it also stands in when the splat is too faint "
+                        "to calibrate on)")
     p.add_argument("--keep-components", type=float, default=0.02, metavar="RATIO",
                    help="keep every connected part with at least RATIO x the largest one's area (0 keeps all)")
     p.add_argument("--largest-only", action="store_true", help="keep only the largest connected part")
@@ -60,10 +64,11 @@ def run(args) -> int:
 
     try:  # before the (possibly slow) load, in the flags' own words
         check_arguments(256 if args.resolution is None else args.resolution, args.target_faces, args.texture_size, args.level, args.min_opacity,
-                        args.keep_components)
+                        args.keep_components, args.max_level)
     except ValueError as exc:
         flag = {"resolution": "--resolution", "target_faces": "--target-faces", "texture_size": "--texture-size",
-                "level": "--level", "min_opacity": "--min-opacity", "component_ratio": "--keep-components"}
+                "level": "--level", "min_opacity": "--min-opacity", "component_ratio": "--keep-components",
+                "max_level": "--max-level"}
         name = str(exc).split(" ", 1)[0]
         raise CLIError(f"{flag.get(name, name)}{str(exc)[len(name):]}") from None
     src = Path(args.input)
@@ -87,6 +92,7 @@ def run(args) -> int:
         device=device,
         progress=lambda msg, frac: bar.update(round(100 * frac), msg),
         level=args.level,
+        max_level=args.max_level,
         min_opacity=args.min_opacity,
         component_ratio=None if args.largest_only else args.keep_components,
         snap=args.snap,
