@@ -161,15 +161,19 @@ def profile_ours(g, device, **kw):
 
 def parse_variant(text: str) -> dict:
     """"auto" -> {}; "mc_method=torch,uv_method=xatlas,level=0.6" -> keyword arguments of extract_mesh
-    (numbers as floats)."""
+    (integers, floats, True/False/None as such)."""
     if text == "auto":
         return {}
 
     def value(v: str):
-        try:
-            return float(v)
-        except ValueError:
-            return v
+        if v in ("True", "False", "None"):
+            return {"True": True, "False": False, "None": None}[v]
+        for kind in (int, float):
+            try:
+                return kind(v)
+            except ValueError:
+                pass
+        return v
 
     return {k: value(v) for k, v in (item.split("=", 1) for item in text.split(","))}
 

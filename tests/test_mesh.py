@@ -262,6 +262,7 @@ def test_cli_mesh(tmp_path):
     assert Mesh.load(out).num_faces <= 2000
     assert main(["mesh", str(src), "-o", str(tmp_path / "m.stl")]) == 2
     assert main(["mesh", str(src), "--level", "auto", "--max-level", "0"]) == 2  # refused before any work
+    assert main(["mesh", str(src), "--max-level", "0.7"]) == 2  # it bounds only --level auto
 
 
 @pytest.mark.gpu
@@ -326,7 +327,7 @@ def test_max_level_bounds_the_calibrated_level(monkeypatch, caplog):
     assert float(re.search(r"calibrated level ([0-9.]+)", " ".join(msgs)).group(1)) < 5.0
 
     def too_faint(*_a, **_k):
-        raise ValueError("level='auto': the splat covers almost no pixel of its own renders (too faint)")
+        raise ex.TooFaintToCalibrate("level='auto': the splat covers almost no pixel of its own renders (too faint)")
 
     monkeypatch.setattr(ex, "calibrated_level", too_faint)
     with caplog.at_level("WARNING", logger="lgm_core"):
@@ -336,12 +337,81 @@ def test_max_level_bounds_the_calibrated_level(monkeypatch, caplog):
         extract_mesh(g, texture=False, level="auto", **FAST)
     for bad in (0, -1.0, "low", float("nan")):
         with pytest.raises(ValueError, match="max_level"):
-            ex.check_arguments(max_level=bad)
+            ex.check_arguments(level="auto", max_level=bad)
+    with pytest.raises(ValueError, match="max_level bounds only level='auto'"):
+        ex.check_arguments(level=0.6, max_level=0.7)  # a fixed level would silently ignore it
+
+    def broken(*_a, **_k):
+        raise ValueError("some other failure")
+
+    monkeypatch.setattr(ex, "calibrated_level", broken)  # only "too faint" falls back to max_level
+    with pytest.raises(ValueError, match="some other failure"):
+        extract_mesh(g, texture=False, level="auto", max_level=0.5, **FAST)
 
 
 def _edge_face_counts(faces: np.ndarray) -> np.ndarray:
     e = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
     return np.unique(e, axis=0, return_counts=True)[1]
+
+
+def _singular_vertices(faces: np.ndarray) -> int:
+    """Vertices whose faces do not form one fan (their link is not a single cycle)."""
+    links = {}
+    for a, b, c in faces.tolist():
+        for v, e in ((a, (b, c)), (b, (c, a)), (c, (a, b))):
+            links.setdefault(v, []).append(e)
+    bad = 0
+    for edges in links.values():
+        nbr = {}
+        for x, y in edges:
+            nbr.setdefault(x, []).append(y)
+            nbr.setdefault(y, []).append(x)
+        if any(len(ys) != 2 for ys in nbr.values()):
+            bad += 1
+            continue
+        start = next(iter(nbr))
+        seen, prev, cur = {start}, None, start
+        while True:
+            nxt = [y for y in nbr[cur] if y != prev][0]
+            if nxt == start:
+                break
+            seen.add(nxt)
+            prev, cur = cur, nxt
+        bad += len(seen) != len(nbr)
+    return bad
+
+
+def test_pinched_vertices_are_split_into_one_vertex_per_fan():
+    """Two closed tetrahedra sharing one vertex (a pinch): that vertex gets a copy for the second fan, a
+    micrometre-scale step into it, so every vertex is one closed fan; a regular mesh is left as it is."""
+    from lgm_core.mesh.extract import PINCH_OFFSET, _split_pinched_vertices
+
+    tet = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
+    v = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [-1, 0, 0], [0, -1, 0], [0, 0, -1]], float)
+    second = np.array([[0, 4, 5], [0, 6, 4], [0, 5, 6], [4, 6, 5]])  # shares only vertex 0
+    f = np.concatenate([tet, second])
+    assert _singular_vertices(f) == 1
+    v2, f2 = _split_pinched_vertices(v, f)
+    assert len(v2) == len(v) + 1 and _singular_vertices(f2) == 0
+    assert (f2[:4] == tet).all() and set(f2[4:].reshape(-1).tolist()) == {4, 5, 6, 7}  # the first fan keeps 0
+    step = np.linalg.norm(v2[7] - v[0])
+    assert 0 < step < 2 * PINCH_OFFSET
+    v3, f3 = _split_pinched_vertices(v[:4], tet)
+    assert v3 is v[:4] or np.array_equal(v3, v[:4])
+    assert np.array_equal(f3, tet)
+
+
+def test_fill_holes_leaves_wrongly_wound_faces_alone():
+    """A face wound against its neighbours has no rim (each of its edges has two faces): nothing is filled
+    and no edge gets more than two faces."""
+    trimesh = pytest.importorskip("trimesh")
+    from lgm_core.mesh.extract import _fill_holes
+
+    sphere = trimesh.creation.icosphere(subdivisions=2)
+    v, f = np.asarray(sphere.vertices), np.asarray(sphere.faces).copy()
+    f[5] = f[5, [0, 2, 1]]
+    v2, f2 = _fill_holes(v, f)
+    assert len(f2) == len(f) and (_edge_face_counts(f2) == 2).all()
 
 
 def test_fill_holes_closes_holes_that_touch_at_a_vertex():
@@ -361,6 +431,7 @@ def test_fill_holes_closes_holes_that_touch_at_a_vertex():
     counts = _edge_face_counts(f2)
     assert (counts == 2).all()
     assert len(v2) - len(counts) + len(f2) == 2  # Euler characteristic of a sphere
+    assert _singular_vertices(f2) == 0  # every vertex, the pinch too, is one closed fan again
     closed = trimesh.Trimesh(v2, f2, process=False)
     assert closed.is_winding_consistent and closed.is_watertight
     half = np.concatenate([f[keep][:, [0, 1]], f[keep][:, [1, 2]], f[keep][:, [2, 0]]])

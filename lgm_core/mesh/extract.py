@@ -59,7 +59,7 @@ CPU_RESOLUTION = 192
 DEFAULT_LEVEL = 0.6
 """Default iso-level (1 = the peak of one opaque Gaussian). 0.6 rather than 0.7 (the default before
 2026-12-02): on the demo LGM's held-out outputs the mesh renders come within 2 dB of the splat's
-(1.85 vs 2.15 dB against the ground truth) at an unchanged F-score, and the synthetic surfel scenes
+(1.85 vs 2.14 dB against the ground truth) at an unchanged F-score, and the synthetic surfel scenes
 keep F@0.02 >= 0.96 (docs/mesh_extraction.md)."""
 COMPONENT_RATIO = 0.02
 MIN_ISLAND_FACES = 16
@@ -282,6 +282,8 @@ def check_arguments(resolution=CUDA_RESOLUTION, target_faces=50_000, texture_siz
         raise ValueError(f"level must be a positive number (1 = peak of one opaque Gaussian) or 'auto', got {level!r}")
     if max_level is not None and not (number(max_level) and max_level > 0):
         raise ValueError(f"max_level must be None or a positive number, got {max_level!r}")
+    if max_level is not None and level != "auto":
+        raise ValueError(f"max_level bounds only level='auto'; with a fixed level ({level!r}) leave it None")
     if not (number(min_opacity) and 0.0 <= min_opacity <= 1.0):
         raise ValueError(f"min_opacity must be in [0, 1], got {min_opacity}")
     if component_ratio is not None and not (number(component_ratio) and 0.0 <= component_ratio <= 1.0):
@@ -330,12 +332,16 @@ CALIBRATION_VIEWS = 12
 CALIBRATION_SIZE = 128
 
 
+class TooFaintToCalibrate(ValueError):
+    """:func:`calibrated_level` found too few pixels where the splat is opaque enough to calibrate on."""
+
+
 def _auto_level(g: Gaussians, grid: VoxelGrid, max_level: Optional[float]) -> float:
     """``level="auto"``: :func:`calibrated_level`, at most ``max_level`` (which also stands in when the
     splat is too faint to calibrate on)."""
     try:
         level = calibrated_level(g, grid)
-    except ValueError as exc:
+    except TooFaintToCalibrate as exc:
         if max_level is None:
             raise
         log.warning("extract_mesh: %s; using level %g", exc, max_level)
@@ -375,7 +381,7 @@ def calibrated_level(g: Gaussians, grid: VoxelGrid, *, views: int = CALIBRATION_
         pts.append(cam @ pose[:3, :3].T + pose[:3, 3])
     pts = torch.cat(pts)
     if pts.shape[0] < 16:
-        raise ValueError("level='auto': the splat covers almost no pixel of its own renders (too faint)")
+        raise TooFaintToCalibrate("level='auto': the splat covers almost no pixel of its own renders (too faint)")
     return float(grid.sample(pts, slice(0, 1))[:, 0].median())
 
 
@@ -474,7 +480,64 @@ def _repair(verts: torch.Tensor, faces: torch.Tensor, ratio: Optional[float], mi
         faces = faces[~bad]
     verts, faces = _keep_components(verts, faces, ratio, min_faces)
     v, f = _fill_holes(verts.cpu().numpy(), faces.cpu().numpy())
+    v, f = _split_pinched_vertices(v, f)
     return torch.from_numpy(v).to(verts), torch.from_numpy(f).to(faces.device)
+
+
+PINCH_OFFSET = 1e-3
+"""A split-off copy of a pinched vertex moves this fraction of the way to its own fan's centroid (micrometres
+at LGM's scale), so that welding by position cannot join the fans again."""
+
+
+def _split_pinched_vertices(verts: np.ndarray, faces: np.ndarray):
+    """Give every fan of faces around a vertex its own vertex: where two fans meet at one vertex only
+    (a pinch: two sheets touching at a point, or two hole fills meeting at a rim vertex) the mesh is
+    not a manifold there, and Blender's "select non-manifold" flags it. Corners of one face are joined
+    to the corners of the face across each edge they share (orientation-consistent twins only); a vertex
+    whose corners fall into k > 1 groups gets k - 1 copies (moved by ``PINCH_OFFSET`` towards their fan)."""
+    from .topology import connected_components
+
+    if len(faces) == 0:
+        return verts, faces
+    n, nf = len(verts), len(faces)
+    corner_vertex = faces.reshape(-1)  # corner 3f + k is vertex faces[f, k]
+    k = np.arange(3 * nf)
+    nxt = (k // 3) * 3 + (k % 3 + 1) % 3  # the corner at the half-edge's end
+    key = corner_vertex[k] * n + corner_vertex[nxt]  # half-edge u -> v starting at corner k
+    twin_key = corner_vertex[nxt] * n + corner_vertex[k]
+    order = np.argsort(key, kind="stable")
+    sorted_keys = key[order]
+
+    def count(keys):
+        lo = np.searchsorted(sorted_keys, keys, "left")
+        return lo, np.searchsorted(sorted_keys, keys, "right") - lo
+
+    lo, twins = count(twin_key)
+    paired = (twins == 1) & (count(key)[1] == 1)  # one face on each side: an edge-manifold, consistent edge
+    h = k[paired]
+    t = order[lo[paired]]  # the twin half-edge v -> u, starting at corner t (vertex v)
+    t_next = (t // 3) * 3 + (t % 3 + 1) % 3  # corner of u in the twin's face
+    links = np.concatenate([np.stack([h, t_next], 1), np.stack([nxt[h], t], 1)])
+    label = connected_components(3 * nf, torch.from_numpy(links)).numpy()
+    groups, first = np.unique(label, return_index=True)  # corner groups (fans), each with one corner
+    fan_vertex = corner_vertex[first]
+    order = np.argsort(fan_vertex, kind="stable")
+    extra = np.ones(len(groups), dtype=bool)
+    extra[order[np.r_[True, fan_vertex[order][1:] != fan_vertex[order][:-1]]]] = False  # first fan keeps it
+    if not extra.any():
+        return verts, faces
+    new_id = np.full(len(groups), -1, dtype=np.int64)
+    new_id[extra] = n + np.arange(int(extra.sum()))
+    group_of_corner = np.searchsorted(groups, label)
+    remap = new_id[group_of_corner]
+    out_faces = np.where(remap >= 0, remap, corner_vertex).reshape(nf, 3).astype(faces.dtype)
+    centroid = verts[faces].mean(1)  # [F, 3]
+    sums = np.zeros((len(groups), 3))
+    np.add.at(sums, group_of_corner, centroid[k // 3])
+    counts = np.bincount(group_of_corner, minlength=len(groups))[:, None]
+    base = verts[fan_vertex[extra]]
+    copies = base + PINCH_OFFSET * (sums[extra] / counts[extra] - base)
+    return np.concatenate([verts, copies.astype(verts.dtype)]), out_faces
 
 
 def _boundary_loops(boundary: np.ndarray):
@@ -514,9 +577,11 @@ def _fill_holes(verts: np.ndarray, faces: np.ndarray, max_loop: int = 200):
         return verts, faces
     half = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
     n = len(verts)
-    key = half[:, 0] * n + half[:, 1]
-    rev = half[:, 1] * n + half[:, 0]
-    boundary = half[~np.isin(key, rev)]  # half-edges u -> v without a twin v -> u
+    undirected = np.sort(half, axis=1)
+    _, inverse, count = np.unique(undirected[:, 0] * n + undirected[:, 1], return_inverse=True, return_counts=True)
+    # half-edges of edges with one face only: an edge of two faces is no rim, even where their winding
+    # disagrees (both then run u -> v), and a rim of a wrongly wound face breaks its loop into a dropped chain
+    boundary = half[count[inverse.reshape(-1)] == 1]
     if len(boundary) == 0:
         return verts, faces
     new_verts, new_faces = [], []
