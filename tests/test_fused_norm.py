@@ -124,6 +124,16 @@ def test_one_pass_large_mean_and_its_bound(fn, channels_last, monkeypatch):
         assert_rounding_close(y.cpu(), ref, torch.float16)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_one_pass_at_the_shipped_bound_with_one_channel_groups(fn, channels_last):
+    """The shipped ONE_PASS_MAX with a full tile: groups of one channel (num_groups == C) over 128 x 128
+    pixels, 1 x 16384 elements per program, the widest launch (16 warps)."""
+    assert fn.one_pass_block(1, 128 * 128) == (1, 16384)
+    x, w, b = make((1, 32, 128, 128), torch.float16, channels_last, mean=-2.0, std=3.0, seed=4)
+    y = fn.group_norm(x, w, b, 32, 1e-5, silu=True)
+    assert_rounding_close(y.cpu(), reference(x.cpu(), w.cpu(), b.cpu(), True), torch.float16)
+
+
 @pytest.mark.parametrize("path", ["one_pass", "split"])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("per_sample", [True, False])

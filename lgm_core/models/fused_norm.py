@@ -65,11 +65,12 @@ STATS_TILE = 2048  # elements per loop step of a _partial_stats program (H200 sw
 STATS_WARPS = 4  # warps per _partial_stats program
 # Largest register tile (a group's channels x its pixels rounded up to a power of two) that one program of
 # _group_norm_one_pass normalises in one launch, for groups whose channel count is a power of two; 0 = never
-# (the split reduction, three launches, always). H200, CUDA graphs, LGM big fp16 (probe_lgm_fusion.py
-# --one-pass, 3 interleaved rounds, 2026-12-02): b1 6.74 ms off -> 6.73 / 6.53 / 6.34 / 7.19 ms at 4096 / 8192
-# / 16384 / 32768; b4 18.29 -> 18.04 / 17.94 / 18.07 / 18.48 ms. Groups of 10, 20 or 40 channels (the
-# diffusion UNet's 320 / 640 / 1280) stay on the split reduction: with every group width, its batch-8 UNet step
-# took 10.39 ms against 8.55 (masked lanes and misaligned channels-last rows).
+# (the split reduction, three launches, always). H200, CUDA graphs, LGM big fp16, benchmarks/probe_lgm_fusion.py
+# (2026-12-02): with this rule, 5 interleaved rounds: b1 7.69 ms split-only -> 7.28 ms (faster in every round),
+# b4 19.65 -> 19.37 ms (4 of 5), GroupNorm kernel time 1.28 -> 0.91 ms; groups of any width there: 7.28 / 19.36 ms.
+# Bounds (any width, 3 rounds): b1 6.74 ms off -> 6.73 / 6.53 / 6.34 / 7.19 ms at 4096 / 8192 / 16384 / 32768.
+# Groups of 10, 20 or 40 channels (the diffusion UNet's 320 / 640 / 1280) stay on the split reduction: with
+# any width, its batch-8 UNet step took 10.39 ms against 8.55 (masked lanes, misaligned channels-last rows).
 ONE_PASS_MAX = 16384
 
 
