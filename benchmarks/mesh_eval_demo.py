@@ -159,6 +159,7 @@ def main(argv=None) -> int:
     objects = sorted([o for o in manifest.objects if o.id in wanted], key=lambda o: wanted.index(o.id))
     model = load_lgm("demo", device=args.device, dtype=torch.float32)
     cfg = model.config
+    base = {k: getattr(args, k) for k in ("mc_method", "decimation") if getattr(args, k) is not None}  # every mesh of ours
     rows = []
     for k, obj in enumerate(objects):
         obj_dir = args.data / obj.id
@@ -185,7 +186,6 @@ def main(argv=None) -> int:
         centres = g.positions[0][g.opacities[0, :, 0] >= 0.5].double().numpy()
         row["centres"] = geometry(centres, ref, diag)
         t = time.perf_counter()
-        base = {k: getattr(args, k) for k in ("mc_method", "decimation") if getattr(args, k) is not None}
         ours = extract_mesh(g, device=args.device, **base)
         row["ours_s"] = time.perf_counter() - t
         row["ours"] = geometry(sample_mesh_points(ours, args.points, 1), ref, diag)

@@ -51,10 +51,9 @@ from lgm_core.runtime import CUDAGraphRunner, building_cuda_graph_scope  # noqa:
 FORMS_OFF = dict(phase=False, pad_input=0, head=False)
 
 
-def modes(one_pass, pad_inputs=()):
-    from lgm_core.models import fused_norm
-
-    default_one_pass = ONE_PASS_DEFAULT if ONE_PASS_DEFAULT is not None else fused_norm.ONE_PASS_MAX
+def modes(one_pass, pad_inputs=(), default_one_pass=0, any_width=False):
+    """(name, set_mode keyword arguments) of every mode; ``default_one_pass``: fused_norm.ONE_PASS_MAX as
+    shipped (read before any mode changes it)."""
     out = [("torch kernels", dict(fused=False, fold=False, one_pass=0, **FORMS_OFF)),
            ("fused GroupNorm+SiLU", dict(fused=True, fold=False, one_pass=0, **FORMS_OFF)),
            ("+ folded biases + residual kernel", dict(fused=True, fold=True, one_pass=0, **FORMS_OFF)),
@@ -67,30 +66,22 @@ def modes(one_pass, pad_inputs=()):
                                                     pad_input=n, head=True)) for n in pad_inputs]
     out += [(f"+ one-pass GroupNorm <= {n}", dict(fused=True, fold=True, one_pass=n, phase=True, pad_input=16,
                                                   head=True)) for n in one_pass if n != default_one_pass]
-    if ANY_WIDTH:
+    if any_width:
         out += [(f"+ one-pass GroupNorm <= {default_one_pass}, groups of any width",
                  dict(fused=True, fold=True, one_pass=default_one_pass, phase=True, pad_input=16, head=True,
                       any_width=True))]
     return out
 
 
-ANY_WIDTH = False  # --any-width: also a row where groups of any channel count take the one-program kernel
-
-
 def _any_width_block(cg: int, P: int):
-    """fused_norm.one_pass_block without its power-of-two condition on the group's channels."""
+    """fused_norm.one_pass_block without its power-of-two condition on the group's channels: the shipped
+    rule asked for the group's width rounded up (the tile such a group fills, masked)."""
     import triton
 
-    from lgm_core.models import fused_norm
-
-    block_c, block_p = triton.next_power_of_2(cg), triton.next_power_of_2(P)
-    return (block_c, block_p) if block_c * block_p <= fused_norm.ONE_PASS_MAX else None
+    return _SHIPPED_BLOCK(triton.next_power_of_2(cg), P)
 
 
-ONE_PASS_DEFAULT = None  # fused_norm.ONE_PASS_MAX as imported (main() records it before any mode changes it)
-
-
-_SHIPPED_BLOCK = None
+_SHIPPED_BLOCK = None  # fused_norm.one_pass_block as shipped (recorded by the first set_mode)
 
 
 def set_mode(fused: bool, fold: bool, one_pass: int, phase: bool = True, pad_input: int = 16,
@@ -144,9 +135,7 @@ def main(argv=None) -> int:
     from lgm_core.models import fused_norm
 
     one_pass_default = fused_norm.ONE_PASS_MAX
-    global ONE_PASS_DEFAULT, ANY_WIDTH
-    ONE_PASS_DEFAULT = one_pass_default
-    ANY_WIDTH = a.any_width
+    mode_args = dict(default_one_pass=one_pass_default, any_width=a.any_width)
     rows = []
     lines = [f"# LGM fusion probe\n\n- {torch.cuda.get_device_name() if device == 'cuda' else 'CPU (smoke)'}, "
              f"torch {torch.__version__}, {dtype}, channels-last, CUDA graphs\n",
@@ -164,7 +153,7 @@ def main(argv=None) -> int:
         for round_index in range(a.rounds):  # modes interleaved round by round: drifts hit all alike
             for b in batches:
                 x, ref = inputs[b]
-                for name, mode in modes(one_pass, pad_inputs):
+                for name, mode in modes(one_pass, pad_inputs, **mode_args):
                     try:
                         set_mode(**mode)
                         runner = CUDAGraphRunner(model._forward_gaussians, weights=model)
@@ -195,7 +184,7 @@ def main(argv=None) -> int:
             rows.append(dict(mode=name, batch=b, ms=round(ms, 3), min_ms=round(min(r["ms"] for r in good), 3),
                              peak_gb=round(max(r["peak_gb"] for r in good), 3),
                              max_d=max(r["max_d"] for r in good), note=" ".join({r["note"] for r in good} - {""})))
-            mode = dict(modes(one_pass, pad_inputs))[name]
+            mode = dict(modes(one_pass, pad_inputs, **mode_args))[name]
             if b == 1 and name != "torch kernels" and (best is None or ms < best[1]):
                 best = (name, ms, mode)
         if a.sweep:
@@ -223,7 +212,7 @@ def main(argv=None) -> int:
                 lines.append(f"| {r['mode']} | {r['batch']} | {r['ms']} | {r.get('min_ms', '')} | {r['peak_gb']} | "
                              f"{r['max_d']:.3g} | {r.get('note', '')} |")
         if best is not None and device == "cuda":
-            default = next((name, mode) for name, mode in modes(one_pass, pad_inputs) if name.endswith("(default)"))
+            default = next((name, mode) for name, mode in modes(one_pass, pad_inputs, **mode_args) if name.endswith("(default)"))
             profiled = [(f"the fastest mode ({best[0]})", best[2])]
             if default[0] != best[0]:
                 profiled.append((f"the default ({default[0]})", default[1]))

@@ -493,37 +493,32 @@ def _split_pinched_vertices(verts: np.ndarray, faces: np.ndarray):
     """Give every fan of faces around a vertex its own vertex: where two fans meet at one vertex only
     (a pinch: two sheets touching at a point, or two hole fills meeting at a rim vertex) the mesh is
     not a manifold there, and Blender's "select non-manifold" flags it. Corners of one face are joined
-    to the corners of the face across each edge they share (orientation-consistent twins only); a vertex
+    to the corners of the face across each edge of two consistently wound faces; a vertex
     whose corners fall into k > 1 groups gets k - 1 copies (moved by ``PINCH_OFFSET`` towards their fan)."""
-    from .topology import connected_components
+    from .topology import connected_components, unique_edges
 
     if len(faces) == 0:
         return verts, faces
     n, nf = len(verts), len(faces)
     corner_vertex = faces.reshape(-1)  # corner 3f + k is vertex faces[f, k]
-    k = np.arange(3 * nf)
-    nxt = (k // 3) * 3 + (k % 3 + 1) % 3  # the corner at the half-edge's end
-    key = corner_vertex[k] * n + corner_vertex[nxt]  # half-edge u -> v starting at corner k
-    twin_key = corner_vertex[nxt] * n + corner_vertex[k]
-    order = np.argsort(key, kind="stable")
-    sorted_keys = key[order]
 
-    def count(keys):
-        lo = np.searchsorted(sorted_keys, keys, "left")
-        return lo, np.searchsorted(sorted_keys, keys, "right") - lo
+    def nxt(corner):  # the next corner of the same face: side ``corner`` runs from it to this one
+        return corner - corner % 3 + (corner % 3 + 1) % 3
 
-    lo, twins = count(twin_key)
-    paired = (twins == 1) & (count(key)[1] == 1)  # one face on each side: an edge-manifold, consistent edge
-    h = k[paired]
-    t = order[lo[paired]]  # the twin half-edge v -> u, starting at corner t (vertex v)
-    t_next = (t // 3) * 3 + (t % 3 + 1) % 3  # corner of u in the twin's face
-    links = np.concatenate([np.stack([h, t_next], 1), np.stack([nxt[h], t], 1)])
+    _, counts, side = unique_edges(torch.from_numpy(faces), n)
+    side = side.numpy().reshape(-1)  # edge id of the side that starts at each corner
+    inner = np.flatnonzero(counts.numpy()[side] == 2)
+    inner = inner[np.argsort(side[inner], kind="stable")]
+    h, t = inner[0::2], inner[1::2]  # the two sides of each edge with two faces
+    consistent = corner_vertex[h] == corner_vertex[nxt(t)]  # h runs u -> v, t v -> u: one orientation
+    h, t = h[consistent], t[consistent]
+    links = np.concatenate([np.stack([h, nxt(t)], 1), np.stack([nxt(h), t], 1)])  # same vertex, across the edge
     label = connected_components(3 * nf, torch.from_numpy(links)).numpy()
     groups, first = np.unique(label, return_index=True)  # corner groups (fans), each with one corner
     fan_vertex = corner_vertex[first]
-    order = np.argsort(fan_vertex, kind="stable")
+    by_vertex = np.argsort(fan_vertex, kind="stable")
     extra = np.ones(len(groups), dtype=bool)
-    extra[order[np.r_[True, fan_vertex[order][1:] != fan_vertex[order][:-1]]]] = False  # first fan keeps it
+    extra[by_vertex[np.r_[True, fan_vertex[by_vertex][1:] != fan_vertex[by_vertex][:-1]]]] = False  # first fan keeps it
     if not extra.any():
         return verts, faces
     new_id = np.full(len(groups), -1, dtype=np.int64)
@@ -533,7 +528,7 @@ def _split_pinched_vertices(verts: np.ndarray, faces: np.ndarray):
     out_faces = np.where(remap >= 0, remap, corner_vertex).reshape(nf, 3).astype(faces.dtype)
     centroid = verts[faces].mean(1)  # [F, 3]
     sums = np.zeros((len(groups), 3))
-    np.add.at(sums, group_of_corner, centroid[k // 3])
+    np.add.at(sums, group_of_corner, centroid[np.arange(3 * nf) // 3])
     counts = np.bincount(group_of_corner, minlength=len(groups))[:, None]
     base = verts[fan_vertex[extra]]
     copies = base + PINCH_OFFSET * (sums[extra] / counts[extra] - base)
@@ -575,13 +570,15 @@ def _fill_holes(verts: np.ndarray, faces: np.ndarray, max_loop: int = 200):
     another hole's) at a vertex is closed as one fan per simple loop (:func:`_boundary_loops`)."""
     if len(faces) == 0:
         return verts, faces
-    half = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    from .topology import unique_edges
+
     n = len(verts)
-    undirected = np.sort(half, axis=1)
-    _, inverse, count = np.unique(undirected[:, 0] * n + undirected[:, 1], return_inverse=True, return_counts=True)
-    # half-edges of edges with one face only: an edge of two faces is no rim, even where their winding
-    # disagrees (both then run u -> v), and a rim of a wrongly wound face breaks its loop into a dropped chain
-    boundary = half[count[inverse.reshape(-1)] == 1]
+    _, counts, side = unique_edges(torch.from_numpy(faces), n)
+    # sides (u -> v, side k from corner k to k + 1) of edges with one face only: an edge of two faces is no
+    # rim, even where their winding disagrees, and a rim of a wrongly wound face breaks its loop into a dropped chain
+    rim = (counts[side] == 1).numpy()
+    sides = np.stack([faces, np.roll(faces, -1, axis=1)], -1)  # [F, 3, 2]
+    boundary = sides.transpose(1, 0, 2)[rim.T]  # side-major, as the walk has always met them
     if len(boundary) == 0:
         return verts, faces
     new_verts, new_faces = [], []

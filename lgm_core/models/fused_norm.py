@@ -24,9 +24,10 @@ Dtypes: fp16, bf16 and fp32 inputs (LGM only routes fp16/bf16 here); the affine 
 of any float dtype. All arithmetic is float32.
 
 Numerics: a group of a power-of-two number of channels whose tile (those channels x its pixels rounded up
-to a power of two) has at most ``ONE_PASS_MAX`` elements is one program of ``_group_norm_one_pass``: the whole group is loaded once into
-registers (sum -> exact mean; squared deviations from it -> biased variance; normalise + affine (+ SiLU)
--> store), one launch and no partials in memory. Otherwise the split reduction:
+to a power of two) has at most ``ONE_PASS_MAX`` elements is one program of ``_group_norm_one_pass``: the
+whole group is loaded once into registers (sum -> exact mean; squared deviations from it -> biased
+variance; normalise + affine (+ SiLU) -> store), one launch and no partials in memory. Otherwise the split
+reduction:
 1. ``_partial_stats``: grid (pixel range, channel block, sample), about ``STATS_PROGRAMS_PER_SM`` programs
    per SM; each loops over whole ``STATS_TILE``-element tiles of its pixel range and accumulates, per
    channel c, the shifted sums ``S1 = sum d`` and ``S2 = sum d^2`` of ``d = x - K_c`` elementwise in fp32
