@@ -11,9 +11,11 @@ Random weights (bench_lgm's init), fp16, channels-last, CUDA graphs (the project
   sub-pixel form, interleaved into the next block's concatenation by one kernel);
 - ``+ padded conv_in + composed head``: ``unet.PAD_INPUT_CHANNELS = 16``, ``lgm.FUSED_HEAD`` (the default
   until the one-program GroupNorm);
-- ``+ one-pass GroupNorm <= N (default)``: the default path, ``fused_norm.ONE_PASS_MAX`` as shipped (one
-  program per group for power-of-two groups whose tile has up to N elements); ``--pad-input N`` adds rows
-  with other paddings, each ``--one-pass N`` a row with another bound.
+- ``+ one-pass GroupNorm <= N``: ``fused_norm.ONE_PASS_MAX`` as shipped (one program per group for
+  power-of-two groups whose tile has up to N elements);
+- ``+ residual joins inside the next GroupNorm (default)``: the default path, ``unet.JOIN_RESIDUAL_INTO_NORM``
+  (a block's residual join computed by the GroupNorm that reads it, ``fused_norm.residual_group_norm``);
+  ``--pad-input N`` adds rows with other paddings, each ``--one-pass N`` a row with another bound.
 
 For each: median ms (CUDA events), peak GB above the weights, max |d| of the activated Gaussians vs the
 fp32 model (positions in [-1, 1], colours in [0, 1]); then a kernel profile (GPU ms per family, the top
@@ -48,7 +50,7 @@ from lgm_core.models.lgm import LGMConfig  # noqa: E402
 from lgm_core.runtime import CUDAGraphRunner, building_cuda_graph_scope  # noqa: E402
 
 
-FORMS_OFF = dict(phase=False, pad_input=0, head=False)
+FORMS_OFF = dict(phase=False, pad_input=0, head=False, join=False)
 
 
 def modes(one_pass, pad_inputs=(), default_one_pass=0, any_width=False):
@@ -57,11 +59,14 @@ def modes(one_pass, pad_inputs=(), default_one_pass=0, any_width=False):
     out = [("torch kernels", dict(fused=False, fold=False, one_pass=0, **FORMS_OFF)),
            ("fused GroupNorm+SiLU", dict(fused=True, fold=False, one_pass=0, **FORMS_OFF)),
            ("+ folded biases + residual kernel", dict(fused=True, fold=True, one_pass=0, **FORMS_OFF)),
-           ("+ sub-pixel upsampling", dict(fused=True, fold=True, one_pass=0, phase=True, pad_input=0, head=False)),
+           ("+ sub-pixel upsampling", dict(fused=True, fold=True, one_pass=0, phase=True, pad_input=0, head=False,
+                                           join=False)),
            ("+ padded conv_in + composed head",
-            dict(fused=True, fold=True, one_pass=0, phase=True, pad_input=16, head=True)),
-           (f"+ one-pass GroupNorm <= {default_one_pass} (default)",
-            dict(fused=True, fold=True, one_pass=default_one_pass, phase=True, pad_input=16, head=True))]
+            dict(fused=True, fold=True, one_pass=0, phase=True, pad_input=16, head=True, join=False)),
+           (f"+ one-pass GroupNorm <= {default_one_pass}",
+            dict(fused=True, fold=True, one_pass=default_one_pass, phase=True, pad_input=16, head=True, join=False)),
+           ("+ residual joins inside the next GroupNorm (default)",
+            dict(fused=True, fold=True, one_pass=default_one_pass, phase=True, pad_input=16, head=True, join=True))]
     out += [(f"default, conv_in padded to {n}", dict(fused=True, fold=True, one_pass=default_one_pass, phase=True,
                                                     pad_input=n, head=True)) for n in pad_inputs]
     out += [(f"+ one-pass GroupNorm <= {n}", dict(fused=True, fold=True, one_pass=n, phase=True, pad_input=16,
@@ -85,7 +90,7 @@ _SHIPPED_BLOCK = None  # fused_norm.one_pass_block as shipped (recorded by the f
 
 
 def set_mode(fused: bool, fold: bool, one_pass: int, phase: bool = True, pad_input: int = 16,
-             head: bool = True, any_width: bool = False) -> None:
+             head: bool = True, any_width: bool = False, join: bool = True) -> None:
     from lgm_core.models import fused_norm
     from lgm_core.models import lgm as lgm_module
 
@@ -98,6 +103,7 @@ def set_mode(fused: bool, fold: bool, one_pass: int, phase: bool = True, pad_inp
     unet_module.PHASE_UPSAMPLE = phase
     unet_module.PAD_INPUT_CHANNELS = pad_input
     lgm_module.FUSED_HEAD = head
+    unet_module.JOIN_RESIDUAL_INTO_NORM = join
     fused_norm.ONE_PASS_MAX = one_pass
 
 
@@ -131,7 +137,7 @@ def main(argv=None) -> int:
     from lgm_core.models import lgm as lgm_module
 
     defaults = (unet_module.FUSED_GROUPNORM, unet_module.FOLD_BIASES, unet_module.PHASE_UPSAMPLE,
-                unet_module.PAD_INPUT_CHANNELS, lgm_module.FUSED_HEAD)
+                unet_module.PAD_INPUT_CHANNELS, lgm_module.FUSED_HEAD, unet_module.JOIN_RESIDUAL_INTO_NORM)
     from lgm_core.models import fused_norm
 
     one_pass_default = fused_norm.ONE_PASS_MAX
@@ -233,7 +239,7 @@ def main(argv=None) -> int:
                 lines += [f"| `{k}` | {t:.3f} | {c} |" for t, c, k in top]
     finally:
         (unet_module.FUSED_GROUPNORM, unet_module.FOLD_BIASES, unet_module.PHASE_UPSAMPLE,
-         unet_module.PAD_INPUT_CHANNELS, lgm_module.FUSED_HEAD) = defaults
+         unet_module.PAD_INPUT_CHANNELS, lgm_module.FUSED_HEAD, unet_module.JOIN_RESIDUAL_INTO_NORM) = defaults
         fused_norm.ONE_PASS_MAX = one_pass_default
         if _SHIPPED_BLOCK is not None:
             fused_norm.one_pass_block = _SHIPPED_BLOCK

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from lgm_core.models import unet
 from lgm_core.models.unet import GroupNorm32, ResnetBlock
+from lgm_core.runtime import building_cuda_graph_scope
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -812,3 +813,116 @@ def test_fused_qkv_with_weights_made_in_inference_mode(spy):
         cached = attn._qkv
         assert cached is not None and attn(x) is not None and attn._qkv is cached
     assert y.shape == x.shape
+
+
+@pytest.mark.parametrize("path", ["one_pass", "split"])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("biases", ["none", "both"])
+def test_residual_group_norm_is_the_two_kernels_bitwise(fn, path, channels_last, dtype, biases, monkeypatch):
+    """``residual_group_norm`` = ``residual`` then ``group_norm`` of its result, bit for bit (the join rounded
+    once, the statistics of the rounded join), in the inputs' layout, on the one-pass and the split path."""
+    if path == "split":
+        monkeypatch.setattr(fn, "ONE_PASS_MAX", 0)
+    a, w, b = make((2, 64, 5, 7), dtype, channels_last, seed=6)
+    r, a_bias, b_bias = make((2, 64, 5, 7), dtype, channels_last, mean=3.0, seed=7)
+    a_bias = None if biases == "none" else a_bias
+    b_bias = b_bias if biases == "both" else None
+    s_ref = fn.residual(a, r, 0.7071067811865476, a_bias, b_bias)
+    for silu in (False, True):
+        s, y = fn.residual_group_norm(a, r, 0.7071067811865476, a_bias, b_bias, w, b, 32, 1e-5, silu=silu)
+        assert torch.equal(s, s_ref) and s.stride() == a.stride()
+        assert torch.equal(y, fn.group_norm(s_ref, w, b, 32, 1e-5, silu=silu)) and y.stride() == a.stride()
+        assert_rounding_close(y.cpu(), reference(s_ref.cpu(), w.cpu(), b.cpu(), silu), dtype)
+
+
+def test_residual_group_norm_rejects_what_it_cannot_take(fn):
+    a, w, b = make((1, 64, 4, 4), torch.float16, False)
+    other = a.contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="residual_group_norm"):
+        fn.residual_group_norm(a, other, 1.0, None, None, w, b, 32, 1e-5)
+    with pytest.raises(ValueError, match="residual_group_norm"):
+        fn.residual_group_norm(a[:, :48], a[:, :48], 1.0, None, None, w[:48], b[:48], 32, 1e-5)
+    with pytest.raises(ValueError, match="b_bias"):
+        fn.residual_group_norm(a, a, 1.0, None, torch.zeros(3, dtype=a.dtype, device=a.device), w, b, 32, 1e-5)
+
+
+def test_blocks_join_residuals_into_the_next_group_norm(spy, fn, monkeypatch):
+    """On the fused path a ResnetBlock's and an attention block's residual join run inside the next
+    GroupNorm's kernels: bitwise the residual kernel then the GroupNorm, with no residual launch; the
+    blocks called on their own still return tensors."""
+    torch.manual_seed(0)
+    net = unet.ResnetBlock(32, 64)
+    att = unet.MVAttention(64)
+    norm = GroupNorm32(64)
+    with torch.no_grad():
+        for p in [*net.parameters(), *att.parameters(), *norm.parameters()]:
+            if p.dim() == 1:
+                p.normal_(0.0, 0.3)
+    net, att, norm = (m.to(DEVICE, torch.float16).to(memory_format=torch.channels_last) for m in (net, att, norm))
+    x = torch.randn(4, 32, 3, 4, device=DEVICE).half().contiguous(memory_format=torch.channels_last)
+    joined_calls = counting_calls(fn, "residual_group_norm", monkeypatch)
+    residual_calls = counting_calls(fn, "residual", monkeypatch)
+
+    def chain():
+        h = att.joined(net.joined(x))
+        assert isinstance(h, unet.PendingResidual)
+        return unet.norm_of_joined(norm, h, silu=True)
+
+    with torch.no_grad(), building_cuda_graph_scope():
+        s, y = chain()
+        assert (len(joined_calls), len(residual_calls)) == (2, 0)
+        monkeypatch.setattr(unet, "JOIN_RESIDUAL_INTO_NORM", False)
+        s_ref, y_ref = chain()
+        assert (len(joined_calls), len(residual_calls)) == (2, 2)
+        assert isinstance(net(x), torch.Tensor) and isinstance(att(s), torch.Tensor)
+    assert torch.equal(s, s_ref) and torch.equal(y, y_ref)
+
+
+def test_unet_joins_every_residual_that_feeds_a_group_norm(spy, fn, monkeypatch):
+    """In LGM's U-Net every join followed by a GroupNorm (the next ResnetBlock, attention block or the
+    final norm) is joined into it; the others (before a downsampling, a concatenation, an upsampling)
+    stay residual kernels. The kernels are replaced by torch's ops here (fast), so this checks the
+    routing and that the output is unchanged by it."""
+    from lgm_core.models.lgm import LGM, LGMConfig
+
+    def torch_group_norm(x, w, b, groups, eps, silu=False, add=None):
+        if add is not None:
+            x = x + add.to(x.dtype).view(1, -1, 1, 1)
+        y = F.group_norm(x.float(), groups, w.float(), b.float(), eps)
+        return (F.silu(y) if silu else y).to(x.dtype)
+
+    def torch_residual(a, b, scale, a_bias=None, b_bias=None):
+        y = a.float() + b.float()
+        for v in (a_bias, b_bias):
+            if v is not None:
+                y = y + v.float().view(1, -1, 1, 1)
+        return (y * scale).to(a.dtype)
+
+    joined_calls, residual_calls = [], []
+    monkeypatch.setattr(fn, "group_norm", torch_group_norm)
+    monkeypatch.setattr(fn, "residual", lambda *a, **k: residual_calls.append(1) or torch_residual(*a, **k))
+    monkeypatch.setattr(fn, "residual_group_norm", lambda a, b, sc, ab, bb, w, bi, g, eps, silu=False: (
+        joined_calls.append(1) or (lambda t: (t, torch_group_norm(t, w, bi, g, eps, silu)))(torch_residual(a, b, sc, ab, bb))))
+    cfg = LGMConfig(down_channels=(32, 32, 64), down_attention=(False, False, True), mid_attention=True,
+                    up_channels=(64, 32), up_attention=(True, False), splat_size=4, input_size=8, output_size=8)
+    torch.manual_seed(0)
+    model = LGM(cfg).eval().to(DEVICE, torch.float16).use_channels_last()
+    x = torch.randn(1, 4, 9, 8, 8, device=DEVICE)
+    with torch.no_grad(), building_cuda_graph_scope():
+        joined = model.forward_gaussians(x)
+        n_joined, n_residual = len(joined_calls), len(residual_calls)
+        monkeypatch.setattr(unet, "JOIN_RESIDUAL_INTO_NORM", False)
+        separate = model.forward_gaussians(x)
+    # 20 joins; into a GroupNorm: down 1 + 1 + 4 (into the next ResnetBlock, attention block or the mid
+    # block), mid 2, up 3 (ResnetBlock -> attention) + 1 (the final norm); the other 8 feed a downsampling,
+    # a concatenation or an upsampling
+    assert (n_joined, n_residual) == (12, 8) and len(residual_calls) - n_residual == 20
+    assert torch.equal(joined, separate)
+
+
+def counting_calls(module, name, monkeypatch):
+    calls = []
+    real = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls

@@ -42,6 +42,9 @@ reduction:
    ``(sum_c S2_c - 2 (m - K_c) S1_c + P (m - K_c)^2) / (CG P)``, ``rstd = 1/sqrt(var + eps)``, and folds the affine into a
    per-channel ``scale = rstd * weight``, ``shift = bias - m * scale``;
 3. ``_apply``: ``y = x * scale + shift`` (then ``y * sigmoid(y)``), rounded to the output dtype once.
+``residual_group_norm`` computes a residual join (``residual``'s ``s``) where the GroupNorm of ``s`` loads
+its input (the one-pass program, or ``_partial_stats``, which stores ``s`` for ``_apply``): the same bits
+as the two calls, without the residual kernel's launch and one read of ``s``.
 ``add`` (optional ``[N, C]``, the diffusion ResBlock's timestep embedding, or ``[C]`` for all samples, the
 bias of the convolution that produced ``x``, which then runs without it) is added to every pixel of
 sample n, channel c before the statistics, in both paths: ``group_norm(x + add[:, :, None, None])`` with
@@ -111,6 +114,20 @@ def _group_tile(x_ptr, base, c, cm, start, C, P, CHANNELS_LAST: tl.constexpr, BL
 
 
 @triton.jit
+def _joined(a, b_ptr, ab_ptr, bb_ptr, offs, c, cm, mask, res_scale, out_ty: tl.constexpr,
+            HAS_A_BIAS: tl.constexpr, HAS_B_BIAS: tl.constexpr):
+    """The residual join ``s = ((a + a_bias[c]) + (b + b_bias[c])) * res_scale`` of fp32 values ``a`` (at
+    ``offs``, mask ``mask``; channels ``c`` of the rows, mask ``cm``) and ``b`` loaded here, rounded once to
+    ``out_ty`` (as ``_residual`` does) and returned in fp32, 0 where masked."""
+    s = a + tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_A_BIAS:
+        s += tl.load(ab_ptr + c, mask=cm, other=0.0).to(tl.float32)[:, None]
+    if HAS_B_BIAS:
+        s += tl.load(bb_ptr + c, mask=cm, other=0.0).to(tl.float32)[:, None]
+    return tl.where(mask, (s * res_scale).to(out_ty).to(tl.float32), 0.0)
+
+
+@triton.jit
 def _reference(x_ptr, add_ptr, n, c, cmask, C, P, stride_n, add_stride_n, HAS_ADD: tl.constexpr,
                CHANNELS_LAST: tl.constexpr):
     """Per channel ``c`` of sample ``n``: its first pixel's value (+ add), fp32: the shift ``K_c`` of the
@@ -123,25 +140,37 @@ def _reference(x_ptr, add_ptr, n, c, cmask, C, P, stride_n, add_stride_n, HAS_AD
 
 
 @triton.jit(do_not_specialize=["num_pb", "pix_per_prog"])
-def _partial_stats(x_ptr, s1_ptr, s2_ptr, C, P, stride_n, num_pb, pix_per_prog,
-                   CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+def _partial_stats(x_ptr, s1_ptr, s2_ptr, C, P, stride_n, num_pb, pix_per_prog, b_ptr, ab_ptr, bb_ptr, s_ptr,
+                   res_scale, CHANNELS_LAST: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+                   JOIN: tl.constexpr = False, HAS_A_BIAS: tl.constexpr = False, HAS_B_BIAS: tl.constexpr = False):
     """Program (pb, cb, n): channels cb*BLOCK_C.. of sample n over pixels pb*pix_per_prog.. (a multiple of
     BLOCK_P): per channel the sums of ``d = x - x_c0`` (``x_c0``: the channel's first pixel; with ``add``,
     ``(x + a) - K_c`` is the same d) and of ``d*d``, accumulated elementwise in registers over the pixel
-    tiles and reduced once; stored at [n, pb, c] (contiguous over c)."""
+    tiles and reduced once; stored at [n, pb, c] (contiguous over c). With ``JOIN`` the statistics are
+    those of the residual join ``s`` of ``x`` and ``b`` (``_joined``), which is stored at ``s_ptr``."""
     pb = tl.program_id(0)
     cb = tl.program_id(1)
     n = tl.program_id(2)
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
-    k = _reference(x_ptr, x_ptr, n, c, cmask, C, P, stride_n, 0, False, CHANNELS_LAST)
     base = n.to(tl.int64) * stride_n
+    if JOIN:  # K_c: the join at the first pixel, computed from its operands (s is being written)
+        ref_offs = base + (c if CHANNELS_LAST else c * P)
+        a0 = tl.load(x_ptr + ref_offs, mask=cmask, other=0.0).to(tl.float32)
+        k = tl.sum(_joined(a0[:, None], b_ptr, ab_ptr, bb_ptr, ref_offs[:, None], c, cmask, cmask[:, None],
+                           res_scale, s_ptr.dtype.element_ty, HAS_A_BIAS, HAS_B_BIAS), axis=1)
+    else:
+        k = _reference(x_ptr, x_ptr, n, c, cmask, C, P, stride_n, 0, False, CHANNELS_LAST)
     acc1 = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
     acc2 = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
     p_begin = pb * pix_per_prog
     p_end = tl.minimum(p_begin + pix_per_prog, P)
     for start in range(p_begin, p_end, BLOCK_P):
-        _, mask, x = _group_tile(x_ptr, base, c, cmask, start, C, P, CHANNELS_LAST, BLOCK_P)
+        offs, mask, x = _group_tile(x_ptr, base, c, cmask, start, C, P, CHANNELS_LAST, BLOCK_P)
+        if JOIN:
+            x = _joined(x, b_ptr, ab_ptr, bb_ptr, offs, c, cmask, mask, res_scale, s_ptr.dtype.element_ty,
+                        HAS_A_BIAS, HAS_B_BIAS)
+            tl.store(s_ptr + offs, x.to(s_ptr.dtype.element_ty), mask=mask)
         d = tl.where(mask, x - k[:, None], 0.0)
         acc1 += d
         acc2 += d * d
@@ -210,11 +239,14 @@ def _apply(x_ptr, add_ptr, y_ptr, scale_ptr, shift_ptr, C, P, stride_n, add_stri
 
 @triton.jit(do_not_specialize=["C", "CG", "P", "groups"])
 def _group_norm_one_pass(x_ptr, y_ptr, w_ptr, b_ptr, add_ptr, C, CG, P, stride_n, add_stride_n, groups, eps,
+                         r_ptr, rab_ptr, rbb_ptr, s_ptr, res_scale,
                          HAS_ADD: tl.constexpr, CHANNELS_LAST: tl.constexpr, SILU: tl.constexpr,
-                         BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+                         BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, JOIN: tl.constexpr = False,
+                         HAS_A_BIAS: tl.constexpr = False, HAS_B_BIAS: tl.constexpr = False):
     """Program (n, g): the whole group as one [BLOCK_C >= CG, BLOCK_P >= P] tile in registers: one load,
     the exact mean, the biased variance of the deviations from it, normalise + affine (+ SiLU), one
-    store."""
+    store. With ``JOIN`` the group is that of the residual join ``s`` of ``x`` and ``r`` (``_joined``:
+    biases ``rab``, ``rbb``, scale ``res_scale``), stored at ``s_ptr`` as well."""
     pid = tl.program_id(0)
     n = pid // groups
     g = pid % groups
@@ -222,6 +254,10 @@ def _group_norm_one_pass(x_ptr, y_ptr, w_ptr, b_ptr, add_ptr, C, CG, P, stride_n
     cm = ch < CG
     c = g * CG + ch
     offs, mask, x = _group_tile(x_ptr, n.to(tl.int64) * stride_n, c, cm, 0, C, P, CHANNELS_LAST, BLOCK_P)
+    if JOIN:
+        x = _joined(x, r_ptr, rab_ptr, rbb_ptr, offs, c, cm, mask, res_scale, s_ptr.dtype.element_ty,
+                    HAS_A_BIAS, HAS_B_BIAS)
+        tl.store(s_ptr + offs, x.to(s_ptr.dtype.element_ty), mask=mask)
     w = tl.load(w_ptr + c, mask=cm, other=0.0).to(tl.float32)
     b = tl.load(b_ptr + c, mask=cm, other=0.0).to(tl.float32)
     if HAS_ADD:
@@ -322,14 +358,48 @@ def group_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_gr
     if not supports(x, num_groups):
         raise ValueError(f"fused group_norm takes 4-D NCHW/NHWC float tensors with C % {num_groups} == 0; "
                          f"got shape {tuple(x.shape)}, strides {x.stride()}, {x.dtype}")
+    return _group_norm(x, weight, bias, num_groups, eps, silu, add, None)[1]
+
+
+def residual_group_norm(a: torch.Tensor, b: torch.Tensor, scale: float, a_bias: torch.Tensor | None,
+                        b_bias: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor, num_groups: int,
+                        eps: float, silu: bool = False):
+    """``s = residual(a, b, scale, a_bias, b_bias)`` and ``group_norm(s, weight, bias, num_groups, eps, silu)``
+    in the kernels of the GroupNorm alone: the join is computed where the statistics load their input
+    (the one-pass program, or ``_partial_stats``), stored once, and normalised from registers (one pass)
+    or read back by ``_apply`` (split). Returns ``(s, y)``, both bitwise what the two calls give (the same
+    roundings, the same fp32 statistics of the rounded ``s``)."""
+    if not (residual_supports(a, b) and supports(a, num_groups)):
+        raise ValueError(f"fused residual_group_norm takes two 4-D tensors of one shape, dtype and NCHW/NHWC "
+                         f"layout with C % {num_groups} == 0; got {tuple(a.shape)} {a.stride()} {a.dtype} and "
+                         f"{tuple(b.shape)} {b.stride()} {b.dtype}")
+    C = a.shape[1]
+    for name, v in (("a_bias", a_bias), ("b_bias", b_bias)):
+        if v is not None and tuple(v.shape) != (C,):
+            raise ValueError(f"{name} must be [C] = [{C}], got {tuple(v.shape)}")
+    return _group_norm(a, weight, bias, num_groups, eps, silu, None, (b, a_bias, b_bias, float(scale)))
+
+
+def _group_norm(x, weight, bias, num_groups, eps, silu, add, join):
+    """Launches for ``group_norm`` (``join`` None: returns ``(x, y)``) and ``residual_group_norm`` (``join =
+    (b, a_bias, b_bias, scale)``: returns ``(s, y)``), inputs already checked."""
     N, C, H, W = x.shape
     add_arg, add_stride_n = _add_vector(add, N, C, x)
     has_add = add is not None
     P = H * W
     channels_last = layout_of(x) == "channels_last"
     y = torch.empty_like(x)  # keeps the memory format
+    if join is None:
+        s, r, r_a_bias, r_b_bias, res_scale = x, x, x, x, 1.0
+    else:
+        r, a_bias, b_bias, res_scale = join
+        s = torch.empty_like(x)
+        r_a_bias = x if a_bias is None else a_bias.contiguous()
+        r_b_bias = x if b_bias is None else b_bias.contiguous()
+    joined = dict(JOIN=join is not None, HAS_A_BIAS=join is not None and join[1] is not None,
+                  HAS_B_BIAS=join is not None and join[2] is not None)
     if x.numel() == 0:
-        return y
+        return s, y
     stride_n = x.stride(0)
     cg = C // num_groups
     # Triton launches on the current GPU and its current stream: make that x's GPU (e.g. cuda:1)
@@ -337,27 +407,30 @@ def group_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_gr
         tile = one_pass_block(cg, P)
         if tile is not None:
             _group_norm_one_pass[(N * num_groups,)](
-                x, y, weight, bias, add_arg, C, cg, P, stride_n, add_stride_n, num_groups, eps, HAS_ADD=has_add,
+                x, y, weight, bias, add_arg, C, cg, P, stride_n, add_stride_n, num_groups, eps,
+                r, r_a_bias, r_b_bias, s, res_scale, HAS_ADD=has_add,
                 CHANNELS_LAST=channels_last, SILU=bool(silu), BLOCK_C=tile[0], BLOCK_P=tile[1],
-                num_warps=max(4, min(16, tile[0] * tile[1] // 1024)))
-            return y
+                num_warps=max(4, min(16, tile[0] * tile[1] // 1024)), **joined)
+            return s, y
         stats_c, stats_p, stats_cb, num_pb, pix_per_prog = _stats_plan(N, C, P, channels_last, x.device)
         s1 = torch.empty((N, num_pb, C), device=x.device, dtype=torch.float32)
         s2 = torch.empty_like(s1)
         scale = torch.empty((N, C), device=x.device, dtype=torch.float32)
         shift = torch.empty_like(scale)
         _partial_stats[(num_pb, stats_cb, N)](x, s1, s2, C, P, stride_n, num_pb, pix_per_prog,
+                                              r, r_a_bias, r_b_bias, s, res_scale,
                                               CHANNELS_LAST=channels_last, BLOCK_C=stats_c, BLOCK_P=stats_p,
-                                              num_warps=STATS_WARPS)
-        _finalize[(N * num_groups,)](x, add_arg, s1, s2, weight, bias, scale, shift, C, cg, P, stride_n, add_stride_n,
+                                              num_warps=STATS_WARPS, **joined)
+        # from here on the input is s (x itself without a join)
+        _finalize[(N * num_groups,)](s, add_arg, s1, s2, weight, bias, scale, shift, C, cg, P, stride_n, add_stride_n,
                                      num_pb, num_groups, eps, HAS_ADD=has_add, CHANNELS_LAST=channels_last,
                                      BLOCK_CG=triton.next_power_of_2(cg),
                                      BLOCK_R=min(REDUCE_BLOCK, max(16, triton.next_power_of_2(cg * num_pb))))
         block_c, block_p = _blocks(C, P, channels_last)
         grid = (triton.cdiv(P, block_p), triton.cdiv(C, block_c), N)
-        _apply[grid](x, add_arg, y, scale, shift, C, P, stride_n, add_stride_n, HAS_ADD=has_add,
+        _apply[grid](s, add_arg, y, scale, shift, C, P, stride_n, add_stride_n, HAS_ADD=has_add,
                      CHANNELS_LAST=channels_last, SILU=bool(silu), BLOCK_C=block_c, BLOCK_P=block_p)
-    return y
+    return s, y
 
 
 # ------------------------------------------------------------------------------------------- residual

@@ -45,6 +45,10 @@ FOLD_BIASES = True
 #   input on a slow non-tensor-core kernel); 0 = off.
 PHASE_UPSAMPLE = True
 PAD_INPUT_CHANNELS = 16
+# On the fused path a ResnetBlock's or attention block's residual join is handed on as a ``PendingResidual``
+# and computed inside the next GroupNorm's kernels (``fused_norm.residual_group_norm``), bitwise the same
+# result without the residual kernel's launch and one read of the joined tensor; False: the residual kernel.
+JOIN_RESIDUAL_INTO_NORM = True
 FUSED_DEVICE_TYPES = ("cuda",)  # where the fused kernels run (tests add "cpu" with TRITON_INTERPRET=1)
 _fused_module = None  # fused_norm once imported, False when Triton is not importable
 
@@ -236,6 +240,57 @@ def residual(a: torch.Tensor, b: torch.Tensor, scale: float, a_bias: torch.Tenso
     return (a + b) * scale
 
 
+@dataclass
+class PendingResidual:
+    """A residual join ``((a + a_bias) + (b + b_bias)) * scale`` handed on before it is computed (``FOLD_BIASES``
+    path): when the next module starts with a GroupNorm (a ResnetBlock, an attention block, the final norm),
+    the join runs inside that GroupNorm's kernels (``norm_of_joined``); anything else takes ``materialize()``.
+    The computed join is kept, so the object can stand in a U-Net's skip list like a tensor."""
+
+    a: torch.Tensor | None
+    b: torch.Tensor | None
+    scale: float
+    a_bias: torch.Tensor | None = None
+    b_bias: torch.Tensor | None = None
+    value: torch.Tensor | None = None
+
+    def like(self) -> torch.Tensor:
+        """A tensor of the join's shape, dtype, device and layout (for dispatch decisions)."""
+        return self.a if self.value is None else self.value
+
+    def computed(self, value: torch.Tensor) -> torch.Tensor:
+        """Record the join's ``value`` and drop the operands (a skip connection holding this object would
+        otherwise keep them alive until the up block that reads it)."""
+        self.value, self.a, self.b, self.a_bias, self.b_bias = value, None, None, None, None
+        return value
+
+    def materialize(self) -> torch.Tensor:
+        """The joined tensor (computed by ``residual`` on first use)."""
+        if self.value is None:
+            self.computed(residual(self.a, self.b, self.scale, self.a_bias, self.b_bias))
+        return self.value
+
+
+def materialize(x):
+    """``x`` as a tensor: a ``PendingResidual`` or ``PhaseUpsampled`` is computed, a tensor passes."""
+    return x.materialize() if isinstance(x, (PendingResidual, PhaseUpsampled)) else x
+
+
+def norm_of_joined(norm: nn.GroupNorm, x, silu: bool = False):
+    """``(t, norm(t))`` (``silu``: then SiLU) for ``t = materialize(x)``: a ``PendingResidual`` not yet computed
+    is joined inside the GroupNorm's kernels (``fused_norm.residual_group_norm``: the join is stored once and
+    not read back for the statistics) when they apply, with the result bitwise that of the two kernels."""
+    if (JOIN_RESIDUAL_INTO_NORM and isinstance(x, PendingResidual) and x.value is None and norm.affine
+            and use_fused_groupnorm(x.a, norm.num_groups) and _fused_norm().residual_supports(x.a, x.b)):
+        out = _try_fused(lambda: _fused_norm().residual_group_norm(
+            x.a, x.b, x.scale, x.a_bias, x.b_bias, norm.weight, norm.bias, norm.num_groups, norm.eps, silu=silu))
+        if out is not None:
+            x.computed(out[0])
+            return out
+    t = materialize(x)
+    return t, norm(t, silu=silu)
+
+
 def layer_norm(norm: nn.LayerNorm, x: torch.Tensor, residual: torch.Tensor | None = None):
     """``norm(x)``, or with ``residual`` ``(s, norm(s))`` for ``s = x + residual`` (a transformer's residual
     stream and the next block's normalised input): one fused Triton kernel under ``fused_kernels_apply``
@@ -320,14 +375,14 @@ def channels_last(x: torch.Tensor) -> bool:
 def join_skip(x, skip: torch.Tensor) -> torch.Tensor:
     """``cat([x, skip], 1)``; a ``PhaseUpsampled`` ``x`` is interleaved, biased and joined to ``skip`` in
     one fused kernel (torch's ops if the kernel cannot run)."""
+    skip = materialize(skip)
     if isinstance(x, PhaseUpsampled):
         fn = _fused_norm()
         if fn is not None and fn.phase_upsample_supports(x.z, x.bias, skip):
             y = _try_fused(lambda: fn.phase_upsample(x.z, x.bias, skip))
             if y is not None:
                 return y
-        x = x.materialize()
-    return torch.cat([x, skip], dim=1)
+    return torch.cat([materialize(x), skip], dim=1)
 
 
 def upsample_conv(owner: nn.Module, conv: nn.Conv2d, x: torch.Tensor, sub_pixel: bool):
@@ -356,11 +411,18 @@ class ResnetBlock(nn.Module):
         self.shortcut = nn.Conv2d(c_in, c_out, kernel_size=1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fold_biases(x):  # the same sums, the biases added inside the fused kernels
-            h = conv_without_bias(self.conv1, self.norm1(x, silu=True))
+        return materialize(self.joined(x))
+
+    def joined(self, x):
+        """``forward`` for a tensor or a ``PendingResidual`` ``x``; on the fused path the output is a
+        ``PendingResidual`` (its join runs in the next GroupNorm's kernels), else a tensor."""
+        if fold_biases(x.like() if isinstance(x, PendingResidual) else x):  # the same sums, biases in the fused kernels
+            x, h = norm_of_joined(self.norm1, x, silu=True)
+            h = conv_without_bias(self.conv1, h)
             h = conv_without_bias(self.conv2, self.norm2(h, silu=True, add=self.conv1.bias))
             skip, skip_bias = skip_without_bias(self.shortcut, x)
-            return residual(h, skip, SKIP_SCALE, self.conv2.bias, skip_bias)
+            return PendingResidual(h, skip, SKIP_SCALE, self.conv2.bias, skip_bias)
+        x = materialize(x)
         h = self.conv1(self.norm1(x, silu=True))
         h = self.conv2(self.norm2(h, silu=True))
         return (h + self.shortcut(x)) * SKIP_SCALE
@@ -399,12 +461,19 @@ class MVAttention(nn.Module):
         self.attn = SelfAttention(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return materialize(self.joined(x))
+
+    def joined(self, x):
+        """``forward`` for a tensor or a ``PendingResidual`` ``x``; on the fused path the output is a
+        ``PendingResidual`` (see ``ResnetBlock.joined``), else a tensor."""
+        x, y = norm_of_joined(self.norm, x)
         bv, c, h, w = x.shape
         b = bv // NUM_VIEWS
-        y = self.norm(x)
         y = y.reshape(b, NUM_VIEWS, c, h, w).permute(0, 1, 3, 4, 2).reshape(b, NUM_VIEWS * h * w, c)
         y = self.attn(y)
         y = y.reshape(b, NUM_VIEWS, h, w, c).permute(0, 1, 4, 2, 3).reshape(bv, c, h, w)
+        if fused_joins_apply(y) and _fused_norm().residual_supports(y, x):
+            return PendingResidual(y, x, SKIP_SCALE)
         return residual(y, x, SKIP_SCALE)
 
 
@@ -415,15 +484,17 @@ class DownBlock(nn.Module):
         self.attns = nn.ModuleList([MVAttention(c_out) for _ in range(num_layers)]) if attention else None
         self.downsample = conv3(c_out, c_out, stride=2) if downsample else None
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x):
+        """``x`` a tensor or a ``PendingResidual``; returns the output and the skips it pushes, either of them
+        possibly ``PendingResidual`` on the fused path (``materialize`` gives the tensors)."""
         pushed = []
         for i, net in enumerate(self.nets):
-            x = net(x)
+            x = net.joined(x)
             if self.attns is not None:
-                x = self.attns[i](x)
+                x = self.attns[i].joined(x)
             pushed.append(x)
         if self.downsample is not None:
-            x = self.downsample(x)
+            x = self.downsample(materialize(x))
             pushed.append(x)
         return x, pushed
 
@@ -434,11 +505,12 @@ class MidBlock(nn.Module):
         self.nets = nn.ModuleList([ResnetBlock(channels, channels), ResnetBlock(channels, channels)])
         self.attns = nn.ModuleList([MVAttention(channels)]) if attention else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.nets[0](x)
+    def forward(self, x):
+        """A tensor or ``PendingResidual`` in and out (see ``ResnetBlock.joined``)."""
+        x = self.nets[0].joined(x)
         if self.attns is not None:
-            x = self.attns[0](x)
-        return self.nets[1](x)
+            x = self.attns[0].joined(x)
+        return self.nets[1].joined(x)
 
 
 class UpBlock(nn.Module):
@@ -457,12 +529,12 @@ class UpBlock(nn.Module):
         """``x``: the previous block's output (a tensor, or ``PhaseUpsampled``); returns this block's, upsampled
         when it has an upsampling convolution (in sub-pixel form on the fused path: ``PHASE_UPSAMPLE``)."""
         for j, net in enumerate(self.nets):
-            x = net(join_skip(x, skips[-1 - j]))
+            x = net.joined(join_skip(x, skips[-1 - j]))
             if self.attns is not None:
-                x = self.attns[j](x)
+                x = self.attns[j].joined(x)
         if self.upsample is None:
             return x
-        return upsample_conv(self, self.upsample, x, PHASE_UPSAMPLE)
+        return upsample_conv(self, self.upsample, materialize(x), PHASE_UPSAMPLE)
 
 
 class MVUNet(nn.Module):
@@ -527,7 +599,7 @@ class MVUNet(nn.Module):
         for block in self.up_blocks:
             h = block(h, skips[-n:])
             del skips[-n:]
-        return self.norm_out(h, silu=True)
+        return norm_of_joined(self.norm_out, h, silu=True)[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_out(self.features(x))
