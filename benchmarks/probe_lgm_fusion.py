@@ -11,10 +11,10 @@ Random weights (bench_lgm's init), fp16, channels-last, CUDA graphs (the project
   sub-pixel form, interleaved into the next block's concatenation by one kernel);
 - ``+ padded conv_in + composed head``: ``unet.PAD_INPUT_CHANNELS = 16``, ``lgm.FUSED_HEAD`` (the default
   until the one-program GroupNorm);
-- ``+ one-pass GroupNorm <= N``: ``fused_norm.ONE_PASS_MAX`` as shipped (one program per group for
-  power-of-two groups whose tile has up to N elements);
-- ``+ residual joins inside the next GroupNorm (default)``: the default path, ``unet.JOIN_RESIDUAL_INTO_NORM``
-  (a block's residual join computed by the GroupNorm that reads it, ``fused_norm.residual_group_norm``);
+- ``+ one-pass GroupNorm <= N (default)``: the default path, ``fused_norm.ONE_PASS_MAX`` as shipped (one
+  program per group for power-of-two groups whose tile has up to N elements);
+- ``+ residual joins inside the next GroupNorm``: the option ``unet.JOIN_RESIDUAL_INTO_NORM`` on (a block's
+  residual join computed by the GroupNorm that reads it, ``fused_norm.residual_group_norm``; off by default);
   ``--pad-input N`` adds rows with other paddings, each ``--one-pass N`` a row with another bound.
 
 For each: median ms (CUDA events), peak GB above the weights, max |d| of the activated Gaussians vs the
@@ -63,9 +63,9 @@ def modes(one_pass, pad_inputs=(), default_one_pass=0, any_width=False):
                                            join=False)),
            ("+ padded conv_in + composed head",
             dict(fused=True, fold=True, one_pass=0, phase=True, pad_input=16, head=True, join=False)),
-           (f"+ one-pass GroupNorm <= {default_one_pass}",
+           (f"+ one-pass GroupNorm <= {default_one_pass} (default)",
             dict(fused=True, fold=True, one_pass=default_one_pass, phase=True, pad_input=16, head=True, join=False)),
-           ("+ residual joins inside the next GroupNorm (default)",
+           ("+ residual joins inside the next GroupNorm",
             dict(fused=True, fold=True, one_pass=default_one_pass, phase=True, pad_input=16, head=True, join=True))]
     out += [(f"default, conv_in padded to {n}", dict(fused=True, fold=True, one_pass=default_one_pass, phase=True,
                                                     pad_input=n, head=True)) for n in pad_inputs]
@@ -90,7 +90,7 @@ _SHIPPED_BLOCK = None  # fused_norm.one_pass_block as shipped (recorded by the f
 
 
 def set_mode(fused: bool, fold: bool, one_pass: int, phase: bool = True, pad_input: int = 16,
-             head: bool = True, any_width: bool = False, join: bool = True) -> None:
+             head: bool = True, any_width: bool = False, join: bool = False) -> None:
     from lgm_core.models import fused_norm
     from lgm_core.models import lgm as lgm_module
 

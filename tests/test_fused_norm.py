@@ -861,6 +861,7 @@ def test_blocks_join_residuals_into_the_next_group_norm(spy, fn, monkeypatch):
                 p.normal_(0.0, 0.3)
     net, att, norm = (m.to(DEVICE, torch.float16).to(memory_format=torch.channels_last) for m in (net, att, norm))
     x = torch.randn(4, 32, 3, 4, device=DEVICE).half().contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(unet, "JOIN_RESIDUAL_INTO_NORM", True)
     joined_calls = counting_calls(fn, "residual_group_norm", monkeypatch)
     residual_calls = counting_calls(fn, "residual", monkeypatch)
 
@@ -906,6 +907,7 @@ def test_unet_joins_every_residual_that_feeds_a_group_norm(spy, fn, monkeypatch)
         joined_calls.append(1) or (lambda t: (t, torch_group_norm(t, w, bi, g, eps, silu)))(torch_residual(a, b, sc, ab, bb))))
     cfg = LGMConfig(down_channels=(32, 32, 64), down_attention=(False, False, True), mid_attention=True,
                     up_channels=(64, 32), up_attention=(True, False), splat_size=4, input_size=8, output_size=8)
+    monkeypatch.setattr(unet, "JOIN_RESIDUAL_INTO_NORM", True)
     torch.manual_seed(0)
     model = LGM(cfg).eval().to(DEVICE, torch.float16).use_channels_last()
     x = torch.randn(1, 4, 9, 8, 8, device=DEVICE)

@@ -48,7 +48,10 @@ PAD_INPUT_CHANNELS = 16
 # On the fused path a ResnetBlock's or attention block's residual join is handed on as a ``PendingResidual``
 # and computed inside the next GroupNorm's kernels (``fused_norm.residual_group_norm``), bitwise the same
 # result without the residual kernel's launch and one read of the joined tensor; False: the residual kernel.
-JOIN_RESIDUAL_INTO_NORM = True
+# Off by default: H200, LGM big fp16 + CUDA graphs, 5 interleaved rounds (benchmarks/results/
+# probe_lgm_fusion_join_h200.md): b1 6.62 -> 7.06 ms median (faster in 3 of 5 rounds, within the machine's
+# +-0.5 ms round-to-round spread), b4 18.70 -> 18.83 ms; kernel time 5.51 -> 5.49 ms. No measurable gain.
+JOIN_RESIDUAL_INTO_NORM = False
 FUSED_DEVICE_TYPES = ("cuda",)  # where the fused kernels run (tests add "cpu" with TRITON_INTERPRET=1)
 _fused_module = None  # fused_norm once imported, False when Triton is not importable
 
