@@ -373,10 +373,7 @@ def residual_group_norm(a: torch.Tensor, b: torch.Tensor, scale: float, a_bias: 
         raise ValueError(f"fused residual_group_norm takes two 4-D tensors of one shape, dtype and NCHW/NHWC "
                          f"layout with C % {num_groups} == 0; got {tuple(a.shape)} {a.stride()} {a.dtype} and "
                          f"{tuple(b.shape)} {b.stride()} {b.dtype}")
-    C = a.shape[1]
-    for name, v in (("a_bias", a_bias), ("b_bias", b_bias)):
-        if v is not None and tuple(v.shape) != (C,):
-            raise ValueError(f"{name} must be [C] = [{C}], got {tuple(v.shape)}")
+    _check_channel_biases(a.shape[1], a_bias, b_bias)
     return _group_norm(a, weight, bias, num_groups, eps, silu, None, (b, a_bias, b_bias, float(scale)))
 
 
@@ -389,15 +386,11 @@ def _group_norm(x, weight, bias, num_groups, eps, silu, add, join):
     P = H * W
     channels_last = layout_of(x) == "channels_last"
     y = torch.empty_like(x)  # keeps the memory format
-    if join is None:
-        s, r, r_a_bias, r_b_bias, res_scale = x, x, x, x, 1.0
-    else:
-        r, a_bias, b_bias, res_scale = join
-        s = torch.empty_like(x)
-        r_a_bias = x if a_bias is None else a_bias.contiguous()
-        r_b_bias = x if b_bias is None else b_bias.contiguous()
-    joined = dict(JOIN=join is not None, HAS_A_BIAS=join is not None and join[1] is not None,
-                  HAS_B_BIAS=join is not None and join[2] is not None)
+    r, a_bias, b_bias, res_scale = join or (x, None, None, 1.0)
+    s = x if join is None else torch.empty_like(x)
+    r_a_bias = x if a_bias is None else a_bias.contiguous()  # x: any valid pointer, never read
+    r_b_bias = x if b_bias is None else b_bias.contiguous()
+    joined = dict(JOIN=join is not None, HAS_A_BIAS=a_bias is not None, HAS_B_BIAS=b_bias is not None)
     if x.numel() == 0:
         return s, y
     stride_n = x.stride(0)
@@ -454,6 +447,13 @@ def _residual(a_ptr, b_ptr, a_bias_ptr, b_bias_ptr, y_ptr, numel, C, P, scale,
     tl.store(y_ptr + offs, (y * scale).to(y_ptr.dtype.element_ty), mask=mask)
 
 
+def _check_channel_biases(C: int, a_bias: torch.Tensor | None, b_bias: torch.Tensor | None) -> None:
+    """The residual join's optional per-channel biases must be [C]."""
+    for name, v in (("a_bias", a_bias), ("b_bias", b_bias)):
+        if v is not None and tuple(v.shape) != (C,):
+            raise ValueError(f"{name} must be [C] = [{C}], got {tuple(v.shape)}")
+
+
 def residual_supports(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether ``residual`` takes ``a`` and ``b``: 4-D, the same shape, dtype and memory layout (NCHW or
     NHWC, dense), a float dtype, < 2**31 elements."""
@@ -472,9 +472,7 @@ def residual(a: torch.Tensor, b: torch.Tensor, scale: float, a_bias: torch.Tenso
         raise ValueError(f"fused residual takes two 4-D tensors of one shape, dtype and NCHW/NHWC layout; got "
                          f"{tuple(a.shape)} {a.stride()} {a.dtype} and {tuple(b.shape)} {b.stride()} {b.dtype}")
     N, C, H, W = a.shape
-    for name, v in (("a_bias", a_bias), ("b_bias", b_bias)):
-        if v is not None and tuple(v.shape) != (C,):
-            raise ValueError(f"{name} must be [C] = [{C}], got {tuple(v.shape)}")
+    _check_channel_biases(C, a_bias, b_bias)
     y = torch.empty_like(a)
     numel = a.numel()
     if numel == 0:

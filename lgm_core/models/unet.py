@@ -246,8 +246,9 @@ def residual(a: torch.Tensor, b: torch.Tensor, scale: float, a_bias: torch.Tenso
 @dataclass
 class PendingResidual:
     """A residual join ``((a + a_bias) + (b + b_bias)) * scale`` handed on before it is computed (``FOLD_BIASES``
-    path): when the next module starts with a GroupNorm (a ResnetBlock, an attention block, the final norm),
-    the join runs inside that GroupNorm's kernels (``norm_of_joined``); anything else takes ``materialize()``.
+    path): when the next module starts with a GroupNorm (a ResnetBlock, an attention block, the final norm)
+    and ``JOIN_RESIDUAL_INTO_NORM`` is on, the join runs inside that GroupNorm's kernels (``norm_of_joined``);
+    otherwise the next module takes ``materialize()`` (the residual kernel, where it ran before).
     The computed join is kept, so the object can stand in a U-Net's skip list like a tensor."""
 
     a: torch.Tensor | None
