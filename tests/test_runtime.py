@@ -215,3 +215,35 @@ def test_runner_drops_older_graphs_when_a_capture_replaces_a_derived_buffer():
         assert len(runner.graphs) == 1
         out = runner(torch.ones(1, 3))
     assert runner.captures == 4 and torch.allclose(out, torch.ones(1, 3) @ (module.weight * 3.0))
+
+
+def test_runner_walks_the_weights_once_and_sees_replaced_ones(monkeypatch):
+    """The per-call weight check walks the module tree only when something in it was replaced: a parameter
+    assigned anew (ComfyUI's weight patching), a child module swapped, a buffer added; and each of those
+    makes the next call capture again with the new tensors."""
+    walks = []
+    walk = runtime._WeightWatch._walk
+    monkeypatch.setattr(runtime._WeightWatch, "_walk", lambda self, items: (walks.append(1), walk(self, items)))
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+    runner = CPUGraphRunner(lambda x: model(x), weights=model)
+    x = torch.rand(4, 3)
+    with torch.no_grad():
+        for _ in range(5):
+            runner(x)
+        assert runner.captures == 1 and len(walks) == 1
+        model[0].weight = torch.nn.Parameter(model[0].weight * 2)  # same shape, a new tensor object
+        torch.testing.assert_close(runner(x), model(x))
+        assert runner.captures == 2 and len(walks) == 2
+        model[1] = torch.nn.Linear(3, 2)  # a child module swapped
+        torch.testing.assert_close(runner(x), model(x))
+        assert runner.captures == 3
+        model[1].register_buffer("extra", torch.zeros(1))  # a new entry (it may be read): walked, captured again
+        runner(x)
+        runner(x)
+        assert runner.captures == 4 and len(walks) == 4
+    tensors = [torch.ones(2)]
+    runner = CPUGraphRunner(lambda x: x * tensors[0], weights=lambda: tensors)  # a callable source of tensors
+    with torch.no_grad():
+        runner(torch.ones(2))
+        tensors[0] = torch.full((2,), 3.0)
+        assert torch.equal(runner(torch.ones(2)), torch.full((2,), 3.0)) and runner.captures == 2
