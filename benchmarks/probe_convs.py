@@ -12,6 +12,9 @@ sum is faster:
   for small pixel counts, where cuDNN's tiles leave SMs idle, cuBLAS may pick split-K;
 * ``pad16`` / ``pad32`` (only where the input or output channels are not a multiple of 8): the
   channels zero-padded to 16 / 32 (the input's pad copy included; a padded output is sliced);
+* ``taps32`` / ``taps16`` (3x3, stride 1, images whose nine tap products fit ``TAPS_MAX_BYTES``): one
+  GEMM of the pixels with the nine taps' weights side by side, then one Triton kernel summing the shifted
+  products (``lgm_core.models.tap_conv``), products in float32 / in the input's dtype;
 * ``phase`` (only for a 3x3 convolution of a nearest-upsampled input): upsample-then-conv equals four
   2x2 convolutions of the low-resolution input (one per output pixel parity, the 3x3 taps that land on
   the same source pixel summed), run as one convolution with 4x the output channels on the padded
@@ -43,6 +46,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 from lgm_core.models.unet import phase_kernels  # noqa: E402
+
+try:
+    from lgm_core.models import tap_conv as TAP_CONV  # noqa: E402  (imports Triton)
+except ImportError:
+    TAP_CONV = None
 
 
 # ------------------------------------------------------------------------------------------- the variants
@@ -234,6 +242,11 @@ def variants(sig: Signature, device, dtype, gen):
             wo = F.pad(w, (0, 0, 0, 0, 0, 0, 0, width - sig.o)).to(device, dtype)
             wo = wo.contiguous(memory_format=torch.channels_last)
             out[f"pad{width}"] = (lambda wo=wo: F.conv2d(x, wo, None, sig.stride, sig.padding)[:, :sig.o])
+    if (TAP_CONV is not None and not sig.upsampled and (sig.k, sig.stride, sig.padding) == (3, 1, 1)
+            and sig.n * sig.h * sig.w * 9 * sig.o * 4 <= TAPS_MAX_BYTES):
+        wt = TAP_CONV.tap_weight(w).to(device, dtype)
+        out["taps32"] = lambda: TAP_CONV.tap_conv3x3(x, wt, b_d)
+        out["taps16"] = lambda: TAP_CONV.tap_conv3x3(x, wt, b_d, fp32_products=False)
     if sig.upsampled and sig.k == 3 and sig.stride == 1 and sig.padding == 1:
         wp = phase_kernels(w).to(device, dtype).contiguous(memory_format=torch.channels_last)
         out["phase"] = lambda: phase_conv(x, wp, b_d)
@@ -241,7 +254,8 @@ def variants(sig: Signature, device, dtype, gen):
     return out
 
 
-NAMES = ("cudnn", "cudnn_search", "gemm", "phase", "phase_conv", "pad16", "pad32")
+NAMES = ("cudnn", "cudnn_search", "gemm", "phase", "phase_conv", "pad16", "pad32", "taps32", "taps16")
+TAPS_MAX_BYTES = 64 << 20  # the tap products (float32) a ``taps`` variant may hold
 
 
 def probe(name: str, signatures: collections.Counter, device, dtype, reps: int, iters: int, lines):
@@ -249,8 +263,9 @@ def probe(name: str, signatures: collections.Counter, device, dtype, reps: int, 
     timer = graph_time if device.type == "cuda" else cpu_time
     totals = collections.Counter()
     best_total = 0.0
-    header = "| convolution | calls | GFLOP | " + " | ".join(f"{n} µs" for n in NAMES) + " | best TFLOP/s | max\\|d\\| gemm / phase |"
-    lines += [f"\n## {name}\n", header, "|" + "---|" * (5 + len(NAMES))]
+    header = ("| convolution | calls | GFLOP | " + " | ".join(f"{n} µs" for n in NAMES)
+              + " | best TFLOP/s | max\\|d\\| gemm / phase | max\\|d\\| taps32 / taps16 |")
+    lines += [f"\n## {name}\n", header, "|" + "---|" * (6 + len(NAMES))]
     for sig, count in sorted(signatures.items(), key=lambda kv: -kv[0].flops() * kv[1]):
         fns = variants(sig, device, dtype, gen)
         ref = fns["cudnn"]().float()
@@ -268,6 +283,7 @@ def probe(name: str, signatures: collections.Counter, device, dtype, reps: int, 
                 torch.backends.cudnn.benchmark = previous
         d_gemm = (fns["gemm"]().float() - ref).abs().max().item()
         d_phase = (fns["phase"]().float() - ref).abs().max().item() if "phase" in fns else float("nan")
+        d_taps = [(fns[v]().float() - ref).abs().max().item() if v in fns else float("nan") for v in ("taps32", "taps16")]
         full = {v: t for v, t in times.items() if v != "phase_conv" and t == t}
         best = min(full.values())
         for v in NAMES:
@@ -276,11 +292,11 @@ def probe(name: str, signatures: collections.Counter, device, dtype, reps: int, 
         best_total += count * best
         cells = " | ".join(f"{times[v]:.1f}" if v in times else "" for v in NAMES)
         lines.append(f"| {sig.label()} | {count} | {sig.flops() / 1e9:.2f} | {cells} | "
-                     f"{sig.flops() / best / 1e6:.0f} | {d_gemm:.1e} / {d_phase:.1e} |")
+                     f"{sig.flops() / best / 1e6:.0f} | {d_gemm:.1e} / {d_phase:.1e} | {d_taps[0]:.1e} / {d_taps[1]:.1e} |")
     cells = " | ".join(f"{totals[v] / 1000:.3f} ms" for v in NAMES)
     lines.append(f"| **all convolutions** | {sum(signatures.values())} | "
                  f"{sum(s.flops() * c for s, c in signatures.items()) / 1e9:.1f} | {cells} | best per row: "
-                 f"**{best_total / 1000:.3f} ms** | |")
+                 f"**{best_total / 1000:.3f} ms** | | |")
     lines.append("\n(A variant a convolution lacks counts at its `cudnn` time in the totals; `phase_conv` "
                  "omits the interleave, so its total is a lower bound.)")
 

@@ -13,6 +13,9 @@ Random weights (bench_lgm's init), fp16, channels-last, CUDA graphs (the project
   until the one-program GroupNorm);
 - ``+ one-pass GroupNorm <= N (default)``: the default path, ``fused_norm.ONE_PASS_MAX`` as shipped (one
   program per group for power-of-two groups whose tile has up to N elements);
+- ``+ 3x3 convolutions of <= N pixels in tap form``: the option ``unet.TAP_CONV_MAX_PIXELS = N`` (a
+  ResnetBlock's 3x3 convolution of a small image as one GEMM over its taps and one kernel summing them,
+  ``lgm_core.models.tap_conv``; off by default);
 - ``+ residual joins inside the next GroupNorm``: the option ``unet.JOIN_RESIDUAL_INTO_NORM`` on (a block's
   residual join computed by the GroupNorm that reads it, ``fused_norm.residual_group_norm``; off by default);
   ``--pad-input N`` adds rows with other paddings, each ``--one-pass N`` a row with another bound.
@@ -50,12 +53,13 @@ from lgm_core.models.lgm import LGMConfig  # noqa: E402
 from lgm_core.runtime import CUDAGraphRunner, building_cuda_graph_scope  # noqa: E402
 
 
-FORMS_OFF = dict(phase=False, pad_input=0, head=False, join=False)
+FORMS_OFF = dict(phase=False, pad_input=0, head=False, join=False, taps=0)
+TAP_PIXELS = 1024  # unet.TAP_CONV_MAX_PIXELS of the tap-form row (the option is off by default)
 
 
-def modes(one_pass, pad_inputs=(), default_one_pass=0, any_width=False):
+def modes(one_pass, pad_inputs=(), default_one_pass=0, any_width=False, default_taps=0):
     """(name, set_mode keyword arguments) of every mode; ``default_one_pass``: fused_norm.ONE_PASS_MAX as
-    shipped (read before any mode changes it)."""
+    shipped, ``default_taps``: unet.TAP_CONV_MAX_PIXELS as shipped (both read before any mode changes them)."""
     out = [("torch kernels", dict(fused=False, fold=False, one_pass=0, **FORMS_OFF)),
            ("fused GroupNorm+SiLU", dict(fused=True, fold=False, one_pass=0, **FORMS_OFF)),
            ("+ folded biases + residual kernel", dict(fused=True, fold=True, one_pass=0, **FORMS_OFF)),
@@ -64,17 +68,23 @@ def modes(one_pass, pad_inputs=(), default_one_pass=0, any_width=False):
            ("+ padded conv_in + composed head",
             dict(fused=True, fold=True, one_pass=0, phase=True, pad_input=16, head=True, join=False)),
            (f"+ one-pass GroupNorm <= {default_one_pass} (default)",
-            dict(fused=True, fold=True, one_pass=default_one_pass, phase=True, pad_input=16, head=True, join=False)),
+            dict(fused=True, fold=True, one_pass=default_one_pass, phase=True, pad_input=16, head=True, join=False,
+                 taps=default_taps)),
+           (f"+ 3x3 convolutions of <= {TAP_PIXELS} pixels in tap form",
+            dict(fused=True, fold=True, one_pass=default_one_pass, phase=True, pad_input=16, head=True, join=False,
+                 taps=TAP_PIXELS)),
            ("+ residual joins inside the next GroupNorm",
-            dict(fused=True, fold=True, one_pass=default_one_pass, phase=True, pad_input=16, head=True, join=True))]
+            dict(fused=True, fold=True, one_pass=default_one_pass, phase=True, pad_input=16, head=True, join=True,
+                 taps=default_taps))]
     out += [(f"default, conv_in padded to {n}", dict(fused=True, fold=True, one_pass=default_one_pass, phase=True,
-                                                    pad_input=n, head=True)) for n in pad_inputs]
-    out += [(f"+ one-pass GroupNorm <= {n}", dict(fused=True, fold=True, one_pass=n, phase=True, pad_input=16,
-                                                  head=True)) for n in one_pass if n != default_one_pass]
+                                                    pad_input=n, head=True, taps=default_taps)) for n in pad_inputs]
+    out += [(f"default, one-pass GroupNorm <= {n}", dict(fused=True, fold=True, one_pass=n, phase=True, pad_input=16,
+                                                         head=True, taps=default_taps))
+            for n in one_pass if n != default_one_pass]
     if any_width:
-        out += [(f"+ one-pass GroupNorm <= {default_one_pass}, groups of any width",
+        out += [(f"default, one-pass GroupNorm <= {default_one_pass} for groups of any width",
                  dict(fused=True, fold=True, one_pass=default_one_pass, phase=True, pad_input=16, head=True,
-                      any_width=True))]
+                      any_width=True, taps=default_taps))]
     return out
 
 
@@ -90,7 +100,7 @@ _SHIPPED_BLOCK = None  # fused_norm.one_pass_block as shipped (recorded by the f
 
 
 def set_mode(fused: bool, fold: bool, one_pass: int, phase: bool = True, pad_input: int = 16,
-             head: bool = True, any_width: bool = False, join: bool = False) -> None:
+             head: bool = True, any_width: bool = False, join: bool = False, taps: int = 0) -> None:
     from lgm_core.models import fused_norm
     from lgm_core.models import lgm as lgm_module
 
@@ -104,6 +114,7 @@ def set_mode(fused: bool, fold: bool, one_pass: int, phase: bool = True, pad_inp
     unet_module.PAD_INPUT_CHANNELS = pad_input
     lgm_module.FUSED_HEAD = head
     unet_module.JOIN_RESIDUAL_INTO_NORM = join
+    unet_module.TAP_CONV_MAX_PIXELS = taps
     fused_norm.ONE_PASS_MAX = one_pass
 
 
@@ -137,11 +148,13 @@ def main(argv=None) -> int:
     from lgm_core.models import lgm as lgm_module
 
     defaults = (unet_module.FUSED_GROUPNORM, unet_module.FOLD_BIASES, unet_module.PHASE_UPSAMPLE,
-                unet_module.PAD_INPUT_CHANNELS, lgm_module.FUSED_HEAD, unet_module.JOIN_RESIDUAL_INTO_NORM)
+                unet_module.PAD_INPUT_CHANNELS, lgm_module.FUSED_HEAD, unet_module.JOIN_RESIDUAL_INTO_NORM,
+                unet_module.TAP_CONV_MAX_PIXELS)
     from lgm_core.models import fused_norm
 
     one_pass_default = fused_norm.ONE_PASS_MAX
-    mode_args = dict(default_one_pass=one_pass_default, any_width=a.any_width)
+    mode_args = dict(default_one_pass=one_pass_default, any_width=a.any_width,
+                     default_taps=unet_module.TAP_CONV_MAX_PIXELS)
     rows = []
     lines = [f"# LGM fusion probe\n\n- {torch.cuda.get_device_name() if device == 'cuda' else 'CPU (smoke)'}, "
              f"torch {torch.__version__}, {dtype}, channels-last, CUDA graphs\n",
@@ -195,7 +208,7 @@ def main(argv=None) -> int:
                 best = (name, ms, mode)
         if a.sweep:
             defaults_sweep = (fused_norm.STATS_PROGRAMS_PER_SM, fused_norm.STATS_TILE, fused_norm.STATS_WARPS)
-            set_mode(fused=True, fold=True, one_pass=one_pass_default)  # the default
+            set_mode(**next(m for n, m in modes(one_pass, pad_inputs, **mode_args) if n.endswith("(default)")))
             try:
                 for triple in a.sweep.split(";"):
                     pps, tile, warps = (int(v) for v in triple.split(","))
@@ -239,7 +252,8 @@ def main(argv=None) -> int:
                 lines += [f"| `{k}` | {t:.3f} | {c} |" for t, c, k in top]
     finally:
         (unet_module.FUSED_GROUPNORM, unet_module.FOLD_BIASES, unet_module.PHASE_UPSAMPLE,
-         unet_module.PAD_INPUT_CHANNELS, lgm_module.FUSED_HEAD, unet_module.JOIN_RESIDUAL_INTO_NORM) = defaults
+         unet_module.PAD_INPUT_CHANNELS, lgm_module.FUSED_HEAD, unet_module.JOIN_RESIDUAL_INTO_NORM,
+         unet_module.TAP_CONV_MAX_PIXELS) = defaults
         fused_norm.ONE_PASS_MAX = one_pass_default
         if _SHIPPED_BLOCK is not None:
             fused_norm.one_pass_block = _SHIPPED_BLOCK

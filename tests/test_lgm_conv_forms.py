@@ -108,11 +108,14 @@ def small_lgm(dtype=torch.bfloat16, seed=0):
     return model.to(DEVICE, dtype).use_channels_last(), fp32
 
 
-def test_lgm_fused_path_uses_the_conv_forms_and_stays_close(fn, monkeypatch):
+@pytest.mark.parametrize("taps_on", [False, True], ids=["default", "tap-form"])
+def test_lgm_fused_path_uses_the_conv_forms_and_stays_close(fn, monkeypatch, taps_on):
     """On the fused path the up block hands a PhaseUpsampled to the next block (one phase_upsample call),
-    conv_in runs on 16 padded channels and the head is one composed convolution; the Gaussians stay
+    conv_in runs on 16 padded channels, (with TAP_CONV_MAX_PIXELS) the ResnetBlocks' 3x3 convolutions of
+    small images in tap form and the head is one composed convolution; the Gaussians stay
     within a few bf16 roundings of the fp32 model, as the original ops, the state dict is unchanged and
     the derived weights are non-persistent buffers."""
+    monkeypatch.setattr(unet, "TAP_CONV_MAX_PIXELS", 1024 if taps_on else 0)
     model, fp32 = small_lgm()
     x = torch.randn(1, 4, 9, 8, 8)
     phase_calls = counting(monkeypatch, fn, "phase_upsample")
@@ -124,13 +127,79 @@ def test_lgm_fused_path_uses_the_conv_forms_and_stays_close(fn, monkeypatch):
             fused = model.forward_gaussians(x.to(DEVICE)).cpu()
         assert phase_calls == [1]
         derived_names = {name for name, v in model.named_buffers() if v is not None}
-        assert derived_names == {"_head_weight", "_head_bias", "unet._conv_in_padded", "unet.up_blocks.0._phase_kernels"}
+        taps = {f"{name}.{conv}._tap_weight" for name, m in model.named_modules() if isinstance(m, unet.ResnetBlock)
+                for conv in ("conv1", "conv2")} if taps_on else set()  # every level of this 8 px model is small
+        assert derived_names == {"_head_weight", "_head_bias", "unet._conv_in_padded",
+                                 "unet.up_blocks.0._phase_kernels"} | taps
         assert set(model.state_dict()) == set(fp32.state_dict())
     err_eager = float((eager - ref).abs().max())  # bf16 rounding of the original ops
     err = float((fused - ref).abs().max())
     assert err < max(3 * err_eager, 1e-2), (err, err_eager)
     model.release_cuda_graphs()
     assert not any(v is not None for v in model.buffers())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_tap_conv_equals_the_convolution(fn, dtype, bias):
+    """tap_conv3x3 is conv2d(x, w, bias, padding=1) for images of any size (borders, non-square, channel
+    counts off the kernel's blocks): products in float32 within one ulp of the output, in the input's
+    dtype within three; channels-last output of the input's dtype."""
+    from lgm_core.models import tap_conv
+
+    g = torch.Generator().manual_seed(3)
+    for n, c, h, w, o in ((2, 16, 8, 8, 24), (1, 8, 5, 7, 130), (3, 4, 1, 3, 8)):
+        x = torch.randn(n, c, h, w, generator=g).to(DEVICE, dtype).contiguous(memory_format=torch.channels_last)
+        weight = (torch.randn(o, c, 3, 3, generator=g) / (3 * c ** 0.5)).to(DEVICE, dtype)
+        b = torch.randn(o, generator=g).to(DEVICE, dtype) if bias else None
+        ref = F.conv2d(x.double(), weight.double(), None if b is None else b.double(), padding=1)
+        ulp = (2.0 ** -10 if dtype == torch.float16 else 2.0 ** -7) * max(1.0, float(ref.abs().max()))  # one ulp
+        taps = tap_conv.tap_weight(weight)
+        assert taps.shape == (c, 9 * o)
+        for fp32, bound in ((True, 1.0), (False, 3.0)):  # (the interpreter may truncate where CUDA rounds)
+            got = tap_conv.tap_conv3x3(x, taps, b, fp32_products=fp32)
+            assert got.shape == (n, o, h, w) and got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last)
+            assert float((got.double() - ref).abs().max()) <= bound * ulp, (n, c, h, w, o, fp32)
+
+
+def test_tap_conv_rejects_what_it_cannot_take(fn):
+    from lgm_core.models import tap_conv
+
+    x = torch.randn(1, 4, 3, 3, device=DEVICE).half().contiguous(memory_format=torch.channels_last)
+    w = tap_conv.tap_weight(torch.randn(5, 4, 3, 3)).to(DEVICE).half()
+    with pytest.raises(ValueError, match="channels-last"):
+        tap_conv.tap_conv3x3(x.contiguous(), w)  # NCHW memory
+    with pytest.raises(ValueError, match="channels-last"):
+        tap_conv.tap_conv3x3(x, w.float())  # another dtype
+    with pytest.raises(ValueError, match="bias"):
+        tap_conv.tap_conv3x3(x, w, torch.zeros(4, device=DEVICE).half())
+    with pytest.raises(ValueError, match="3, 3"):
+        tap_conv.tap_weight(torch.randn(5, 4, 1, 1))
+
+
+def test_tap_form_only_for_small_plain_3x3_convolutions(fn, monkeypatch):
+    """With TAP_CONV_MAX_PIXELS set (off by default) the ResnetBlock's convolutions take the tap form on the
+    fused path for images of at most that many pixels; larger images, other convolutions and the eager
+    path keep cuDNN's."""
+    assert unet.TAP_CONV_MAX_PIXELS == 0
+    monkeypatch.setattr(unet, "TAP_CONV_MAX_PIXELS", 1024)
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1).to(DEVICE, torch.float16)
+    small = torch.randn(4, 8, 4, 4, device=DEVICE).half().contiguous(memory_format=torch.channels_last)
+    large = torch.randn(4, 8, 32, 32, device=DEVICE).half().contiguous(memory_format=torch.channels_last)
+    assert not unet.tap_conv_applies(conv, small)  # eager: no graph being built
+    with building_cuda_graph_scope(), torch.no_grad():
+        assert unet.tap_conv_applies(conv, small) and not unet.tap_conv_applies(conv, large)
+        assert not unet.tap_conv_applies(torch.nn.Conv2d(8, 8, 3, stride=2, padding=1).to(DEVICE).half(), small)
+        assert not unet.tap_conv_applies(conv, small.contiguous())
+        calls = counting(monkeypatch, unet._tap_conv(), "tap_conv3x3")
+        y = unet.conv_without_bias(conv, small, taps=True)
+        assert calls == [1] and conv._tap_weight.shape == (8, 72)
+        ref = F.conv2d(small.float(), conv.weight.float(), None, padding=1)
+        assert float((y.float() - ref).abs().max()) < 1e-2
+        unet.conv_without_bias(conv, small)  # taps=False (the diffusion UNet's blocks): cuDNN
+        assert calls == [1]
+        monkeypatch.setattr(unet, "TAP_CONV_MAX_PIXELS", 0)
+        assert not unet.tap_conv_applies(conv, small)
 
 
 def test_phase_fallback_when_the_kernel_fails(fn, monkeypatch, caplog):

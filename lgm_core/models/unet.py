@@ -43,8 +43,16 @@ FOLD_BIASES = True
 #   whose interleave, bias and the next block's concatenation with the skip are one kernel;
 # - PAD_INPUT_CHANNELS: conv_in's input channels (9) zero-padded to this many (cuDNN runs a 9-channel
 #   input on a slow non-tensor-core kernel); 0 = off.
+# - TAP_CONV_MAX_PIXELS: a ResnetBlock's 3x3 convolution of an image of at most this many pixels (batch x H x W)
+#   as one cuBLAS GEMM over its nine taps and one Triton kernel summing the shifted products in fp16
+#   (tap_conv.py; cuDNN fills few SMs there); 0 = off, the default. H200, fp16 (benchmarks/results/
+#   probe_convs_taps_h200.md): 4x1024x8x8 -> 1024 22.8 -> 14.5 us, 4x2048x8x8 37.8 -> 21.1 us,
+#   4x2048x16x16 75.5 -> 65.0 us; in LGM big at 1024 (probe_lgm_fusion_taps_h200.md, 5 rounds): kernel time
+#   -0.16 ms, but b1 6.04 -> 5.98 ms and b4 17.85 -> 17.81 ms (the round-to-round spread) while the max error
+#   against fp32 rose 0.036 -> 0.044 (fp16 products; float32 products are slower than cuDNN above 256 pixels).
 PHASE_UPSAMPLE = True
 PAD_INPUT_CHANNELS = 16
+TAP_CONV_MAX_PIXELS = 0
 # On the fused path a ResnetBlock's or attention block's residual join is handed on as a ``PendingResidual``
 # and computed inside the next GroupNorm's kernels (``fused_norm.residual_group_norm``), bitwise the same
 # result without the residual kernel's launch and one read of the joined tensor; False: the residual kernel.
@@ -54,6 +62,7 @@ PAD_INPUT_CHANNELS = 16
 JOIN_RESIDUAL_INTO_NORM = False
 FUSED_DEVICE_TYPES = ("cuda",)  # where the fused kernels run (tests add "cpu" with TRITON_INTERPRET=1)
 _fused_module = None  # fused_norm once imported, False when Triton is not importable
+_tap_module = None  # tap_conv once imported, False when Triton is not importable
 
 
 def _autocast_enabled(device_type: str) -> bool:
@@ -84,6 +93,18 @@ def _fused_norm():
         except ImportError:
             _fused_module = False
     return _fused_module or None
+
+
+def _tap_conv():
+    """lgm_core.models.tap_conv, imported on first use (it imports Triton), or None without Triton."""
+    global _tap_module
+    if _tap_module is None:
+        try:
+            from lgm_core.models import tap_conv
+            _tap_module = tap_conv
+        except ImportError:
+            _tap_module = False
+    return _tap_module or None
 
 
 def _stream_ordered_allocator(device_type: str) -> bool:
@@ -320,10 +341,29 @@ def fold_biases(x: torch.Tensor) -> bool:
     return fused_joins_apply(x) and _fused_norm().layout_of(x) is not None
 
 
-def conv_without_bias(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+def conv_without_bias(conv: nn.Conv2d, x: torch.Tensor, taps: bool = False) -> torch.Tensor:
     """``conv(x)`` minus its bias (the caller adds ``conv.bias`` in a later fused kernel). Calls the
-    convolution directly, not ``conv.forward``: module hooks do not run (the pack's UNets register none)."""
+    convolution directly, not ``conv.forward``: module hooks do not run (the pack's UNets register none).
+    ``taps``: a 3x3 convolution of a small image may run in tap form (``tap_conv_applies``)."""
+    if taps and tap_conv_applies(conv, x):
+        tc = _tap_conv()
+        weight = derived_weight(conv, "_tap_weight", (conv.weight,), tc.tap_weight)
+        y = _try_fused(lambda: tc.tap_conv3x3(x, weight, fp32_products=False))
+        if y is not None:
+            return y
     return conv._conv_forward(x, conv.weight, None)
+
+
+def tap_conv_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether ``conv(x)`` runs as ``tap_conv.tap_conv3x3`` (one GEMM over the nine taps, one kernel summing
+    the shifted products, products in ``x.dtype``): on the fused path (``fused_kernels_apply``), a plain
+    3x3 convolution (stride 1, padding 1, zeros, no dilation or groups) of a channels-last ``x`` of at most
+    ``TAP_CONV_MAX_PIXELS`` pixels, weights of ``x``'s dtype."""
+    if not TAP_CONV_MAX_PIXELS or x.dim() != 4 or x.shape[0] * x.shape[2] * x.shape[3] > TAP_CONV_MAX_PIXELS:
+        return False
+    return (tuple(conv.kernel_size) == (3, 3) and tuple(conv.stride) == (1, 1) and tuple(conv.padding) == (1, 1)
+            and tuple(conv.dilation) == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
+            and conv.weight.dtype == x.dtype and channels_last(x) and fused_kernels_apply(x) and _tap_conv() is not None)
 
 
 def skip_without_bias(skip: nn.Module, x: torch.Tensor):
@@ -422,8 +462,8 @@ class ResnetBlock(nn.Module):
         ``PendingResidual`` (its join runs in the next GroupNorm's kernels), else a tensor."""
         if fold_biases(x.like() if isinstance(x, PendingResidual) else x):  # the same sums, biases in the fused kernels
             x, h = norm_of_joined(self.norm1, x, silu=True)
-            h = conv_without_bias(self.conv1, h)
-            h = conv_without_bias(self.conv2, self.norm2(h, silu=True, add=self.conv1.bias))
+            h = conv_without_bias(self.conv1, h, taps=True)
+            h = conv_without_bias(self.conv2, self.norm2(h, silu=True, add=self.conv1.bias), taps=True)
             skip, skip_bias = skip_without_bias(self.shortcut, x)
             return PendingResidual(h, skip, SKIP_SCALE, self.conv2.bias, skip_bias)
         x = materialize(x)
