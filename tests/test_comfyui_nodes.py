@@ -343,6 +343,34 @@ def test_pack_loads_its_own_lgm_core_without_touching_sys_path(tmp_path):
     assert Path(gaussians).resolve() == (REPO_ROOT / "lgm_core" / "gaussians.py").resolve()
     assert "replacing the lgm_core imported from" in out.stderr
 
+def test_splat_to_mesh_calibrated_level(harness):
+    """calibrate_level on: the node meshes at the iso-level calibrated on the splat's renders, at most
+    'level' (the library's level="auto", max_level=level); off, and in graphs saved before the input
+    existed: 'level' itself."""
+    import trimesh
+
+    from lgm_core.mesh import extract_mesh
+    from lgm_core.mesh.synthetic import make_scene
+    from lgm_core.ply import load_ply, save_ply
+
+    save_ply(make_scene("box", n=3000, seed=2), harness.input_dir / "box_for_level.ply")
+    g = load_ply(harness.input_dir / "box_for_level.ply")
+    mesh_args = {"resolution": 32, "target_faces": 2000, "texture": False, "texture_size": 128, "level": 1.0}
+    graph = {"1": {"class_type": "LGMLoadSplat", "inputs": {"ply_file": "box_for_level.ply"}}}
+    for i, calibrate in enumerate((None, False, True)):
+        inputs = dict(mesh_args, splat=["1", 0]) | ({} if calibrate is None else {"calibrate_level": calibrate})
+        graph[f"m{i}"] = {"class_type": "LGMSplatToMesh", "inputs": inputs}
+        graph[f"s{i}"] = {"class_type": "SaveGLB", "inputs": {"mesh": [f"m{i}", 0], "filename_prefix": f"level/{i}"}}
+    result = harness.run(graph)
+    faces = [len(trimesh.load(harness.output_path(result.files(f"s{i}", "3d")[0]), force="mesh").faces)
+             for i in range(3)]
+    fixed = extract_mesh(g, resolution=32, target_faces=2000, texture=False, level=1.0, device="cpu")
+    calibrated = extract_mesh(g, resolution=32, target_faces=2000, texture=False, level="auto", max_level=1.0,
+                              device="cpu")
+    assert len(fixed.faces) != len(calibrated.faces), "the scene does not tell the two levels apart"
+    assert faces == [len(fixed.faces), len(fixed.faces), len(calibrated.faces)]
+
+
 def test_save_splat_formats_and_core_save_glb(harness):
     """.splat files round-trip; our MESH goes into core's SaveGLB unchanged."""
     from lgm_core.mesh.synthetic import make_scene
