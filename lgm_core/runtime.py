@@ -56,46 +56,72 @@ def resolve_device_dtype(device: Union[str, torch.device, None] = None,
 WeightsSource = Union[torch.nn.Module, Callable[[], Sequence[torch.Tensor]], None]
 
 
+_MISSING = object()
+
+
+def _walk_every_time(items: list) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """(addresses, versions) of the parameters and buffers of ``items`` (modules, tensors) by a full walk:
+    what the watch does for modules whose slots are not plain dicts (TorchScript modules)."""
+    tensors: List[torch.Tensor] = []
+    for item in items:
+        if isinstance(item, torch.nn.Module):
+            tensors.extend(item.parameters())
+            tensors.extend(item.buffers())
+        else:
+            tensors.append(item)
+    return (tuple(t.data_ptr() for t in tensors),
+            tuple(0 if t.is_inference() else t._version for t in tensors))
+
+
 class _WeightWatch:
     """The per-call check of a runner's weights, cheap enough to run before every replay.
 
-    Walking a module tree (``parameters()``, ``buffers()``) on every call cost ~1.4 ms for LGM big's 376
-    tensors on a slow CPU, longer than a tenth of the graph it guards. The watch walks once and keeps
-    every slot it read (each module's parameter, buffer and child-module dicts, by name); later calls
-    check that each slot still holds the same object and each dict the same number of entries (a weight
-    or submodule replaced by assignment, a buffer added or dropped, e.g. a derived weight: walk again),
-    then read each tensor's storage address and version counter (~0.2 ms there)."""
+    Walking a module tree (``parameters()``, ``buffers()``) on every call cost 1.4-1.5 ms for LGM big's
+    376 tensors on the H200 machine's CPU while the GPU waited. The watch walks once and remembers where
+    each weight lives (its module's parameter or buffer dict and name) and which child module each slot
+    of a ``_modules`` dict held. Later calls confirm that the modules and child modules are the same
+    objects and that no dict gained or lost an entry (else: walk again), then read the weights found in
+    those slots now — so a weight replaced by assignment is seen at once — and fingerprint them by
+    storage address and version counter (~0.2 ms there). Tensors are never held by the watch itself
+    (an offloaded model's old buffers are freed as before); modules and their dicts are, until the next
+    walk or ``CUDAGraphRunner.reset``."""
 
     def __init__(self):
-        self._items: list = []  # what the source gave last time (modules / tensors), by identity
-        self._slots: list = []  # (dict, name) of every parameter, buffer and child module
-        self._held: list = []  # the object in each slot at the walk
+        self._walked = False
+        self._plain = True  # False: some module's slots are not dicts (TorchScript): walk on every call
+        self._modules: list = []  # the module items of the source, by identity
+        self._module_slots: list = []  # (a _modules dict, name) and the child held there at the walk
+        self._children: list = []
+        self._tensor_slots: list = []  # (a _parameters/_buffers dict, name) of every weight
+        self._none_slots: list = []  # slots that held None (e.g. bias=None, a dropped derived weight)
         self._dicts: list = []  # every dict walked, and its size at the walk
         self._sizes: list = []
-        self._tensors: List[torch.Tensor] = []
+        self._addresses: Optional[Tuple[int, ...]] = None
         self._inference: List[bool] = []  # inference tensors have no version counter
 
-    def _walk(self, items: list) -> None:
-        slots, dicts, tensors = [], [], []
-        for item in items:
-            if not isinstance(item, torch.nn.Module):
-                tensors.append(item)
-                continue
-            for module in item.modules():
-                for d, weights in ((module._parameters, True), (module._buffers, True), (module._modules, False)):
-                    dicts.append(d)
+    def _walk(self, modules: list) -> None:
+        self._walked, self._plain, self._modules, self._addresses = True, True, modules, None
+        self._module_slots, self._children, self._tensor_slots, self._none_slots, self._dicts = [], [], [], [], []
+        for root in modules:
+            for module in root.modules():
+                ps, bs, ms = module._parameters, module._buffers, module._modules
+                if not (isinstance(ps, dict) and isinstance(bs, dict) and isinstance(ms, dict)):
+                    self._plain = False
+                    return
+                self._dicts += (ps, bs, ms)
+                for d in (ps, bs):
                     for name, value in d.items():
-                        slots.append((d, name))
-                        if weights and value is not None:
-                            tensors.append(value)
-        self._items, self._slots, self._dicts, self._tensors = items, slots, dicts, tensors
-        self._held = [d.get(name) for d, name in slots]
-        self._sizes = [len(d) for d in dicts]
-        self._inference = [t.is_inference() for t in tensors]
+                        (self._none_slots if value is None else self._tensor_slots).append((d, name))
+                for name, child in ms.items():
+                    self._module_slots.append((ms, name))
+                    self._children.append(child)
+        self._sizes = [len(d) for d in self._dicts]
 
-    def _stale(self, items: list) -> bool:
-        return (len(items) != len(self._items) or any(map(operator.is_not, items, self._items))
-                or any(map(operator.is_not, [d.get(name) for d, name in self._slots], self._held))
+    def _stale(self, modules: list) -> bool:
+        return (not self._walked or len(modules) != len(self._modules)
+                or any(map(operator.is_not, modules, self._modules))
+                or any(map(operator.is_not, [d.get(n, _MISSING) for d, n in self._module_slots], self._children))
+                or any(d.get(n, _MISSING) is not None for d, n in self._none_slots)
                 or list(map(len, self._dicts)) != self._sizes)
 
     def fingerprint(self, source: WeightsSource) -> Hashable:
@@ -105,15 +131,34 @@ class _WeightWatch:
             return ()
         root = source if isinstance(source, torch.nn.Module) else source()
         items = [root] if isinstance(root, torch.nn.Module) else list(root)
-        if self._stale(items):
-            self._walk(items)
-        addresses = tuple(t.data_ptr() for t in self._tensors)
+        modules = [item for item in items if isinstance(item, torch.nn.Module)]
+        if self._stale(modules):
+            self._walk(modules)
+        if not self._plain:
+            return _walk_every_time(items)
+        direct = [item for item in items if not isinstance(item, torch.nn.Module)]
+        tensors = [d.get(n) for d, n in self._tensor_slots] + direct
         try:
-            versions = tuple(0 if inference else t._version for t, inference in zip(self._tensors, self._inference))
-        except RuntimeError:  # a tensor's data became an inference tensor (``.data = ...`` under inference mode)
-            self._inference = [t.is_inference() for t in self._tensors]
-            versions = tuple(0 if inference else t._version for t, inference in zip(self._tensors, self._inference))
+            addresses = tuple(t.data_ptr() for t in tensors)
+        except AttributeError:  # a weight slot now holds None: walk again (it joins the None slots)
+            self._walk(modules)
+            tensors = [d.get(n) for d, n in self._tensor_slots] + direct
+            addresses = tuple(t.data_ptr() for t in tensors)
+        if addresses != self._addresses:  # new storage (a move, a swap, ``.data = ...``): re-read the kinds
+            self._inference = [t.is_inference() for t in tensors]
+            self._addresses = addresses
+        try:
+            versions = tuple(0 if inference else t._version for t, inference in zip(tensors, self._inference))
+        except RuntimeError:  # "Inference tensors do not track version counter" (made under inference_mode, then
+            versions = tuple(map(_version_or_zero, tensors))  # re-wrapped): such a tensor counts as version 0
         return addresses, versions
+
+
+def _version_or_zero(t: torch.Tensor) -> int:
+    try:
+        return 0 if t.is_inference() else t._version
+    except RuntimeError:
+        return 0
 
 
 @dataclass
@@ -175,7 +220,7 @@ class CUDAGraphRunner:
             return self.fn(*args)
         weights = self._current_weights()
         if weights != self._weights_key:  # first call, or the weights moved/changed: captured graphs are stale
-            self.reset()
+            self._drop_graphs()
             self._weights_key = weights
         key = (torch.is_inference_mode_enabled(),
                *(None if a is None else (tuple(a.shape), a.dtype, a.device) for a in args))
@@ -228,7 +273,13 @@ class CUDAGraphRunner:
         return _Graph(static, graph.replay, output)
 
     def reset(self) -> None:
-        """Free every captured graph and their memory pool."""
+        """Free every captured graph and their memory pool, and forget the weights' layout (the watch holds
+        the model's modules until then)."""
+        self._drop_graphs()
+        self._watch = _WeightWatch()
+        self._weights_key = None
+
+    def _drop_graphs(self) -> None:
         self.graphs.clear()
         self._pool = None
 

@@ -218,9 +218,9 @@ def test_runner_drops_older_graphs_when_a_capture_replaces_a_derived_buffer():
 
 
 def test_runner_walks_the_weights_once_and_sees_replaced_ones(monkeypatch):
-    """The per-call weight check walks the module tree only when something in it was replaced: a parameter
-    assigned anew (ComfyUI's weight patching), a child module swapped, a buffer added; and each of those
-    makes the next call capture again with the new tensors."""
+    """The per-call weight check walks the module tree only when its structure changed (a child module
+    swapped, a buffer added); a parameter assigned anew (ComfyUI's weight patching) is read from its slot.
+    Each of those makes the next call capture again with the new tensors."""
     walks = []
     walk = runtime._WeightWatch._walk
     monkeypatch.setattr(runtime._WeightWatch, "_walk", lambda self, items: (walks.append(1), walk(self, items)))
@@ -231,19 +231,63 @@ def test_runner_walks_the_weights_once_and_sees_replaced_ones(monkeypatch):
         for _ in range(5):
             runner(x)
         assert runner.captures == 1 and len(walks) == 1
-        model[0].weight = torch.nn.Parameter(model[0].weight * 2)  # same shape, a new tensor object
+        model[0].weight = torch.nn.Parameter(model[0].weight * 2)  # a new tensor object: read from its slot
         torch.testing.assert_close(runner(x), model(x))
-        assert runner.captures == 2 and len(walks) == 2
-        model[1] = torch.nn.Linear(3, 2)  # a child module swapped
+        assert runner.captures == 2 and len(walks) == 1
+        model[1] = torch.nn.Linear(3, 2)  # a child module swapped: walked again
         torch.testing.assert_close(runner(x), model(x))
-        assert runner.captures == 3
+        assert runner.captures == 3 and len(walks) == 2
         model[1].register_buffer("extra", torch.zeros(1))  # a new entry (it may be read): walked, captured again
         runner(x)
         runner(x)
-        assert runner.captures == 4 and len(walks) == 4
+        assert runner.captures == 4 and len(walks) == 3
     tensors = [torch.ones(2)]
     runner = CPUGraphRunner(lambda x: x * tensors[0], weights=lambda: tensors)  # a callable source of tensors
     with torch.no_grad():
         runner(torch.ones(2))
         tensors[0] = torch.full((2,), 3.0)
         assert torch.equal(runner(torch.ones(2)), torch.full((2,), 3.0)) and runner.captures == 2
+
+
+def test_weight_watch_holds_no_tensors_and_covers_the_edge_cases():
+    """The watch keeps no weight alive (an offloaded model's old buffers are freed), sees a slot set to
+    None and one deleted while another is added, takes inference-mode weights (no version counter) also
+    after their storage changed, and falls back to a full walk for TorchScript modules."""
+    import gc
+    import weakref
+
+    watch = runtime._WeightWatch()
+    model = torch.nn.BatchNorm1d(3)
+    key = watch.fingerprint(model)
+    old = weakref.ref(model.running_mean)
+    model.to(torch.float64)  # new buffer objects in the same slots
+    gc.collect()
+    assert old() is None, "the watch kept a replaced buffer alive"
+    assert watch.fingerprint(model) != key
+
+    lin = torch.nn.Linear(2, 2)
+    lin.register_buffer("cache", torch.ones(1), persistent=False)
+    key = watch.fingerprint(lin)
+    lin._buffers["cache"] = None  # as drop_derived_weights does
+    none_key = watch.fingerprint(lin)
+    assert none_key != key
+    del lin._buffers["cache"]
+    lin.register_buffer("other", torch.zeros(1), persistent=False)  # same number of entries
+    assert watch.fingerprint(lin) != none_key
+
+    with torch.inference_mode():
+        frozen = torch.nn.Linear(2, 2)
+    first = watch.fingerprint(frozen)  # no version counters: version 0
+    frozen.weight.data = torch.ones(2, 2)
+    second = watch.fingerprint(frozen)
+    assert second != first and second == watch.fingerprint(frozen)
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, still what some users hold
+        scripted = torch.jit.script(torch.nn.Linear(2, 2))
+    key = watch.fingerprint(scripted)
+    with torch.no_grad():
+        scripted.weight.mul_(2)
+    assert watch.fingerprint(scripted) != key
