@@ -5,7 +5,8 @@ LGM attends over the tokens of all 4 views of an object at its 32x32 (512 channe
 (``lgm_core.models.unet.SelfAttention``). The default path's 16 attention calls take ~0.85 ms of GPU time
 at batch 1 on the H200 (benchmarks/results/probe_lgm_fusion_join_h200.md); this probe says which backend
 is fastest per level (CUDA graphs of ``--reps`` calls, median of ``--iters`` replays) and how far each is
-from float32 math attention.
+from float32 attention (q/k/v drawn with std 0.5: near-uniform softmax, outputs ~1e-2, so the error column
+only shows that every backend is within an fp16 rounding or two).
 
     python benchmarks/probe_lgm_attention.py --out $OUT     # H200, ~20 s
 """
@@ -67,14 +68,15 @@ def main(argv=None) -> int:
                         return F.scaled_dot_product_attention(q, k, v)
                     with sdpa_kernel([backend]):
                         return F.scaled_dot_product_attention(q, k, v)
+                err = "–"
                 try:
                     with torch.inference_mode():
-                        errs.append(f"{float((call().float() - ref).abs().max()):.1e}")
+                        err = f"{float((call().float() - ref).abs().max()):.1e}"
                         us = graph_time(call, a.reps, a.iters)
                 except RuntimeError as exc:
                     us = float("nan")
-                    errs.append("–")
                     print(f"{name} at {c}x{side}^2: {str(exc).splitlines()[0][:120]}", file=sys.stderr)
+                errs.append(err)
                 cells.append(f"{us:.1f}")
                 if us == us:
                     totals[(b, name)] = totals.get((b, name), 0.0) + calls * us
