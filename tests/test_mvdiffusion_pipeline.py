@@ -32,12 +32,12 @@ def folders(tmp_path_factory, shared_dir):
 
 @pytest.fixture(scope="module")
 def text_pipe(folders):
-    return MultiViewPipeline.from_pretrained(folders["mvdream"])
+    return MultiViewPipeline.from_pretrained(folders["mvdream"], device="cpu")
 
 
 @pytest.fixture(scope="module")
 def image_pipe(folders):
-    return MultiViewPipeline.from_pretrained(folders["imagedream"])
+    return MultiViewPipeline.from_pretrained(folders["imagedream"], device="cpu")
 
 
 def _gen(seed=0):
@@ -186,7 +186,7 @@ def test_callback_and_cancellation(text_pipe):
 def test_swapped_scheduler(folders):
     from diffusers import EulerDiscreteScheduler
 
-    pipe = MultiViewPipeline.from_pretrained(folders["mvdream"])
+    pipe = MultiViewPipeline.from_pretrained(folders["mvdream"], device="cpu")
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     out = pipe("owl", num_inference_steps=STEPS, generator=_gen(0), output_type="latent")
     assert torch.isfinite(out.latents).all() and out.latents.shape == (4, 4, 32, 32)
@@ -306,7 +306,7 @@ def test_clip_preprocessing_matches_transformers(image_pipe, spec_dir):
 
 
 def test_optimize_for_inference_is_inert_on_cpu(folders):
-    pipe = MultiViewPipeline.from_pretrained(folders["mvdream"])
+    pipe = MultiViewPipeline.from_pretrained(folders["mvdream"], device="cpu")
     pipe.use_cuda_graphs = False
     assert pipe.optimize_for_inference() is pipe and pipe.use_cuda_graphs
     assert all(p.is_contiguous() for p in pipe.unet.parameters())  # the layout changes on CUDA only
@@ -318,7 +318,7 @@ def test_encoders_run_through_graph_runners(folders, monkeypatch):
     ``use_cuda_graphs = False`` / ``release_cuda_graphs()`` run eagerly / drop every graph."""
     from test_runtime import CPUGraphRunner
 
-    pipe = MultiViewPipeline.from_pretrained(folders["imagedream"])
+    pipe = MultiViewPipeline.from_pretrained(folders["imagedream"], device="cpu")
     for name in ("_unet_graphs", "_text_graphs", "_image_graphs", "_decode_graphs", "_encode_graphs"):
         runner = getattr(pipe, name)
         setattr(pipe, name, CPUGraphRunner(runner.fn, weights=runner.weights, name=runner.name))
@@ -343,3 +343,30 @@ def test_encoders_run_through_graph_runners(folders, monkeypatch):
         assert pipe._encode_graphs.captures == 1 and pipe._decode_graphs.captures == 1
     pipe.release_cuda_graphs()
     assert not any(r.graphs for r in pipe._graph_runners())
+
+
+def test_vae_layout_follows_cuda_graphs(folders, monkeypatch):
+    """optimize_for_inference puts the VAE's weights channels-last where its GroupNorms run fused (inside its
+    graphs); switching the graphs off puts them back in contiguous memory (torch's channels-last GroupNorm is
+    slow), switching them on again restores channels-last, and a move to where the fused kernels do not run
+    (fp32) makes them contiguous again. Exercised on the CPU with the fused kernels'
+    device list widened (bf16 weights, the interpreter's Triton)."""
+    pytest.importorskip("triton")
+    from lgm_core.models import unet
+
+    monkeypatch.setattr(unet, "FUSED_DEVICE_TYPES", ("cuda", "cpu"))
+    pipe = MultiViewPipeline.from_pretrained(folders["mvdream"], dtype=torch.bfloat16, device="cpu")
+    conv = next(p for p in pipe.vae.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] > 1)
+    assert conv.is_contiguous()
+    pipe.use_cuda_graphs = False  # before optimize_for_inference: the layout is left alone
+    assert conv.is_contiguous()
+    pipe.optimize_for_inference()
+    conv = next(p for p in pipe.vae.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    pipe.use_cuda_graphs = False
+    assert conv.is_contiguous()
+    pipe.use_cuda_graphs = True
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert all(p.is_contiguous() for p in pipe.unet.parameters())  # the UNet's layout changes on CUDA only
+    pipe.to(dtype=torch.float32)  # no fused kernels for fp32: contiguous again
+    assert conv.is_contiguous()

@@ -157,6 +157,8 @@ class MultiViewPipeline:
                                               name="VAE decoder")
         self._encode_graphs = CUDAGraphRunner(self._vae_moments, weights=lambda: self.vae,
                                               name="VAE encoder")
+        self._vae_layout_follows_graphs = False  # set by optimize_for_inference (_place_vae_layout)
+        self._vae_channels_last = False
         self.use_cuda_graphs = True
         if self.is_imagedream and image_encoder is None:
             raise ValueError("an ImageDream UNet (ip_dim > 0) needs an image_encoder")
@@ -195,6 +197,8 @@ class MultiViewPipeline:
             if m is not None:
                 m.to(device=device, dtype=dtype)
         self.release_cuda_graphs()  # free the graphs' memory now (moved weights would be noticed anyway)
+        if self._vae_layout_follows_graphs:  # e.g. moved to the CPU: no fused kernels there, contiguous again
+            self._place_vae_layout()
         return self
 
     def optimize_for_inference(self) -> "MultiViewPipeline":
@@ -208,18 +212,27 @@ class MultiViewPipeline:
         contiguous memory, 10.8 ms fused, 9.0 ms fused + channels-last
         (benchmarks/results/probe_mv_kernels_h200.md). The VAE's residual blocks get the same fused
         kernels inside the encoder's and decoder's graphs (:mod:`lgm_core.mvdiffusion.fused_vae`) and, where
-        those kernels are available, channels-last weights too (decoding 64 latents: 164 -> 107 ms). Outputs
+        those kernels are available, channels-last weights too while the graphs are on (decoding 64 latents:
+        164 -> 107 ms; back to contiguous with ``use_cuda_graphs = False``). Outputs
         stay within the fp16 noise of eager execution (docs/benchmarks.md). Safe to call again; inert on
         the CPU."""
         self.use_cuda_graphs = True
         if self.unet.device.type == "cuda":
             self.unet.to(memory_format=torch.channels_last)
         fused_vae.install(self.vae)  # the VAE's residual blocks on the fused kernels inside its graphs
-        if self.vae.device.type == "cuda" and fused_groupnorm_available(self.vae.device, self.vae.dtype):
-            # channels-last pays only with the fused GroupNorm: torch's channels-last GroupNorm is slow
-            # (H200, decoding 64 latents: 164 ms contiguous, 232 channels-last; fused 118 / 107 ms)
-            self.vae.to(memory_format=torch.channels_last)
+        self._vae_layout_follows_graphs = True
+        self._place_vae_layout()
         return self
+
+    def _place_vae_layout(self) -> None:
+        """After ``optimize_for_inference``: the VAE's weights channels-last while its graphs run with the
+        fused GroupNorm, contiguous again when the graphs are switched off. Channels-last pays only with the
+        fused GroupNorm, which runs inside graph builds only: torch's channels-last GroupNorm is slow (H200,
+        decoding 64 latents: 164 ms contiguous, 232 channels-last; fused 118 / 107 ms)."""
+        wanted = self._use_cuda_graphs and fused_groupnorm_available(self.vae.device, self.vae.dtype)
+        if wanted != self._vae_channels_last:
+            self.vae.to(memory_format=torch.channels_last if wanted else torch.contiguous_format)
+            self._vae_channels_last = wanted
 
     def release_cuda_graphs(self) -> None:
         """Free the captured UNet graphs' memory now (e.g. when a memory manager unloads the pipeline) and
@@ -239,6 +252,8 @@ class MultiViewPipeline:
         self._use_cuda_graphs = bool(enabled)
         for runner in self._graph_runners():
             runner.enabled = self._use_cuda_graphs
+        if self._vae_layout_follows_graphs:
+            self._place_vae_layout()
 
     def _graph_runners(self) -> List[CUDAGraphRunner]:
         return [self._unet_graphs, self._text_graphs, self._image_graphs, self._decode_graphs, self._encode_graphs]
