@@ -35,7 +35,7 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 from bench_lgm import build, timed  # noqa: E402
 from probe_lgm_kernels import QUICK, family  # noqa: E402
 from lgm_core.models.lgm import LGMConfig  # noqa: E402
-from lgm_core.runtime import CUDAGraphRunner  # noqa: E402
+from lgm_core.runtime import CUDAGraphRunner, _walk_every_time  # noqa: E402  (the check as it was until 2026-12-02)
 
 GPU_CATEGORIES = ("kernel", "gpu_memset", "gpu_memcpy")
 BUCKETS = (1.0, 2.0, 3.0, 5.0, 10.0, 50.0)  # gap bucket upper bounds, µs
@@ -101,12 +101,6 @@ def report(calls: list[list[dict]], wall_ms: float | None, top: int) -> list[str
     return lines
 
 
-def walk_weights(module: torch.nn.Module) -> tuple:
-    """The runner's weight check as it was until 2026-12-02: walk parameters() and buffers() every call."""
-    tensors = list(module.parameters()) + list(module.buffers())
-    return tuple((t.data_ptr(), 0 if t.is_inference() else t._version) for t in tensors)
-
-
 def host_rows(model, runner, x, iters: int) -> list[str]:
     """Where a call's time goes besides the graph's kernels: the weight check on the host, and CUDA-event
     times of the runner's call, of the bare graph replay, and of the replay launched while the GPU is
@@ -121,7 +115,7 @@ def host_rows(model, runner, x, iters: int) -> list[str]:
         return (time.perf_counter() - t) / iters * 1e6
 
     rows = ["| per call | µs |", "|---|---|",
-            f"| weight check, walking the module every call (before) | {host_us(lambda: walk_weights(model)):.1f} |",
+            f"| weight check, walking the module every call (before) | {host_us(lambda: _walk_every_time([model])):.1f} |",
             f"| weight check, `_WeightWatch` (now) | {host_us(runner._current_weights):.1f} |"]
     (graph,) = runner.graphs.values()
 

@@ -87,9 +87,8 @@ class _WeightWatch:
     walk or ``CUDAGraphRunner.reset``."""
 
     def __init__(self):
-        self._walked = False
         self._plain = True  # False: some module's slots are not dicts (TorchScript): walk on every call
-        self._modules: list = []  # the module items of the source, by identity
+        self._modules: list = []  # the module items of the source, by identity (none yet: the first call walks)
         self._module_slots: list = []  # (a _modules dict, name) and the child held there at the walk
         self._children: list = []
         self._tensor_slots: list = []  # (a _parameters/_buffers dict, name) of every weight
@@ -100,7 +99,7 @@ class _WeightWatch:
         self._inference: List[bool] = []  # inference tensors have no version counter
 
     def _walk(self, modules: list) -> None:
-        self._walked, self._plain, self._modules, self._addresses = True, True, modules, None
+        self._plain, self._modules, self._addresses = True, modules, None
         self._module_slots, self._children, self._tensor_slots, self._none_slots, self._dicts = [], [], [], [], []
         for root in modules:
             for module in root.modules():
@@ -118,7 +117,7 @@ class _WeightWatch:
         self._sizes = [len(d) for d in self._dicts]
 
     def _stale(self, modules: list) -> bool:
-        return (not self._walked or len(modules) != len(self._modules)
+        return (len(modules) != len(self._modules)
                 or any(map(operator.is_not, modules, self._modules))
                 or any(map(operator.is_not, [d.get(n, _MISSING) for d, n in self._module_slots], self._children))
                 or any(d.get(n, _MISSING) is not None for d, n in self._none_slots)

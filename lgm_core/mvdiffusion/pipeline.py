@@ -158,7 +158,6 @@ class MultiViewPipeline:
         self._encode_graphs = CUDAGraphRunner(self._vae_moments, weights=lambda: self.vae,
                                               name="VAE encoder")
         self._vae_layout_follows_graphs = False  # set by optimize_for_inference (_place_vae_layout)
-        self._vae_channels_last = False
         self.use_cuda_graphs = True
         if self.is_imagedream and image_encoder is None:
             raise ValueError("an ImageDream UNet (ip_dim > 0) needs an image_encoder")
@@ -230,9 +229,9 @@ class MultiViewPipeline:
         fused GroupNorm, which runs inside graph builds only: torch's channels-last GroupNorm is slow (H200,
         decoding 64 latents: 164 ms contiguous, 232 channels-last; fused 118 / 107 ms)."""
         wanted = self._use_cuda_graphs and fused_groupnorm_available(self.vae.device, self.vae.dtype)
-        if wanted != self._vae_channels_last:
+        conv = next(p for p in self.vae.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] > 1)
+        if wanted != (conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()):
             self.vae.to(memory_format=torch.channels_last if wanted else torch.contiguous_format)
-            self._vae_channels_last = wanted
 
     def release_cuda_graphs(self) -> None:
         """Free the captured UNet graphs' memory now (e.g. when a memory manager unloads the pipeline) and
