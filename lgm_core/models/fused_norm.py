@@ -377,6 +377,56 @@ def residual_group_norm(a: torch.Tensor, b: torch.Tensor, scale: float, a_bias: 
     return _group_norm(a, weight, bias, num_groups, eps, silu, None, (b, a_bias, b_bias, float(scale)))
 
 
+def _split_statistics(x, weight, bias, num_groups, eps, add_arg, add_stride_n, has_add, r, r_a_bias, r_b_bias,
+                      s, res_scale, joined):
+    """``_partial_stats`` then ``_finalize`` (the split reduction's first two launches, on the current device):
+    the per-(sample, channel) fp32 ``scale``, ``shift`` [N, C] of the GroupNorm of ``x`` (of the join ``s``
+    with ``joined["JOIN"]``, which ``_partial_stats`` stores), ``add`` not yet folded into ``shift``."""
+    N, C, H, W = x.shape
+    P = H * W
+    channels_last = layout_of(x) == "channels_last"
+    stride_n = x.stride(0)
+    cg = C // num_groups
+    stats_c, stats_p, stats_cb, num_pb, pix_per_prog = _stats_plan(N, C, P, channels_last, x.device)
+    s1 = torch.empty((N, num_pb, C), device=x.device, dtype=torch.float32)
+    s2 = torch.empty_like(s1)
+    scale = torch.empty((N, C), device=x.device, dtype=torch.float32)
+    shift = torch.empty_like(scale)
+    _partial_stats[(num_pb, stats_cb, N)](x, s1, s2, C, P, stride_n, num_pb, pix_per_prog,
+                                          r, r_a_bias, r_b_bias, s, res_scale,
+                                          CHANNELS_LAST=channels_last, BLOCK_C=stats_c, BLOCK_P=stats_p,
+                                          num_warps=STATS_WARPS, **joined)
+    _finalize[(N * num_groups,)](s, add_arg, s1, s2, weight, bias, scale, shift, C, cg, P, stride_n, add_stride_n,
+                                 num_pb, num_groups, eps, HAS_ADD=has_add, CHANNELS_LAST=channels_last,
+                                 BLOCK_CG=triton.next_power_of_2(cg),
+                                 BLOCK_R=min(REDUCE_BLOCK, max(16, triton.next_power_of_2(cg * num_pb))))
+    return scale, shift
+
+
+def group_norm_scale_shift(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_groups: int, eps: float,
+                           add: torch.Tensor | None = None):
+    """The GroupNorm of ``x + add`` (see ``group_norm``) as the per-sample, per-channel float32 affine it
+    applies: ``(scale, shift)`` [N, C] with ``group_norm(x, ..., add=add) == round(x * scale + shift)`` (then
+    SiLU) elementwise, computed by the split reduction's statistics launches (no output tensor; a later
+    kernel, e.g. ``implicit_conv.conv3x3``'s prologue, applies it while loading ``x``). ``add`` is folded into
+    ``shift`` as the apply kernel folds it (``shift + add * scale``)."""
+    if not supports(x, num_groups):
+        raise ValueError(f"fused group_norm_scale_shift takes 4-D NCHW/NHWC float tensors with C % {num_groups} "
+                         f"== 0; got shape {tuple(x.shape)}, strides {x.stride()}, {x.dtype}")
+    N, C = x.shape[:2]
+    add_arg, add_stride_n = _add_vector(add, N, C, x)
+    joined = dict(JOIN=False, HAS_A_BIAS=False, HAS_B_BIAS=False)
+    if x.numel() == 0:
+        z = torch.zeros((N, C), device=x.device, dtype=torch.float32)
+        return z, z.clone()
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        scale, shift = _split_statistics(x, weight, bias, num_groups, eps, add_arg, add_stride_n, add is not None,
+                                         x, x, x, x, 1.0, joined)
+    if add is not None:
+        shift = shift + (add.float().view(1, C) if add.dim() == 1 else add.float()) * scale
+    return scale, shift
+
+
 def _group_norm(x, weight, bias, num_groups, eps, silu, add, join):
     """Launches for ``group_norm`` (``join`` None: returns ``(x, y)``) and ``residual_group_norm`` (``join =
     (b, a_bias, b_bias, scale)``: returns ``(s, y)``), inputs already checked."""
@@ -405,20 +455,9 @@ def _group_norm(x, weight, bias, num_groups, eps, silu, add, join):
                 CHANNELS_LAST=channels_last, SILU=bool(silu), BLOCK_C=tile[0], BLOCK_P=tile[1],
                 num_warps=max(4, min(16, tile[0] * tile[1] // 1024)), **joined)
             return s, y
-        stats_c, stats_p, stats_cb, num_pb, pix_per_prog = _stats_plan(N, C, P, channels_last, x.device)
-        s1 = torch.empty((N, num_pb, C), device=x.device, dtype=torch.float32)
-        s2 = torch.empty_like(s1)
-        scale = torch.empty((N, C), device=x.device, dtype=torch.float32)
-        shift = torch.empty_like(scale)
-        _partial_stats[(num_pb, stats_cb, N)](x, s1, s2, C, P, stride_n, num_pb, pix_per_prog,
-                                              r, r_a_bias, r_b_bias, s, res_scale,
-                                              CHANNELS_LAST=channels_last, BLOCK_C=stats_c, BLOCK_P=stats_p,
-                                              num_warps=STATS_WARPS, **joined)
+        scale, shift = _split_statistics(x, weight, bias, num_groups, eps, add_arg, add_stride_n, has_add,
+                                         r, r_a_bias, r_b_bias, s, res_scale, joined)
         # from here on the input is s (x itself without a join)
-        _finalize[(N * num_groups,)](s, add_arg, s1, s2, weight, bias, scale, shift, C, cg, P, stride_n, add_stride_n,
-                                     num_pb, num_groups, eps, HAS_ADD=has_add, CHANNELS_LAST=channels_last,
-                                     BLOCK_CG=triton.next_power_of_2(cg),
-                                     BLOCK_R=min(REDUCE_BLOCK, max(16, triton.next_power_of_2(cg * num_pb))))
         block_c, block_p = _blocks(C, P, channels_last)
         grid = (triton.cdiv(P, block_p), triton.cdiv(C, block_c), N)
         _apply[grid](s, add_arg, y, scale, shift, C, P, stride_n, add_stride_n, HAS_ADD=has_add,
