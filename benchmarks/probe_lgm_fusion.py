@@ -16,6 +16,8 @@ Random weights (bench_lgm's init), fp16, channels-last, CUDA graphs (the project
 - ``+ 3x3 convolutions of <= N pixels in tap form``: the option ``unet.TAP_CONV_MAX_PIXELS = N`` (a
   ResnetBlock's 3x3 convolution of a small image as one GEMM over its taps and one kernel summing them,
   ``lgm_core.models.tap_conv``; off by default);
+- ``default without the implicit-GEMM convolutions``: ``implicit_conv.CHOICES`` emptied (cuDNN for every
+  convolution, the default before them); ``--implicit-table`` adds a row with a probe run's table;
 - ``+ residual joins inside the next GroupNorm``: the option ``unet.JOIN_RESIDUAL_INTO_NORM`` on (a block's
   residual join computed by the GroupNorm that reads it, ``fused_norm.residual_group_norm``; off by default);
   ``--pad-input N`` adds rows with other paddings, each ``--one-pass N`` a row with another bound.
@@ -57,7 +59,7 @@ FORMS_OFF = dict(phase=False, pad_input=0, head=False, join=False, taps=0)
 TAP_PIXELS = 1024  # unet.TAP_CONV_MAX_PIXELS of the tap-form row (the option is off by default)
 
 
-def modes(one_pass, pad_inputs=(), default_one_pass=0, any_width=False, default_taps=0):
+def modes(one_pass, pad_inputs=(), default_one_pass=0, any_width=False, default_taps=0, implicit_table=None):
     """(name, set_mode keyword arguments) of every mode; ``default_one_pass``: fused_norm.ONE_PASS_MAX as
     shipped, ``default_taps``: unet.TAP_CONV_MAX_PIXELS as shipped (both read before any mode changes them)."""
     out = [("torch kernels", dict(fused=False, fold=False, one_pass=0, **FORMS_OFF)),
@@ -81,6 +83,13 @@ def modes(one_pass, pad_inputs=(), default_one_pass=0, any_width=False, default_
     out += [(f"default, one-pass GroupNorm <= {n}", dict(fused=True, fold=True, one_pass=n, phase=True, pad_input=16,
                                                          head=True, taps=default_taps))
             for n in one_pass if n != default_one_pass]
+    out += [("default without the implicit-GEMM convolutions (cuDNN only)",
+             dict(fused=True, fold=True, one_pass=default_one_pass, phase=True, pad_input=16, head=True,
+                  taps=default_taps, implicit="off"))]
+    if implicit_table:
+        out += [("+ implicit-GEMM 3x3 convolutions where measured faster (table)",
+                 dict(fused=True, fold=True, one_pass=default_one_pass, phase=True, pad_input=16, head=True,
+                      taps=default_taps, implicit=implicit_table))]
     if any_width:
         out += [(f"default, one-pass GroupNorm <= {default_one_pass} for groups of any width",
                  dict(fused=True, fold=True, one_pass=default_one_pass, phase=True, pad_input=16, head=True,
@@ -100,7 +109,8 @@ _SHIPPED_BLOCK = None  # fused_norm.one_pass_block as shipped (recorded by the f
 
 
 def set_mode(fused: bool, fold: bool, one_pass: int, phase: bool = True, pad_input: int = 16,
-             head: bool = True, any_width: bool = False, join: bool = False, taps: int = 0) -> None:
+             head: bool = True, any_width: bool = False, join: bool = False, taps: int = 0,
+             implicit: str | None = None) -> None:
     from lgm_core.models import fused_norm
     from lgm_core.models import lgm as lgm_module
 
@@ -116,6 +126,21 @@ def set_mode(fused: bool, fold: bool, one_pass: int, phase: bool = True, pad_inp
     unet_module.JOIN_RESIDUAL_INTO_NORM = join
     unet_module.TAP_CONV_MAX_PIXELS = taps
     fused_norm.ONE_PASS_MAX = one_pass
+    from lgm_core.models import implicit_conv
+
+    global _SHIPPED_CHOICES
+    if _SHIPPED_CHOICES is None:
+        _SHIPPED_CHOICES = dict(implicit_conv.CHOICES)
+    if implicit == "off":  # cuDNN for every convolution
+        implicit_conv.CHOICES.clear()
+    elif implicit:  # the winners of a probe_implicit_conv run
+        implicit_conv.load_choices(implicit)
+    else:
+        implicit_conv.CHOICES.clear()
+        implicit_conv.CHOICES.update(_SHIPPED_CHOICES)
+
+
+_SHIPPED_CHOICES = None  # implicit_conv.CHOICES as shipped (recorded by the first set_mode)
 
 
 def main(argv=None) -> int:
@@ -130,6 +155,10 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep", default="",
                     help="GroupNorm stats settings to time on the default mode: ';'-separated "
                          "programs_per_sm,stats_tile,warps triples (e.g. '8,4096,4;16,2048,4')")
+    ap.add_argument("--implicit-table", default=None,
+                    help="implicit_conv_choices.json of probe_implicit_conv.py: adds a row with those tiles")
+    ap.add_argument("--only", default="",
+                    help="run only the modes whose names contain one of these ';'-separated strings")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
@@ -154,7 +183,7 @@ def main(argv=None) -> int:
 
     one_pass_default = fused_norm.ONE_PASS_MAX
     mode_args = dict(default_one_pass=one_pass_default, any_width=a.any_width,
-                     default_taps=unet_module.TAP_CONV_MAX_PIXELS)
+                     default_taps=unet_module.TAP_CONV_MAX_PIXELS, implicit_table=a.implicit_table)
     rows = []
     lines = [f"# LGM fusion probe\n\n- {torch.cuda.get_device_name() if device == 'cuda' else 'CPU (smoke)'}, "
              f"torch {torch.__version__}, {dtype}, channels-last, CUDA graphs\n",
@@ -173,6 +202,8 @@ def main(argv=None) -> int:
             for b in batches:
                 x, ref = inputs[b]
                 for name, mode in modes(one_pass, pad_inputs, **mode_args):
+                    if a.only and not any(part and part in name for part in a.only.split(";")):
+                        continue
                     try:
                         set_mode(**mode)
                         runner = CUDAGraphRunner(model._forward_gaussians, weights=model)
@@ -255,6 +286,11 @@ def main(argv=None) -> int:
          unet_module.PAD_INPUT_CHANNELS, lgm_module.FUSED_HEAD, unet_module.JOIN_RESIDUAL_INTO_NORM,
          unet_module.TAP_CONV_MAX_PIXELS) = defaults
         fused_norm.ONE_PASS_MAX = one_pass_default
+        if _SHIPPED_CHOICES is not None:
+            from lgm_core.models import implicit_conv
+
+            implicit_conv.CHOICES.clear()
+            implicit_conv.CHOICES.update(_SHIPPED_CHOICES)
         if _SHIPPED_BLOCK is not None:
             fused_norm.one_pass_block = _SHIPPED_BLOCK
     text = "\n".join(lines) + "\n"

@@ -50,9 +50,15 @@ FOLD_BIASES = True
 #   4x2048x16x16 75.5 -> 65.0 us; in LGM big at 1024 (probe_lgm_fusion_taps_h200.md, 5 rounds): kernel time
 #   -0.16 ms, but b1 6.04 -> 5.98 ms and b4 17.85 -> 17.81 ms (the round-to-round spread) while the max error
 #   against fp32 rose 0.036 -> 0.044 (fp16 products; float32 products are slower than cuDNN above 256 pixels).
+# - IMPLICIT_CONV: a 3x3 convolution (stride 1) of a shape listed in ``implicit_conv.CHOICES`` (measured faster
+#   than cuDNN there, H200) as the Triton implicit-GEMM kernel of implicit_conv.py; conv_in's 9 channels are then
+#   read unpadded (the kernel masks them; no padded copy; PAD_INPUT_CHANNELS serves the shapes not listed).
+#   False: cuDNN everywhere. H200, LGM big fp16, 5 rounds (benchmarks/results/probe_lgm_fusion_implicit_h200.md):
+#   b1 6.005 -> 5.837 ms, b4 17.915 -> 17.687 ms, max error vs fp32 0.0355 -> 0.0377.
 PHASE_UPSAMPLE = True
 PAD_INPUT_CHANNELS = 16
 TAP_CONV_MAX_PIXELS = 0
+IMPLICIT_CONV = True
 # On the fused path a ResnetBlock's or attention block's residual join is handed on as a ``PendingResidual``
 # and computed inside the next GroupNorm's kernels (``fused_norm.residual_group_norm``), bitwise the same
 # result without the residual kernel's launch and one read of the joined tensor; False: the residual kernel.
@@ -63,6 +69,7 @@ JOIN_RESIDUAL_INTO_NORM = False
 FUSED_DEVICE_TYPES = ("cuda",)  # where the fused kernels run (tests add "cpu" with TRITON_INTERPRET=1)
 _fused_module = None  # fused_norm once imported, False when Triton is not importable
 _tap_module = None  # tap_conv once imported, False when Triton is not importable
+_implicit_module = None  # implicit_conv once imported, False when Triton is not importable
 
 
 def _autocast_enabled(device_type: str) -> bool:
@@ -105,6 +112,18 @@ def _tap_conv():
         except ImportError:
             _tap_module = False
     return _tap_module or None
+
+
+def _implicit_conv():
+    """lgm_core.models.implicit_conv, imported on first use (it imports Triton), or None without Triton."""
+    global _implicit_module
+    if _implicit_module is None:
+        try:
+            from lgm_core.models import implicit_conv
+            _implicit_module = implicit_conv
+        except ImportError:
+            _implicit_module = False
+    return _implicit_module or None
 
 
 def _stream_ordered_allocator(device_type: str) -> bool:
@@ -345,6 +364,9 @@ def conv_without_bias(conv: nn.Conv2d, x: torch.Tensor, taps: bool = False) -> t
     """``conv(x)`` minus its bias (the caller adds ``conv.bias`` in a later fused kernel). Calls the
     convolution directly, not ``conv.forward``: module hooks do not run (the pack's UNets register none).
     ``taps``: a 3x3 convolution of a small image may run in tap form (``tap_conv_applies``)."""
+    y = implicit_conv_or_none(conv, x)
+    if y is not None:
+        return y
     if taps and tap_conv_applies(conv, x):
         tc = _tap_conv()
         weight = derived_weight(conv, "_tap_weight", (conv.weight,), tc.tap_weight)
@@ -352,6 +374,37 @@ def conv_without_bias(conv: nn.Conv2d, x: torch.Tensor, taps: bool = False) -> t
         if y is not None:
             return y
     return conv._conv_forward(x, conv.weight, None)
+
+
+def implicit_conv_config(conv: nn.Conv2d, x: torch.Tensor):
+    """The ``implicit_conv`` tile for ``conv(x)``, or None (cuDNN runs it): ``IMPLICIT_CONV`` on the fused path,
+    a plain 3x3 convolution (stride 1, padding 1, zeros, no dilation or groups) of a channels-last ``x`` whose
+    shape ``implicit_conv.choose`` lists as measured faster, weights of ``x``'s dtype."""
+    if not IMPLICIT_CONV or x.dim() != 4 or tuple(conv.kernel_size) != (3, 3):
+        return None
+    if not (tuple(conv.stride) == (1, 1) and tuple(conv.padding) == (1, 1) and tuple(conv.dilation) == (1, 1)
+            and conv.groups == 1 and conv.padding_mode == "zeros" and conv.weight.dtype == x.dtype
+            and channels_last(x) and fused_kernels_apply(x)):
+        return None
+    ic = _implicit_conv()
+    if ic is None:
+        return None
+    n, c, h, w = x.shape
+    return ic.choose(c, conv.out_channels, n, h, w, x.device)
+
+
+def implicit_conv_or_none(conv: nn.Conv2d, x: torch.Tensor, bias: torch.Tensor | None = None):
+    """``conv(x)`` with ``bias`` (default none: the caller folds ``conv.bias`` into a later kernel) as the
+    implicit-GEMM kernel where ``implicit_conv_config`` gives a tile, else None (also when the kernel fails:
+    the caller then runs cuDNN)."""
+    cfg = implicit_conv_config(conv, x)
+    if cfg is None:
+        return None
+    ic = _implicit_conv()
+    taps = derived_weight(conv, "_implicit_taps", (conv.weight,), ic.tap_weights)
+    if not ic.supports(x, taps, config=cfg):
+        return None
+    return _try_fused(lambda: ic.conv3x3(x, taps, bias, out_channels=conv.out_channels, config=cfg))
 
 
 def tap_conv_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
@@ -622,6 +675,10 @@ class MVUNet(nn.Module):
         """``conv_in(x)``; on the fused path with channels-last ``x`` the input channels zero-padded to
         ``PAD_INPUT_CHANNELS`` (the same sum; weights padded once, a derived weight)."""
         c = x.shape[1]
+        if fold_biases(x):
+            y = implicit_conv_or_none(self.conv_in, x, self.conv_in.bias)
+            if y is not None:
+                return y
         if PAD_INPUT_CHANNELS > c and fold_biases(x) and channels_last(x) and channels_last(self.conv_in.weight):
             pad = PAD_INPUT_CHANNELS - c
             weight = derived_weight(self, "_conv_in_padded", (self.conv_in.weight,),
