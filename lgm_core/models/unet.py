@@ -11,6 +11,7 @@ explicit softmax computed in float32 — the reference path used for checking.
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 from dataclasses import dataclass
@@ -68,8 +69,6 @@ IMPLICIT_CONV = True
 JOIN_RESIDUAL_INTO_NORM = False
 FUSED_DEVICE_TYPES = ("cuda",)  # where the fused kernels run (tests add "cpu" with TRITON_INTERPRET=1)
 _fused_module = None  # fused_norm once imported, False when Triton is not importable
-_tap_module = None  # tap_conv once imported, False when Triton is not importable
-_implicit_module = None  # implicit_conv once imported, False when Triton is not importable
 
 
 def _autocast_enabled(device_type: str) -> bool:
@@ -102,28 +101,27 @@ def _fused_norm():
     return _fused_module or None
 
 
-def _tap_conv():
-    """lgm_core.models.tap_conv, imported on first use (it imports Triton), or None without Triton."""
-    global _tap_module
-    if _tap_module is None:
+_optional_modules: dict = {}  # name -> module, or False when it cannot be imported (no Triton)
+
+
+def _optional_kernels(name: str):
+    """``lgm_core.models.<name>`` (a module of Triton kernels) imported on first use, or None without Triton."""
+    if name not in _optional_modules:
         try:
-            from lgm_core.models import tap_conv
-            _tap_module = tap_conv
+            _optional_modules[name] = importlib.import_module(f"lgm_core.models.{name}")
         except ImportError:
-            _tap_module = False
-    return _tap_module or None
+            _optional_modules[name] = False
+    return _optional_modules[name] or None
+
+
+def _tap_conv():
+    """lgm_core.models.tap_conv (imports Triton), or None without Triton."""
+    return _optional_kernels("tap_conv")
 
 
 def _implicit_conv():
-    """lgm_core.models.implicit_conv, imported on first use (it imports Triton), or None without Triton."""
-    global _implicit_module
-    if _implicit_module is None:
-        try:
-            from lgm_core.models import implicit_conv
-            _implicit_module = implicit_conv
-        except ImportError:
-            _implicit_module = False
-    return _implicit_module or None
+    """lgm_core.models.implicit_conv (imports Triton), or None without Triton."""
+    return _optional_kernels("implicit_conv")
 
 
 def _stream_ordered_allocator(device_type: str) -> bool:
