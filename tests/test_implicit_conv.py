@@ -28,7 +28,8 @@ def ic():
 
 def small(ic, o, block_m=32, block_h=0):
     """A small tile (the interpreter runs every program in Python; on a GPU it exercises the masks)."""
-    return ic.ConvConfig(block_m=block_m, block_n=min(64, ic.padded(o)), block_k=16, num_warps=4,
+    return ic.ConvConfig(block_m=block_m, block_n=min(64, 1 << (ic.padded(o) - 1).bit_length()), block_k=16,
+                         num_warps=4,
                          num_stages=1 if not CUDA else 2, block_h=block_h)
 
 
@@ -85,6 +86,23 @@ def test_prologue_equals_group_norm_then_conv(ic, silu, with_add):
     assert float((y.float() - ref).abs().max()) <= 4e-3 * max(1.0, float(ref.abs().max()))
 
 
+def test_default_tile_for_any_output_count(ic):
+    """40 outputs pad to 48: the default tile covers them with a power-of-two block (masked)."""
+    x = nhwc(torch.randn(1, 16, 4, 4)).to(DEVICE)
+    weight = torch.randn(40, 16, 3, 3).to(DEVICE)
+    assert ic.default_config(16, 40).block_n == 64
+    y = ic.conv3x3(x, ic.tap_weights(weight), out_channels=40, config=None if CUDA else small(ic, 40, block_m=16))
+    ref = F.conv2d(x.double(), weight.double(), None, padding=1).float()
+    assert float((y - ref).abs().max()) <= 1e-4 * float(ref.abs().max())
+
+
+def test_table_applies_to_its_dtype_only(ic):
+    key = next(iter(ic.CHOICES))
+    assert ic.choose(*key, dtype=torch.float16) is ic.CHOICES[key]
+    assert ic.choose(*key, dtype=torch.bfloat16) is None and ic.choose(*key, dtype=torch.float32) is None
+    assert ic.choose(1, 1, 1, 1, 1) is None
+
+
 def test_rejects_bad_input(ic):
     x = nhwc(torch.randn(1, 16, 4, 4)).to(DEVICE)
     taps = ic.tap_weights(torch.randn(8, 16, 3, 3).to(DEVICE))
@@ -96,9 +114,10 @@ def test_rejects_bad_input(ic):
         ic.conv3x3(x, taps, scale=torch.ones(1, 16, device=DEVICE), config=small(ic, 8))
     with pytest.raises(ValueError, match="prologue"):
         ic.conv3x3(x, taps, silu=True, config=small(ic, 8))
+    assert ic.supports(x, taps, config=small(ic, 8, block_m=32))  # without the prologue the tile is fine
     with pytest.raises(ValueError, match="multiple of"):  # 16 pixels per image, tile of 32: blocks straddle
         ic.conv3x3(x, taps, scale=torch.ones(1, 16, device=DEVICE), shift=torch.zeros(1, 16, device=DEVICE),
-                   config=small(ic, 8, block_m=32) or ic.ConvConfig(block_m=32))
+                   config=small(ic, 8, block_m=32))
     with pytest.raises(ValueError, match="bias"):
         ic.conv3x3(x, taps, torch.zeros(3, device=DEVICE), config=small(ic, 8))
     with pytest.raises(ValueError, match="tap_weights"):
@@ -162,4 +181,3 @@ def test_lgm_fused_path_takes_listed_shapes(ic, monkeypatch):
     got = run()
     assert (4, 9, 8, 8) in calls and calls.count((4, 32, 8, 8)) >= 2
     assert float((got - base).abs().max()) <= 2e-2  # half-precision activations, sums in another order
-    assert not hasattr(model.unet.conv_in, "_conv_in_padded")  # the kernel read the 9 channels unpadded

@@ -406,8 +406,9 @@ def _split_statistics(x, weight, bias, num_groups, eps, add_arg, add_stride_n, h
 def group_norm_scale_shift(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_groups: int, eps: float,
                            add: torch.Tensor | None = None):
     """The GroupNorm of ``x + add`` (see ``group_norm``) as the per-sample, per-channel float32 affine it
-    applies: ``(scale, shift)`` [N, C] with ``group_norm(x, ..., add=add) == round(x * scale + shift)`` (then
-    SiLU) elementwise, computed by the split reduction's statistics launches (no output tensor; a later
+    applies: ``(scale, shift)`` [N, C] with ``round(x * scale + shift)`` (then SiLU) equal to
+    ``group_norm(x, ..., add=add)`` elementwise up to about one rounding (bitwise where ``group_norm`` takes the
+    split reduction and the add is folded alike), computed by the split reduction's statistics launches (no output tensor; a later
     kernel, e.g. ``implicit_conv.conv3x3``'s prologue, applies it while loading ``x``). ``add`` is folded into
     ``shift`` as the apply kernel folds it (``shift + add * scale``)."""
     if not supports(x, num_groups):

@@ -1,9 +1,9 @@
 """A 3x3 convolution (stride 1, padding 1) of a channels-last image as one Triton implicit-GEMM kernel,
 optionally with the preceding GroupNorm's normalisation (+ SiLU) applied as its input is loaded.
 
-For LGM's high-resolution levels (64-128 channels at 128x128 and 256x256), where cuDNN's kernels run at
-210-280 TFLOP/s (benchmarks/results/probe_convs_h200.md) and each GroupNorm's apply pass writes and the
-convolution reads back a full activation. ``conv3x3(x, w_taps, bias, scale, shift, silu)`` with ``x``
+For shapes where cuDNN's kernels leave the H200 underused: LGM's conv_in (9 input channels, which cuDNN runs
+on a padded copy) and the 3x3 convolutions into 128 channels at 128x128 (benchmarks/results/
+probe_implicit_conv_h200.md; ``CHOICES`` lists the measured winners). ``conv3x3(x, w_taps, bias, scale, shift, silu)`` with ``x``
 channels-last [N, C, H, W] and ``w_taps = tap_weights(w)`` ([9, Cp, Op]: tap ``t = 3*i + j``, input
 channels padded to ``Cp``, output channels to ``Op``, zeros in the padding) computes
 
@@ -77,6 +77,7 @@ def tap_weights(w: torch.Tensor) -> torch.Tensor:
 _GATHER_IN = dict(block_m=128, block_n=64, block_k=16, num_warps=4)
 _TMA_128 = dict(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3)
 CHOICES_CAPABILITY = (9, 0)
+CHOICES_DTYPE = torch.float16
 CHOICES: dict = {
     # LGM big, batch 1 (4 views)
     (9, 64, 4, 256, 256): ConvConfig(**_GATHER_IN, num_stages=3),      # conv_in (cuDNN on a padded copy) 91.7 -> 55.1
@@ -90,11 +91,15 @@ CHOICES: dict = {
 }
 
 
-def choose(c: int, o: int, n: int, h: int, w: int, device: torch.device | None = None) -> ConvConfig | None:
+def choose(c: int, o: int, n: int, h: int, w: int, device: torch.device | None = None,
+           dtype: torch.dtype | None = None) -> ConvConfig | None:
     """The measured tile for this convolution (``CHOICES``), or None: cuDNN is the faster, the shape was not
-    measured, or ``device`` (a CUDA device) is not of ``CHOICES_CAPABILITY`` (the tiles were tuned there)."""
+    measured, ``dtype`` is not ``CHOICES_DTYPE`` or ``device`` (a CUDA device) is not of
+    ``CHOICES_CAPABILITY`` (the tiles were tuned and checked there, in that dtype)."""
     cfg = CHOICES.get((c, o, n, h, w))
-    if cfg is None or device is None or device.type != "cuda":
+    if cfg is None or (dtype is not None and dtype != CHOICES_DTYPE):
+        return None
+    if device is None or device.type != "cuda":
         return cfg  # no device given, or the interpreter (tests): the table as it is
     return cfg if torch.cuda.get_device_capability(device) == CHOICES_CAPABILITY else None
 
@@ -111,12 +116,13 @@ def load_choices(path) -> dict:
     return CHOICES
 
 
-def default_config(c: int, o: int, pixels: int) -> ConvConfig:
-    """The tile for ``c`` input and ``o`` output channels over ``pixels`` (N*H*W) output pixels: BLOCK_K the
-    largest of 64/32/16 dividing the padded channels, BLOCK_N up to 128 covering the output channels."""
+def default_config(c: int, o: int, pixels: int = 0) -> ConvConfig:
+    """The gathered-load tile for ``c`` input and ``o`` output channels (``pixels``, N*H*W, unused for now):
+    BLOCK_K the largest of 64/32/16 dividing the padded channels, BLOCK_N the power of two covering the output
+    channels, at most 128 (the kernel masks the rest)."""
     cp, op = padded(c), padded(o)
     block_k = next(k for k in (64, 32, 16) if cp % k == 0)
-    block_n = 128 if op >= 128 else (64 if op >= 64 else op)
+    block_n = min(128, triton.next_power_of_2(op))
     return ConvConfig(block_m=128, block_n=block_n, block_k=block_k, num_warps=4 if block_n <= 64 else 8,
                       num_stages=3)
 
@@ -249,6 +255,8 @@ def conv3x3(x: torch.Tensor, w_taps: torch.Tensor, bias: torch.Tensor | None = N
         raise ValueError("conv3x3's silu applies after the scale/shift prologue; pass scale and shift")
     n, c, h, w = x.shape if x.dim() == 4 else (0, 0, 0, 0)
     cfg = config or (default_config(c, w_taps.shape[2], n * h * w) if w_taps.dim() == 3 else ConvConfig())
+    if cfg.block_h and not supports(x, w_taps, prologue, cfg) and w_taps.dim() == 3:
+        cfg = default_config(c, w_taps.shape[2], n * h * w)  # TMA does not take these: the gathered-load kernel
     if not supports(x, w_taps, prologue, cfg):
         raise ValueError(f"conv3x3 takes a channels-last [N, C, H, W] x and [9, padded(C), Op] tap weights of "
                          f"its dtype and device (prologue: H*W a multiple of {cfg.block_m}); got x "

@@ -174,7 +174,8 @@ def _fused_failed(err: Exception) -> None:
     import logging
 
     logging.getLogger("lgm_core").warning(
-        "fused Triton kernels (GroupNorm, residual, LayerNorm, GEGLU, sub-pixel upsampling) unavailable (%s: %s); "
+        "fused Triton kernels (GroupNorm, residual, LayerNorm, GEGLU, sub-pixel upsampling, 3x3 convolutions) "
+        "unavailable (%s: %s); "
         "using torch's "
         "kernels (LGM_FUSED_NORM=0 "
         "skips this attempt)", type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
@@ -388,7 +389,7 @@ def implicit_conv_config(conv: nn.Conv2d, x: torch.Tensor):
     if ic is None:
         return None
     n, c, h, w = x.shape
-    return ic.choose(c, conv.out_channels, n, h, w, x.device)
+    return ic.choose(c, conv.out_channels, n, h, w, x.device, x.dtype)
 
 
 def implicit_conv_or_none(conv: nn.Conv2d, x: torch.Tensor, bias: torch.Tensor | None = None):
@@ -670,8 +671,9 @@ class MVUNet(nn.Module):
         self.skips_per_up_block = layers_per_block + 1
 
     def input_conv(self, x: torch.Tensor) -> torch.Tensor:
-        """``conv_in(x)``; on the fused path with channels-last ``x`` the input channels zero-padded to
-        ``PAD_INPUT_CHANNELS`` (the same sum; weights padded once, a derived weight)."""
+        """``conv_in(x)``; on the fused path the implicit-GEMM kernel where ``implicit_conv.CHOICES`` lists the
+        shape (the 9 channels read unpadded, bias in the kernel), else with channels-last ``x`` the input channels
+        zero-padded to ``PAD_INPUT_CHANNELS`` for cuDNN (the same sum; weights padded once, a derived weight)."""
         c = x.shape[1]
         if fold_biases(x):
             y = implicit_conv_or_none(self.conv_in, x, self.conv_in.bias)
