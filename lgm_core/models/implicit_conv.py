@@ -209,10 +209,11 @@ def _conv3x3_tma(x_desc, w_desc, y_desc, bias_ptr, H, W, O, CP, KB, IEEE: tl.con
 
 
 def supports(x: torch.Tensor, w_taps: torch.Tensor, prologue: bool = False,
-             config: ConvConfig | None = None) -> bool:
-    """Whether ``conv3x3`` takes these: a 4-D channels-last fp16/bf16/fp32 ``x`` of C channels and a
+             config: ConvConfig | None = None, out_channels: int | None = None) -> bool:
+    """Whether ``conv3x3`` takes these with this tile: a 4-D channels-last fp16/bf16/fp32 ``x`` of C channels and a
     [9, padded(C), Op] ``w_taps`` of its dtype and device; with the prologue, pixel blocks must not straddle
-    two images (H*W a multiple of the config's BLOCK_M)."""
+    two images (H*W a multiple of the config's BLOCK_M); a TMA tile (``block_h``) also needs what TMA takes
+    (see below; ``conv3x3`` runs the gathered kernel instead)."""
     if x.dim() != 4 or w_taps.dim() != 3 or x.dtype != w_taps.dtype or x.device != w_taps.device:
         return False
     n, c, h, w = x.shape
@@ -225,8 +226,10 @@ def supports(x: torch.Tensor, w_taps: torch.Tensor, prologue: bool = False,
     if ok and cfg.block_h:  # TMA: 16-byte aligned rows of whole channels (no padding of C), no prologue
         # KB >= 2: with one channel block per tap (64 channels, block_k 64) Triton 3.6's TMA tiles gave wrong
         # outputs on the H200 for most tile shapes (probe_implicit_conv_h200.md, "rejected")
+        # and 16-byte rows of the ``out_channels`` (default: all of w_taps's) outputs for the TMA store
+        o = w_taps.shape[2] if out_channels is None else out_channels
         ok = (not prologue and c == padded(c) and c > cfg.block_k and cfg.block_m % cfg.block_h == 0
-              and x.data_ptr() % 16 == 0 and _tma_available(x.device))
+              and x.data_ptr() % 16 == 0 and (o * x.element_size()) % 16 == 0 and _tma_available(x.device))
     return ok
 
 
@@ -255,7 +258,7 @@ def conv3x3(x: torch.Tensor, w_taps: torch.Tensor, bias: torch.Tensor | None = N
         raise ValueError("conv3x3's silu applies after the scale/shift prologue; pass scale and shift")
     n, c, h, w = x.shape if x.dim() == 4 else (0, 0, 0, 0)
     cfg = config or (default_config(c, w_taps.shape[2], n * h * w) if w_taps.dim() == 3 else ConvConfig())
-    if cfg.block_h and not supports(x, w_taps, prologue, cfg) and w_taps.dim() == 3:
+    if cfg.block_h and w_taps.dim() == 3 and not supports(x, w_taps, prologue, cfg, out_channels):
         cfg = default_config(c, w_taps.shape[2], n * h * w)  # TMA does not take these: the gathered-load kernel
     if not supports(x, w_taps, prologue, cfg):
         raise ValueError(f"conv3x3 takes a channels-last [N, C, H, W] x and [9, padded(C), Op] tap weights of "
@@ -278,8 +281,6 @@ def conv3x3(x: torch.Tensor, w_taps: torch.Tensor, bias: torch.Tensor | None = N
     if num_pix == 0:
         return out
     ieee = x.dtype == torch.float32
-    if cfg.block_h and (o * x.element_size()) % 16:  # TMA stores need 16-byte rows: the gathered kernel
-        cfg = default_config(c, op, num_pix)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         if cfg.block_h:
             _launch_tma(x, w_taps, bias, out, o, ieee, cfg)

@@ -375,15 +375,21 @@ def conv_without_bias(conv: nn.Conv2d, x: torch.Tensor, taps: bool = False) -> t
     return conv._conv_forward(x, conv.weight, None)
 
 
+def _plain_3x3_on_fused_path(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """A plain 3x3 convolution (stride 1, padding 1, zeros, no dilation or groups) with weights of ``x``'s dtype,
+    of a 4-D channels-last ``x`` on the fused path (``fused_kernels_apply``): what the Triton convolution forms
+    (tap form, implicit GEMM) take."""
+    return (x.dim() == 4 and tuple(conv.kernel_size) == (3, 3) and tuple(conv.stride) == (1, 1)
+            and tuple(conv.padding) == (1, 1) and tuple(conv.dilation) == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros" and conv.weight.dtype == x.dtype and channels_last(x)
+            and fused_kernels_apply(x))
+
+
 def implicit_conv_config(conv: nn.Conv2d, x: torch.Tensor):
-    """The ``implicit_conv`` tile for ``conv(x)``, or None (cuDNN runs it): ``IMPLICIT_CONV`` on the fused path,
-    a plain 3x3 convolution (stride 1, padding 1, zeros, no dilation or groups) of a channels-last ``x`` whose
-    shape ``implicit_conv.choose`` lists as measured faster, weights of ``x``'s dtype."""
-    if not IMPLICIT_CONV or x.dim() != 4 or tuple(conv.kernel_size) != (3, 3):
-        return None
-    if not (tuple(conv.stride) == (1, 1) and tuple(conv.padding) == (1, 1) and tuple(conv.dilation) == (1, 1)
-            and conv.groups == 1 and conv.padding_mode == "zeros" and conv.weight.dtype == x.dtype
-            and channels_last(x) and fused_kernels_apply(x)):
+    """The ``implicit_conv`` tile for ``conv(x)``, or None (cuDNN runs it): ``IMPLICIT_CONV`` on, a plain 3x3
+    convolution on the fused path (``_plain_3x3_on_fused_path``) whose shape ``implicit_conv.choose`` lists as
+    measured faster."""
+    if not IMPLICIT_CONV or not _plain_3x3_on_fused_path(conv, x):
         return None
     ic = _implicit_conv()
     if ic is None:
@@ -413,9 +419,7 @@ def tap_conv_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     ``TAP_CONV_MAX_PIXELS`` pixels, weights of ``x``'s dtype."""
     if not TAP_CONV_MAX_PIXELS or x.dim() != 4 or x.shape[0] * x.shape[2] * x.shape[3] > TAP_CONV_MAX_PIXELS:
         return False
-    return (tuple(conv.kernel_size) == (3, 3) and tuple(conv.stride) == (1, 1) and tuple(conv.padding) == (1, 1)
-            and tuple(conv.dilation) == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
-            and conv.weight.dtype == x.dtype and channels_last(x) and fused_kernels_apply(x) and _tap_conv() is not None)
+    return _plain_3x3_on_fused_path(conv, x) and _tap_conv() is not None
 
 
 def skip_without_bias(skip: nn.Module, x: torch.Tensor):
@@ -675,11 +679,12 @@ class MVUNet(nn.Module):
         shape (the 9 channels read unpadded, bias in the kernel), else with channels-last ``x`` the input channels
         zero-padded to ``PAD_INPUT_CHANNELS`` for cuDNN (the same sum; weights padded once, a derived weight)."""
         c = x.shape[1]
-        if fold_biases(x):
-            y = implicit_conv_or_none(self.conv_in, x, self.conv_in.bias)
-            if y is not None:
-                return y
-        if PAD_INPUT_CHANNELS > c and fold_biases(x) and channels_last(x) and channels_last(self.conv_in.weight):
+        if not fold_biases(x):
+            return self.conv_in(x)
+        y = implicit_conv_or_none(self.conv_in, x, self.conv_in.bias)
+        if y is not None:
+            return y
+        if PAD_INPUT_CHANNELS > c and channels_last(x) and channels_last(self.conv_in.weight):
             pad = PAD_INPUT_CHANNELS - c
             weight = derived_weight(self, "_conv_in_padded", (self.conv_in.weight,),
                                     lambda w: F.pad(w, (0, 0, 0, 0, 0, pad)).contiguous(memory_format=torch.channels_last),
